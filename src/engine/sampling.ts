@@ -1,0 +1,148 @@
+// Sampling on host logits: penalties, temperature, top-k, top-p, min-p, seeded draws, and
+// log-probabilities. Temperature 0 (or top_k 1) is greedy with the lowest index winning ties,
+// so greedy output is a pure function of the logits.
+
+export interface SamplingParams {
+  temperature: number;
+  topP: number;
+  topK: number; // -1 or 0 = off
+  minP: number;
+  frequencyPenalty: number;
+  presencePenalty: number;
+  repetitionPenalty: number;
+  seed?: number;
+}
+
+export const GREEDY: SamplingParams = {
+  temperature: 0,
+  topP: 1,
+  topK: -1,
+  minP: 0,
+  frequencyPenalty: 0,
+  presencePenalty: 0,
+  repetitionPenalty: 1,
+};
+
+/** xoshiro128** seeded through splitmix32: small, fast and reproducible across runs. */
+export class Rng {
+  private s = new Uint32Array(4);
+  constructor(seed: number = Math.floor(Math.random() * 2 ** 32)) {
+    let x = seed >>> 0;
+    for (let i = 0; i < 4; i++) {
+      x = (x + 0x9e3779b9) >>> 0;
+      let z = x;
+      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+      this.s[i] = (z ^ (z >>> 16)) >>> 0;
+    }
+  }
+  /** Uniform in [0, 1). */
+  next(): number {
+    const s = this.s;
+    const result = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
+    const t = (s[1] << 9) >>> 0;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 11);
+    return result / 2 ** 32;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0;
+}
+
+export function argmax(logits: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  return best;
+}
+
+/** log_softmax in float64. */
+export function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const lse = max + Math.log(sum);
+  const out = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - lse;
+  return out;
+}
+
+/** The k largest entries as [id, value] pairs, largest first (ties: lower id first). */
+export function topEntries(values: ArrayLike<number>, k: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (out.length === k && v <= out[k - 1][1]) continue;
+    let j = out.length < k ? out.length : k - 1;
+    if (out.length < k) out.push([i, v]);
+    else out[j] = [i, v];
+    while (j > 0 && out[j - 1][1] < out[j][1]) {
+      [out[j - 1], out[j]] = [out[j], out[j - 1]];
+      j--;
+    }
+  }
+  return out;
+}
+
+/** Applies repetition / frequency / presence penalties in place (OpenAI and HF semantics). */
+export function applyPenalties(logits: Float32Array, p: SamplingParams, promptIds: readonly number[], outputIds: readonly number[]): void {
+  if (p.repetitionPenalty !== 1) {
+    const seen = new Set<number>([...promptIds, ...outputIds]);
+    for (const id of seen) {
+      const v = logits[id];
+      logits[id] = v > 0 ? v / p.repetitionPenalty : v * p.repetitionPenalty;
+    }
+  }
+  if (p.frequencyPenalty !== 0 || p.presencePenalty !== 0) {
+    const counts = new Map<number, number>();
+    for (const id of outputIds) counts.set(id, (counts.get(id) ?? 0) + 1);
+    for (const [id, c] of counts) logits[id] -= p.frequencyPenalty * c + p.presencePenalty;
+  }
+}
+
+/** Picks the next token from (already penalised) logits. */
+export function sampleToken(logits: Float32Array, p: SamplingParams, rng: Rng): number {
+  if (p.temperature <= 0 || p.topK === 1) return argmax(logits);
+  const k = p.topK > 0 ? Math.min(p.topK, logits.length) : logits.length;
+  // Candidates sorted by logit; for full-vocab sampling sort only what top-p can reach.
+  const cand = k < logits.length ? topEntries(logits, k) : sortedEntries(logits);
+  const maxLogit = cand[0][1];
+  const probs = cand.map(([, v]) => Math.exp((v - maxLogit) / p.temperature));
+  let total = probs.reduce((a, b) => a + b, 0);
+  let keep = probs.length;
+  if (p.minP > 0) {
+    const floor = p.minP * (probs[0] / total);
+    keep = probs.findIndex((q) => q / total < floor);
+    if (keep < 1) keep = keep === 0 ? 1 : probs.length;
+  }
+  if (p.topP < 1) {
+    let cum = 0;
+    for (let i = 0; i < keep; i++) {
+      cum += probs[i] / total;
+      if (cum >= p.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  total = 0;
+  for (let i = 0; i < keep; i++) total += probs[i];
+  let r = rng.next() * total;
+  for (let i = 0; i < keep; i++) {
+    r -= probs[i];
+    if (r < 0) return cand[i][0];
+  }
+  return cand[keep - 1][0];
+}
+
+function sortedEntries(values: Float32Array): [number, number][] {
+  const idx = Array.from(values, (v, i) => [i, v] as [number, number]);
+  idx.sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+  return idx;
+}

@@ -1,0 +1,75 @@
+// The Llama 4 text model (llama4-spec.md §1.7), written once against the backend op interface:
+//   x = Embed(ids)
+//   for each layer: x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x))   (FFN = MoE or dense SwiGLU)
+//   logits = lm_head(RMSNorm(x))
+// Per-layer differences (RoPE/NoPE, chunked/global, qk-norm, temperature tuning, MoE/dense)
+// come from the config's layer schedule, never from layer indices written here.
+
+import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, StepBatch, Tensor } from "../runtime/backend.js";
+import { type Llama4Config, ropeInvFreq } from "./config.js";
+import type { ModelWeights } from "./weights.js";
+
+export class Llama4Model {
+  readonly attention: AttentionSpec[];
+  readonly attentionParams: AttentionParams;
+
+  constructor(
+    readonly cfg: Llama4Config,
+    readonly weights: ModelWeights,
+    readonly backend: Backend,
+    opts: { hybridKv?: boolean } = {},
+  ) {
+    // With the hybrid cache, chunked-local layers keep their KV in the smaller SWA pool.
+    this.attention = cfg.layers.map((l) => ({
+      rope: l.rope,
+      qkNorm: l.qkNorm,
+      temperatureTuning: l.temperatureTuning,
+      chunkSize: l.chunkSize,
+      pool: opts.hybridKv && l.chunkSize > 0 ? "swa" : "full",
+    }));
+    this.attentionParams = {
+      numHeads: cfg.numHeads,
+      numKvHeads: cfg.numKvHeads,
+      headDim: cfg.headDim,
+      eps: cfg.rmsNormEps,
+      invFreq: ropeInvFreq(cfg),
+      floorScale: cfg.floorScale,
+      attnScale: cfg.attnScale,
+    };
+  }
+
+  allocKv(sizes: KvPoolSizes): void {
+    this.backend.allocKv(this.attentionParams, this.attention, sizes);
+  }
+
+  /** Runs one step and returns fp32 logits [batch.logitRows.length, vocab]. */
+  forward(batch: StepBatch): Float32Array {
+    const be = this.backend;
+    const w = this.weights;
+    const eps = this.cfg.rmsNormEps;
+    const x = be.embedding(w.embed, batch.ids);
+    let h = be.rmsNorm(x, w.layers[0].inputNorm, eps);
+    for (let i = 0; i < this.cfg.numLayers; i++) {
+      const lw = w.layers[i];
+      const attn = be.linear(
+        be.attention(i, this.attention[i], be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v), batch),
+        lw.o,
+      );
+      h = be.addRmsNorm(x, attn, lw.postAttnNorm, eps);
+      const ffn = this.cfg.layers[i].moe
+        ? be.moe(h, {
+            router: lw.router!,
+            gateUp: lw.expertsGateUp!,
+            down: lw.expertsDown!,
+            sharedGateUp: lw.sharedGateUp!,
+            sharedDown: lw.sharedDown!,
+            numExperts: this.cfg.numExperts,
+          })
+        : be.linear(be.siluMul(be.linear(h, lw.mlpGateUp!)), lw.mlpDown!);
+      const nextNorm = i + 1 < this.cfg.numLayers ? w.layers[i + 1].inputNorm : w.norm;
+      h = be.addRmsNorm(x, ffn, nextNorm, eps);
+    }
+    const last: Tensor = be.gatherRows(h, batch.logitRows);
+    return be.toHost(be.linear(last, w.lmHead));
+  }
+}

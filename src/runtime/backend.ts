@@ -1,0 +1,118 @@
+// The op interface the model is written against. `cpu` (TypeScript, fp32, the numerical
+// reference) and `cuda` (addon + kernels, bf16) implement it. Ops are coarse enough to map onto
+// one fused kernel each, and all batch metadata arrives as plain host arrays in a StepBatch so a
+// backend can upload it once per step (or bake it into a CUDA graph's input buffers).
+
+import type { DType } from "./dtype.js";
+
+/** A tensor as read from a checkpoint: raw little-endian bytes. */
+export interface HostTensor {
+  dtype: DType;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** An activation or weight living on a backend. Only the backend looks inside. */
+export interface Tensor {
+  readonly shape: readonly number[];
+}
+
+/** Per-layer attention behaviour, taken from the config's layer schedule. */
+export interface AttentionSpec {
+  rope: boolean;
+  qkNorm: boolean;
+  temperatureTuning: boolean;
+  /** Chunk size of chunked-local attention (absolute chunk boundaries), 0 = global. */
+  chunkSize: number;
+  /** Which KV pool the layer reads and writes ("swa" pools may hold only the current chunk). */
+  pool: "full" | "swa";
+}
+
+/** One sequence's part of a step: `qLen` new tokens at positions [kvLen - qLen, kvLen). */
+export interface SeqSpan {
+  /** First row of this sequence's tokens in the step's token list. */
+  qStart: number;
+  qLen: number;
+  /** Tokens in the sequence after this step (cached prefix + new tokens). */
+  kvLen: number;
+  /** Pool slot of every position 0..kvLen-1 in the full pool. */
+  fullSlots: Int32Array;
+  /** Pool slot of every position in the SWA pool; only positions inside the live chunk need be valid (-1 elsewhere). */
+  swaSlots: Int32Array;
+}
+
+/** Everything one forward step needs besides the weights and the KV pools. */
+export interface StepBatch {
+  ids: Int32Array;
+  positions: Int32Array;
+  seqs: SeqSpan[];
+  /** Rows whose final hidden state goes through lm_head. */
+  logitRows: Int32Array;
+}
+
+export interface KvPoolSizes {
+  /** Slots in the pool used by global layers (and by every layer when there is no SWA pool). */
+  full: number;
+  /** Slots in the pool used by chunked-local layers when the hybrid cache is on. */
+  swa: number;
+}
+
+/** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
+export interface Backend {
+  readonly name: string;
+
+  /** Uploads a weight. `transpose` swaps the last two dims ([.., in, out] → [.., out, in]). */
+  weight(t: HostTensor, opts?: { transpose?: boolean }): Tensor;
+  free(t: Tensor): void;
+
+  embedding(table: Tensor, ids: Int32Array): Tensor;
+  /** RMSNorm(x) ⊙ w, computed in fp32. */
+  rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** residual += x (in place), then returns RMSNorm(residual) ⊙ w. */
+  addRmsNorm(residual: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
+  add(residual: Tensor, x: Tensor): void;
+  /** y = x · wᵀ with x [n, in] and w [out, in]. */
+  linear(x: Tensor, w: Tensor): Tensor;
+  /** SiLU(gate) ⊙ up for the concatenated [n, 2F] input (gate first). */
+  siluMul(gateUp: Tensor): Tensor;
+
+  /**
+   * q [n, Hq·D], k/v [n, Hkv·D]: applies RoPE (interleaved pairs), qk-norm and temperature
+   * tuning per the spec, writes k/v into the layer's pool at the step's slots, and returns
+   * attention output [n, Hq·D] over the allowed keys of each query.
+   */
+  attention(layer: number, spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor, batch: StepBatch): Tensor;
+
+  /**
+   * Llama 4 MoE with top-1 sigmoid routing applied to the expert input, plus the shared expert.
+   * experts.gateUp [E, 2F, d] and experts.down [E, d, F] in [out, in] layout.
+   */
+  moe(x: Tensor, w: MoeWeights): Tensor;
+
+  /** Allocates (or reallocates) the KV pools for every layer and fixes the attention constants. */
+  allocKv(params: AttentionParams, layers: AttentionSpec[], sizes: KvPoolSizes): void;
+  /** Copies a tensor to the host as fp32. */
+  toHost(x: Tensor): Float32Array;
+  /** Rows of x (e.g. the last token of each sequence). */
+  gatherRows(x: Tensor, rows: Int32Array): Tensor;
+}
+
+export interface MoeWeights {
+  router: Tensor;
+  gateUp: Tensor;
+  down: Tensor;
+  sharedGateUp: Tensor;
+  sharedDown: Tensor;
+  numExperts: number;
+}
+
+/** Everything the attention op needs from the model config besides the layer spec. */
+export interface AttentionParams {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  eps: number;
+  invFreq: Float32Array;
+  floorScale: number;
+  attnScale: number;
+}
