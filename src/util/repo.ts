@@ -19,3 +19,8 @@ export function packageRoot(): string {
 export function fixturePath(name: string): string {
   return join(packageRoot(), "test", "fixtures", name);
 }
+
+/** The bundled demo checkpoint, used when no --model-path is given. */
+export function defaultModelPath(): string {
+  return join(packageRoot(), "models", "llama4-demo");
+}

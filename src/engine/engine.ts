@@ -1,0 +1,135 @@
+// The main thread's handle on the engine worker: implements the Engine interface by message
+// passing, routing per-request outputs to their callbacks.
+
+import { Worker } from "node:worker_threads";
+import { EngineBusyError, type Engine, type EngineOutput, type EngineRequest, type EngineStats } from "./types.js";
+
+export interface EngineOptions {
+  modelPath: string;
+  contextLength?: number;
+  maxRunningRequests?: number;
+  chunkedPrefillSize?: number;
+  schedulePolicy?: "fcfs" | "lpm";
+  maxTotalTokens?: number;
+  swaFullTokensRatio?: number;
+  disableHybridSwaMemory?: boolean;
+  disableRadixCache?: boolean;
+  maxQueuedRequests?: number;
+  /** KV budget in bytes for the CPU backend. */
+  kvBytes?: number;
+}
+
+export interface EngineInfo {
+  contextLength: number;
+  maxTotalTokens: number;
+  vocabSize: number;
+  maxRunningRequests: number;
+  hybridSwa: boolean;
+  fullPoolTokens: number;
+  swaPoolTokens: number;
+}
+
+export type ToEngine =
+  | { type: "submit"; req: EngineRequest }
+  | { type: "abort"; rid: string }
+  | { type: "flush"; id: number }
+  | { type: "stats"; id: number }
+  | { type: "shutdown" };
+
+export type FromEngine =
+  | { type: "ready"; info: EngineInfo }
+  | { type: "output"; o: EngineOutput }
+  | { type: "rejected"; rid: string; message: string; busy: boolean }
+  | { type: "reply"; id: number; value: unknown }
+  | { type: "fatal"; message: string };
+
+class WorkerEngine implements Engine {
+  private readonly listeners = new Map<string, (o: EngineOutput) => void>();
+  private readonly replies = new Map<number, (v: unknown) => void>();
+  private nextId = 0;
+
+  constructor(
+    private readonly worker: Worker,
+    /** Requests in flight (queued + running) beyond which submit answers busy. */
+    private readonly capacity: number,
+  ) {
+    worker.on("message", (m: FromEngine) => {
+      if (m.type === "output") {
+        const cb = this.listeners.get(m.o.rid);
+        if (m.o.finish) this.listeners.delete(m.o.rid);
+        cb?.(m.o);
+      } else if (m.type === "rejected") {
+        // Admission failed inside the worker (queue full, prompt too long): finish the request.
+        const cb = this.listeners.get(m.rid);
+        this.listeners.delete(m.rid);
+        cb?.({ rid: m.rid, tokens: [], finish: { reason: "abort", message: m.message } });
+      } else if (m.type === "reply") {
+        this.replies.get(m.id)?.(m.value);
+        this.replies.delete(m.id);
+      }
+    });
+  }
+
+  submit(req: EngineRequest, onOutput: (o: EngineOutput) => void): void {
+    if (this.listeners.has(req.rid)) throw new Error(`duplicate request id ${req.rid}`);
+    if (this.listeners.size >= this.capacity) throw new EngineBusyError(`the server is at capacity (${this.capacity} requests in flight)`);
+    this.listeners.set(req.rid, onOutput);
+    this.post({ type: "submit", req });
+  }
+
+  abort(rid: string): void {
+    if (this.listeners.has(rid)) this.post({ type: "abort", rid });
+  }
+
+  flushCache(): Promise<boolean> {
+    return this.ask("flush") as Promise<boolean>;
+  }
+
+  stats(): Promise<EngineStats> {
+    return this.ask("stats") as Promise<EngineStats>;
+  }
+
+  get inFlight(): number {
+    return this.listeners.size;
+  }
+
+  async shutdown(): Promise<void> {
+    for (const [rid, cb] of this.listeners) cb({ rid, tokens: [], finish: { reason: "abort", message: "server shutting down" } });
+    this.listeners.clear();
+    await this.worker.terminate();
+  }
+
+  private ask(type: "flush" | "stats"): Promise<unknown> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.replies.set(id, resolve);
+      this.post({ type, id });
+    });
+  }
+
+  private post(m: ToEngine): void {
+    this.worker.postMessage(m);
+  }
+}
+
+/** Starts the worker, loads the model there, and resolves once it is ready to serve. */
+export async function startEngine(opts: EngineOptions): Promise<{ engine: Engine; info: EngineInfo }> {
+  const worker = new Worker(new URL("./worker.js", import.meta.url), { workerData: opts });
+  const info = await new Promise<EngineInfo>((resolve, reject) => {
+    const onMsg = (m: FromEngine) => {
+      if (m.type === "ready") resolve(m.info);
+      else if (m.type === "fatal") reject(new Error(m.message));
+      else return;
+      worker.off("message", onMsg);
+    };
+    worker.on("message", onMsg);
+    worker.once("error", reject);
+    worker.once("exit", (code) => reject(new Error(`engine worker exited with code ${code} before it was ready`)));
+  });
+  worker.on("message", (m: FromEngine) => {
+    if (m.type === "fatal") console.error(`tsglang: ${m.message}`);
+  });
+  return { engine: new WorkerEngine(worker, info.maxRunningRequests + (opts.maxQueuedRequests ?? 1024)), info };
+}
+
+export { EngineBusyError };

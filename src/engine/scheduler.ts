@@ -1,0 +1,388 @@
+// The scheduler: continuous batching over one model. Each step it admits waiting requests
+// (prefix-cache lookup, chunked prefill under a token budget), adds one decode token for every
+// running request, runs a single forward over the mixed batch, samples, and retires finished
+// requests into the radix cache. Runs synchronously inside the engine worker.
+//
+// Where a request's tokens go: ids → match() in the radix cache (reused KV) → slots allocated
+// from the pools for the rest → StepBatch → model.forward → logits → sampler → outputs.
+
+import type { SeqSpan, StepBatch } from "../runtime/backend.js";
+import type { Llama4Model } from "../model/llama4.js";
+import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
+import type { TokenPool } from "../cache/token_pool.js";
+import { Rng, applyPenalties, logSoftmax, sampleToken, topEntries } from "./sampling.js";
+import { EngineBusyError, type EngineOutput, type EngineRequest, type EngineStats, type TokenLogprob } from "./types.js";
+
+export interface SchedulerOptions {
+  contextLength: number;
+  maxRunningRequests: number;
+  chunkedPrefillSize: number;
+  schedulePolicy: "fcfs" | "lpm";
+  maxQueuedRequests: number;
+  /** Chunk size of local layers when they use the SWA pool; 0 = no hybrid cache. */
+  swaChunkSize: number;
+}
+
+/** A growable slot list: the pool slot of each position of a sequence. */
+class SlotList {
+  data = new Int32Array(64).fill(-1);
+  ensure(n: number): void {
+    if (n <= this.data.length) return;
+    const next = new Int32Array(Math.max(n, this.data.length * 2)).fill(-1);
+    next.set(this.data);
+    this.data = next;
+  }
+  set(at: number, slots: Int32Array): void {
+    this.ensure(at + slots.length);
+    this.data.set(slots, at);
+  }
+}
+
+interface Req {
+  r: EngineRequest;
+  ids: number[];
+  promptLen: number;
+  full: SlotList;
+  swa: SlotList;
+  /** Positions whose KV is computed. */
+  kvLen: number;
+  /** Positions [0, cachedLen) belong to the radix tree (locked), not to this request. */
+  cachedLen: number;
+  /** Positions below this had their own SWA slots freed already. */
+  swaFreedUpTo: number;
+  node: RadixNode | null;
+  rng: Rng;
+  output: number[];
+  promptLogprobs: (TokenLogprob | null)[] | null;
+  sentFirst: boolean;
+  aborted: boolean;
+}
+
+export class Scheduler {
+  private waiting: Req[] = [];
+  private running: Req[] = [];
+  private readonly byRid = new Map<string, Req>();
+  private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0 };
+
+  constructor(
+    private readonly model: Llama4Model,
+    private readonly cache: RadixCache,
+    private readonly fullPool: TokenPool,
+    private readonly swaPool: TokenPool | null,
+    private readonly opts: SchedulerOptions,
+    private readonly emit: (o: EngineOutput) => void,
+  ) {}
+
+  get idle(): boolean {
+    return this.waiting.length === 0 && this.running.length === 0;
+  }
+
+  add(r: EngineRequest): void {
+    if (this.waiting.length >= this.opts.maxQueuedRequests) {
+      throw new EngineBusyError(`the waiting queue is full (${this.opts.maxQueuedRequests} requests)`);
+    }
+    if (this.byRid.has(r.rid)) throw new Error(`duplicate request id ${r.rid}`);
+    if (r.inputIds.length === 0) throw new Error("empty prompt");
+    if (r.inputIds.length >= this.opts.contextLength) {
+      throw new Error(`prompt of ${r.inputIds.length} tokens does not fit the context length ${this.opts.contextLength}`);
+    }
+    const req: Req = {
+      r,
+      ids: [...r.inputIds],
+      promptLen: r.inputIds.length,
+      full: new SlotList(),
+      swa: new SlotList(),
+      kvLen: 0,
+      cachedLen: 0,
+      swaFreedUpTo: 0,
+      node: null,
+      rng: new Rng(r.sampling.seed),
+      output: [],
+      promptLogprobs: null,
+      sentFirst: false,
+      aborted: false,
+    };
+    this.byRid.set(r.rid, req);
+    this.waiting.push(req);
+    this.counters.promptTokens += req.promptLen;
+  }
+
+  abort(rid: string): void {
+    const req = this.byRid.get(rid);
+    if (!req) return;
+    req.aborted = true;
+    const wi = this.waiting.indexOf(req);
+    if (wi >= 0) {
+      this.waiting.splice(wi, 1);
+      this.finish(req, { reason: "abort" });
+    }
+    // Running requests are retired at the end of the current step.
+  }
+
+  flushCache(): boolean {
+    if (!this.idle) return false;
+    this.cache.reset();
+    return true;
+  }
+
+  stats(): EngineStats {
+    return {
+      running: this.running.length,
+      waiting: this.waiting.length,
+      fullPoolSize: this.fullPool.size,
+      fullPoolUsed: this.fullPool.used,
+      swaPoolSize: this.swaPool?.size ?? 0,
+      swaPoolUsed: this.swaPool?.used ?? 0,
+      ...this.counters,
+    };
+  }
+
+  /** One scheduling step and forward pass. Returns false when there was nothing to do. */
+  step(): boolean {
+    for (const req of [...this.running]) if (req.aborted) this.retire(req, { reason: "abort" });
+    const work: { req: Req; n: number }[] = [];
+    // Decode: one token for every request whose prompt is done.
+    for (const req of [...this.running]) {
+      if (req.kvLen < req.ids.length - 1) continue; // still prefilling
+      if (!this.allocate(req, 1)) {
+        this.preempt(req);
+        continue;
+      }
+      work.push({ req, n: 1 });
+    }
+    // Prefill: continue partial prompts, then admit new ones, within the token budget.
+    let budget = this.opts.chunkedPrefillSize;
+    for (const req of this.running) {
+      if (req.kvLen >= req.ids.length - 1 || budget <= 0) continue;
+      const n = Math.min(req.ids.length - req.kvLen, budget);
+      if (!this.allocate(req, n)) continue;
+      work.push({ req, n });
+      budget -= n;
+    }
+    if (this.opts.schedulePolicy === "lpm" && this.waiting.length > 1) this.sortLongestPrefix();
+    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.opts.maxRunningRequests) {
+      const req = this.waiting[0];
+      this.attachPrefix(req);
+      const n = Math.min(req.ids.length - req.kvLen, budget);
+      if (!this.allocate(req, n)) {
+        this.detachPrefix(req);
+        if (this.running.length === 0) {
+          this.waiting.shift();
+          this.finish(req, { reason: "abort", message: "not enough KV cache for this request" });
+          continue;
+        }
+        break;
+      }
+      this.waiting.shift();
+      this.running.push(req);
+      work.push({ req, n });
+      budget -= n;
+    }
+    if (work.length === 0) return false;
+    this.forward(work);
+    for (const req of [...this.running]) if (req.aborted) this.retire(req, { reason: "abort" });
+    this.releaseOldSwa();
+    return true;
+  }
+
+  private sortLongestPrefix(): void {
+    const score = new Map<Req, number>();
+    for (const w of this.waiting) score.set(w, this.cache.match(w.ids).length);
+    this.waiting.sort((a, b) => score.get(b)! - score.get(a)!);
+  }
+
+  /** Reuses the longest cached prefix. Prompt logprobs need logits from logprobStartLen-1 on, so the match stops there. */
+  private attachPrefix(req: Req): void {
+    if (req.node || req.kvLen > 0) return;
+    const m = this.cache.match(req.ids);
+    let len = m.length;
+    if (req.r.returnLogprob && req.r.logprobStartLen >= 0) len = Math.min(len, Math.max(0, req.r.logprobStartLen - 1));
+    if (len < m.length && this.opts.swaChunkSize > 0) len -= len % this.opts.swaChunkSize; // keep SWA KV valid
+    if (len === 0) return;
+    this.cache.lock(m.node);
+    req.node = m.node;
+    req.full.set(0, m.fullSlots.subarray(0, len));
+    req.swa.set(0, m.swaSlots.subarray(0, len));
+    req.kvLen = req.cachedLen = req.swaFreedUpTo = len;
+    this.counters.cachedTokens += len;
+  }
+
+  private detachPrefix(req: Req): void {
+    if (req.node) this.cache.unlock(req.node);
+    req.node = null;
+    this.counters.cachedTokens -= req.cachedLen;
+    req.kvLen = req.cachedLen = req.swaFreedUpTo = 0;
+  }
+
+  /** Slots for the next n positions in both pools, evicting cached prefixes if needed. */
+  private allocate(req: Req, n: number): boolean {
+    if (req.kvLen + n > this.opts.contextLength) return false;
+    if (this.fullPool.available < n || (this.swaPool && this.swaPool.available < n)) {
+      this.cache.evict(n, this.swaPool ? n : 0);
+    }
+    const full = this.fullPool.alloc(n);
+    if (!full) return false;
+    let swa: Int32Array | null = null;
+    if (this.swaPool) {
+      swa = this.swaPool.alloc(n);
+      if (!swa) {
+        this.fullPool.free(full);
+        return false;
+      }
+    }
+    req.full.set(req.kvLen, full);
+    req.swa.set(req.kvLen, swa ?? full);
+    return true;
+  }
+
+  /** Out of KV: give this request's slots back and queue it again from the start (recompute). */
+  private preempt(req: Req): void {
+    this.freeOwned(req);
+    this.running.splice(this.running.indexOf(req), 1);
+    req.kvLen = req.cachedLen = req.swaFreedUpTo = 0;
+    req.full = new SlotList();
+    req.swa = new SlotList();
+    this.waiting.unshift(req);
+  }
+
+  private forward(work: { req: Req; n: number }[]): void {
+    const total = work.reduce((a, w) => a + w.n, 0);
+    const ids = new Int32Array(total);
+    const positions = new Int32Array(total);
+    const seqs: SeqSpan[] = [];
+    const logitRows: number[] = [];
+    /** Per work item: the logit row index of its first returned row and which positions those rows are. */
+    const rowInfo: { first: number; fromPos: number; count: number }[] = [];
+    let row = 0;
+    for (const { req, n } of work) {
+      const start = req.kvLen;
+      for (let i = 0; i < n; i++) {
+        ids[row + i] = req.ids[start + i];
+        positions[row + i] = start + i;
+      }
+      const kvLen = start + n;
+      seqs.push({
+        qStart: row,
+        qLen: n,
+        kvLen,
+        fullSlots: req.full.data,
+        swaSlots: this.swaPool ? req.swa.data : req.full.data,
+      });
+      // Rows to project: the last one when it yields a new token, plus prompt rows for prompt logprobs.
+      const wantsToken = kvLen === req.ids.length;
+      const wantsPrompt = req.r.returnLogprob && req.r.logprobStartLen >= 0 && start < req.promptLen - 1;
+      const firstTarget = Math.max(1, req.r.logprobStartLen);
+      const fromPos = wantsPrompt ? Math.max(start, firstTarget - 1) : kvLen - 1;
+      const lastPos = wantsToken ? kvLen - 1 : wantsPrompt ? Math.min(kvLen - 1, req.promptLen - 2) : fromPos - 1;
+      const count = Math.max(0, lastPos - fromPos + 1);
+      rowInfo.push({ first: logitRows.length, fromPos, count });
+      for (let p = fromPos; p <= lastPos; p++) logitRows.push(row + (p - start));
+      row += n;
+    }
+    const batch: StepBatch = { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
+    const logits = this.model.forward(batch);
+    this.counters.forwardTokens += total;
+    const vocab = this.model.cfg.vocabSize;
+
+    work.forEach(({ req, n }, wi) => {
+      req.kvLen += n;
+      const info = rowInfo[wi];
+      const rowOf = (p: number) => logits.subarray((info.first + p - info.fromPos) * vocab, (info.first + p - info.fromPos + 1) * vocab);
+      if (req.r.returnLogprob && req.r.logprobStartLen >= 0) this.collectPromptLogprobs(req, info, rowOf);
+      if (req.kvLen === req.ids.length && !req.aborted) this.sampleNext(req, rowOf(req.kvLen - 1));
+    });
+  }
+
+  private collectPromptLogprobs(req: Req, info: { fromPos: number; count: number }, rowOf: (p: number) => Float32Array): void {
+    req.promptLogprobs ??= new Array(req.promptLen).fill(null);
+    const start = Math.max(1, req.r.logprobStartLen);
+    for (let p = info.fromPos; p < info.fromPos + info.count; p++) {
+      const target = p + 1;
+      if (target < start || target >= req.promptLen) continue;
+      req.promptLogprobs[target] = this.tokenLogprob(rowOf(p), req.ids[target], req.r.topLogprobsNum);
+    }
+  }
+
+  private tokenLogprob(row: Float32Array, id: number, topN: number): TokenLogprob {
+    const lp = logSoftmax(row);
+    const out: TokenLogprob = { id, logprob: lp[id] };
+    if (topN > 0) out.top = topEntries(lp, topN);
+    return out;
+  }
+
+  private sampleNext(req: Req, row: Float32Array): void {
+    const p = req.r.sampling;
+    const logits = new Float32Array(row);
+    applyPenalties(logits, p, req.r.inputIds, req.output);
+    const minNew = req.r.minNewTokens ?? 0;
+    if (req.output.length < minNew) for (const s of req.r.stopTokenIds) logits[s] = -Infinity;
+    const tok = sampleToken(logits, p, req.rng);
+    const out: EngineOutput = { rid: req.r.rid, tokens: [tok] };
+    // Logprobs are of the model's distribution (before penalties), as SGLang and OpenAI report them.
+    if (req.r.returnLogprob) out.logprobs = [this.tokenLogprob(row, tok, req.r.topLogprobsNum)];
+    if (!req.sentFirst) {
+      out.cachedTokens = req.cachedLen;
+      if (req.promptLogprobs) out.promptLogprobs = req.promptLogprobs;
+      req.sentFirst = true;
+    }
+    req.ids.push(tok);
+    req.output.push(tok);
+    this.counters.generatedTokens++;
+    if (req.output.length >= minNew && req.r.stopTokenIds.includes(tok)) {
+      out.finish = { reason: "stop", matchedStop: tok };
+    } else if (req.output.length >= req.r.maxNewTokens || req.ids.length >= this.opts.contextLength) {
+      out.finish = { reason: "length" };
+    }
+    if (out.finish) {
+      this.emit(out);
+      this.retire(req, null);
+    } else {
+      this.emit(out);
+    }
+  }
+
+  /** Local layers only look back to the chunk start: free this request's SWA slots before it. */
+  private releaseOldSwa(): void {
+    const chunk = this.opts.swaChunkSize;
+    if (!this.swaPool || chunk <= 0) return;
+    for (const req of this.running) {
+      const keepFrom = req.kvLen - (req.kvLen % chunk);
+      const from = Math.max(req.swaFreedUpTo, req.cachedLen);
+      if (keepFrom <= from) continue;
+      const slots = req.swa.data.subarray(from, keepFrom);
+      this.swaPool.free(slots);
+      slots.fill(-1);
+      req.swaFreedUpTo = keepFrom;
+    }
+  }
+
+  /** Hands a finished request's KV to the radix cache and removes it. */
+  private retire(req: Req, finish: EngineOutput["finish"] | null): void {
+    const i = this.running.indexOf(req);
+    if (i >= 0) this.running.splice(i, 1);
+    const len = req.kvLen;
+    const full = req.full.data.slice(0, len);
+    const swa = this.swaPool ? req.swa.data.slice(0, len) : null;
+    // The tree owns [0, cachedLen) already; insert hands over the rest and frees duplicates.
+    this.cache.insert(req.ids.slice(0, len), full, swa);
+    if (req.node) this.cache.unlock(req.node);
+    req.node = null;
+    if (finish) this.finish(req, finish);
+    else this.byRid.delete(req.r.rid);
+  }
+
+  private freeOwned(req: Req): void {
+    const own = req.full.data.subarray(req.cachedLen, req.kvLen);
+    this.fullPool.free(own);
+    if (this.swaPool) this.swaPool.free(req.swa.data.subarray(Math.max(req.cachedLen, req.swaFreedUpTo), req.kvLen));
+    if (req.node) this.cache.unlock(req.node);
+    req.node = null;
+  }
+
+  private finish(req: Req, finish: NonNullable<EngineOutput["finish"]>): void {
+    this.byRid.delete(req.r.rid);
+    const out: EngineOutput = { rid: req.r.rid, tokens: [], finish };
+    if (!req.sentFirst) out.cachedTokens = req.cachedLen;
+    this.emit(out);
+  }
+}
