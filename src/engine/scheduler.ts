@@ -62,7 +62,7 @@ export class Scheduler {
   private waiting: Req[] = [];
   private running: Req[] = [];
   private readonly byRid = new Map<string, Req>();
-  private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0 };
+  private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0, preemptions: 0 };
 
   constructor(
     private readonly model: Llama4Model,
@@ -237,6 +237,7 @@ export class Scheduler {
 
   /** Out of KV: give this request's slots back and queue it again from the start (recompute). */
   private preempt(req: Req): void {
+    this.counters.preemptions++;
     this.freeOwned(req);
     this.running.splice(this.running.indexOf(req), 1);
     req.kvLen = req.cachedLen = req.swaFreedUpTo = 0;

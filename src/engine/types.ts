@@ -53,6 +53,8 @@ export interface EngineStats {
   /** Cumulative prompt tokens. */
   promptTokens: number;
   generatedTokens: number;
+  /** Requests sent back to the queue because the KV pool ran out (recomputed later). */
+  preemptions: number;
 }
 
 export class EngineBusyError extends Error {

@@ -1,0 +1,189 @@
+// The scheduler in-process on the fixtures: batching must not change any request's tokens,
+// prefixes must be reused, and the hybrid SWA pool must stay small and drain to empty.
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { RadixCache } from "../cache/radix_cache.js";
+import { TokenPool } from "../cache/token_pool.js";
+import { loadModel } from "../model/loader.js";
+import { readGolden } from "../model/golden.js";
+import { CpuBackend } from "../runtime/cpu.js";
+import { fixturePath } from "../util/repo.js";
+import { GREEDY, argmax } from "./sampling.js";
+import { Scheduler, type SchedulerOptions } from "./scheduler.js";
+import { SingleSequence } from "./sequence.js";
+import type { EngineOutput, EngineRequest } from "./types.js";
+
+const FIXTURE = fixturePath("scout-tiny");
+const golden = readGolden(FIXTURE);
+
+interface Harness {
+  sched: Scheduler;
+  outputs: Map<string, EngineOutput[]>;
+  full: TokenPool;
+  swa: TokenPool | null;
+  cache: RadixCache;
+  chunk: number;
+  /** Runs steps until idle; calls `each` after every step. */
+  drain(each?: () => void): void;
+}
+
+async function harness(o: Partial<SchedulerOptions> & { hybrid?: boolean; radix?: boolean; poolTokens?: number } = {}): Promise<Harness> {
+  const { model, config } = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
+  const hybrid = model.attention.some((a) => a.pool === "swa");
+  const size = o.poolTokens ?? 4096;
+  const full = new TokenPool(size);
+  const swa = hybrid ? new TokenPool(size) : null;
+  model.allocKv({ full: size, swa: size });
+  const chunk = hybrid ? config.attentionChunkSize : 0;
+  const cache = new RadixCache({ full, swa, chunkSize: chunk, disabled: o.radix === false });
+  const outputs = new Map<string, EngineOutput[]>();
+  const sched = new Scheduler(
+    model,
+    cache,
+    full,
+    swa,
+    {
+      contextLength: o.contextLength ?? 1024,
+      maxRunningRequests: o.maxRunningRequests ?? 64,
+      chunkedPrefillSize: o.chunkedPrefillSize ?? 8192,
+      schedulePolicy: o.schedulePolicy ?? "fcfs",
+      maxQueuedRequests: 1000,
+      swaChunkSize: chunk,
+    },
+    (out) => {
+      const list = outputs.get(out.rid) ?? [];
+      list.push(out);
+      outputs.set(out.rid, list);
+    },
+  );
+  return {
+    sched,
+    outputs,
+    full,
+    swa,
+    cache,
+    chunk,
+    drain(each) {
+      for (let i = 0; i < 100000 && !sched.idle; i++) {
+        sched.step();
+        each?.();
+      }
+      assert.ok(sched.idle, "scheduler did not finish");
+    },
+  };
+}
+
+function request(rid: string, ids: number[], maxNewTokens: number, extra: Partial<EngineRequest> = {}): EngineRequest {
+  return { rid, inputIds: ids, sampling: GREEDY, maxNewTokens, stopTokenIds: [], returnLogprob: false, logprobStartLen: -1, topLogprobsNum: 0, ...extra };
+}
+
+function tokens(h: Harness, rid: string): number[] {
+  return (h.outputs.get(rid) ?? []).flatMap((o) => o.tokens);
+}
+
+/** Greedy continuation of one prompt alone, on the contiguous cache. */
+async function alone(ids: number[], n: number): Promise<number[]> {
+  const { model } = await loadModel(FIXTURE, new CpuBackend());
+  const seq = new SingleSequence(model, ids.length + n);
+  let logits = seq.append(ids);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    out.push(argmax(logits));
+    if (i + 1 < n) logits = seq.append([out[i]]);
+  }
+  return out;
+}
+
+function prompts(count: number): number[][] {
+  // Different lengths (several local-attention chunks), sharing some prefixes.
+  const base = golden.prompts[2].prompt_ids;
+  return Array.from({ length: count }, (_, i) => {
+    const len = 5 + ((i * 7) % 60);
+    const p = base.slice(0, len);
+    if (i % 3 === 0) p.push((i * 37) % 500);
+    return p;
+  });
+}
+
+describe("scheduler", () => {
+  test("32 concurrent greedy requests give exactly what each gives alone (hybrid on, small prefill chunks)", async () => {
+    const ps = prompts(32);
+    const lens = ps.map((_, i) => 3 + (i % 9));
+    const want = await Promise.all(ps.map((p, i) => alone(p, lens[i])));
+    for (const [hybrid, chunked] of [[true, 13], [false, 8192]] as const) {
+      const h = await harness({ hybrid, chunkedPrefillSize: chunked });
+      ps.forEach((p, i) => h.sched.add(request(`r${i}`, p, lens[i])));
+      h.drain();
+      ps.forEach((_, i) => assert.deepEqual(tokens(h, `r${i}`), want[i], `request ${i} (hybrid ${hybrid})`));
+    }
+  });
+
+  test("a repeated long prefix is served from the cache and skips its prefill", async () => {
+    const h = await harness();
+    const prefix = golden.prompts[2].prompt_ids.slice(0, 60);
+    h.sched.add(request("a", [...prefix, 7], 4));
+    h.drain();
+    const before = h.sched.stats().forwardTokens;
+    h.sched.add(request("b", [...prefix, 9, 10], 4));
+    h.drain();
+    const cached = h.outputs.get("b")![0].cachedTokens!;
+    assert.ok(cached >= 48, `cached ${cached}`); // at least the whole chunks of the shared prefix
+    const forwarded = h.sched.stats().forwardTokens - before;
+    assert.equal(forwarded, 62 - cached + 3, "only the uncached prompt tokens and the decode steps run");
+    assert.deepEqual(tokens(h, "b"), await alone([...prefix, 9, 10], 4));
+  });
+
+  test("hybrid SWA pool: at most one chunk per running request, empty at the end, aborts included", async () => {
+    const h = await harness({ hybrid: true, chunkedPrefillSize: 16 });
+    const ps = prompts(8).map((p) => [...p, ...golden.prompts[1].prompt_ids]);
+    ps.forEach((p, i) => h.sched.add(request(`s${i}`, p, 20)));
+    let steps = 0;
+    h.drain(() => {
+      steps++;
+      const st = h.sched.stats();
+      assert.ok(h.swa!.used <= st.running * h.chunk + h.cache.cachedTokens, `swa used ${h.swa!.used} with ${st.running} running`);
+      if (steps === 5) h.sched.abort("s3");
+    });
+    assert.equal(h.outputs.get("s3")!.at(-1)!.finish!.reason, "abort");
+    assert.ok(h.sched.flushCache());
+    assert.equal(h.full.used, 0);
+    assert.equal(h.swa!.used, 0);
+  });
+
+  test("prompt logprobs equal the float64 reference", async () => {
+    const h = await harness({ chunkedPrefillSize: 10 });
+    const p = golden.prompts[1];
+    h.sched.add(request("lp", p.prompt_ids, 1, { returnLogprob: true, logprobStartLen: 0, topLogprobsNum: 2 }));
+    h.drain();
+    const first = h.outputs.get("lp")![0];
+    const lps = first.promptLogprobs!;
+    assert.equal(lps.length, p.prompt_ids.length);
+    assert.equal(lps[0], null);
+    const vocab = golden.vocabSize;
+    for (let i = 1; i < lps.length; i++) {
+      const ref = p.logprobs[(i - 1) * vocab + p.prompt_ids[i]];
+      assert.ok(Math.abs(lps[i]!.logprob - ref) < 1e-3, `position ${i}: ${lps[i]!.logprob} vs ${ref}`);
+      assert.equal(lps[i]!.top!.length, 2);
+    }
+  });
+
+  test("radix cache disabled and lpm policy keep outputs and drain the pools", async () => {
+    const h = await harness({ radix: false, schedulePolicy: "lpm", maxRunningRequests: 4 });
+    const ps = prompts(10);
+    ps.forEach((p, i) => h.sched.add(request(`d${i}`, p, 3)));
+    h.drain();
+    for (let i = 0; i < ps.length; i++) assert.deepEqual(tokens(h, `d${i}`), await alone(ps[i], 3));
+    assert.equal(h.full.used, 0);
+    assert.equal(h.swa!.used, 0);
+  });
+
+  test("a pool too small for everyone preempts and recomputes without changing outputs", async () => {
+    const h = await harness({ poolTokens: 200, hybrid: false });
+    const ps = prompts(12);
+    ps.forEach((p, i) => h.sched.add(request(`p${i}`, p, 12)));
+    h.drain();
+    assert.ok(h.sched.stats().preemptions > 0, "the pool was meant to run out");
+    for (let i = 0; i < ps.length; i++) assert.deepEqual(tokens(h, `p${i}`), await alone(ps[i], 12), `request ${i}`);
+  });
+});
