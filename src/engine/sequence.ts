@@ -1,46 +1,75 @@
-// One sequence on a contiguous KV cache (slot = position): the simplest driver of the model,
-// used by `tsglang generate` and the golden-reference tests. The server's scheduler drives the
-// same model through pooled, shared KV instead.
+// Sequences on a contiguous KV cache (sequence b owns slots [b·capacity, (b+1)·capacity)):
+// the simplest driver of the model, used by `tsglang generate`, `bench-one-batch` and the
+// golden-reference tests. The server's scheduler drives the same model through pooled,
+// shared KV instead.
 
 import type { SeqSpan, StepBatch } from "../runtime/backend.js";
 import type { Llama4Model } from "../model/llama4.js";
 
-export class SingleSequence {
-  private len = 0;
-  private readonly slots: Int32Array;
+export class ContiguousBatch {
+  private readonly lens: number[];
+  private readonly slots: Int32Array[];
 
   constructor(
     private readonly model: Llama4Model,
+    readonly batchSize: number,
     readonly capacity: number,
   ) {
-    this.slots = Int32Array.from({ length: capacity }, (_, i) => i);
-    model.allocKv({ full: capacity, swa: capacity });
+    this.lens = new Array(batchSize).fill(0);
+    this.slots = Array.from({ length: batchSize }, (_, b) => Int32Array.from({ length: capacity }, (_, i) => b * capacity + i));
+    model.allocKv({ full: batchSize * capacity, swa: batchSize * capacity });
   }
 
-  get length(): number {
-    return this.len;
+  length(b = 0): number {
+    return this.lens[b];
   }
 
   /**
-   * Appends tokens and returns logits for the last `logitsFor` of them (all of them when
-   * equal to ids.length) as one [rows, vocab] array.
+   * Appends tokens[b] to sequence b (all in one forward) and returns logits for the last
+   * `logitsFor` tokens of each sequence, sequences in order, as one [rows, vocab] array.
    */
-  append(ids: readonly number[], logitsFor = 1): Float32Array {
-    if (ids.length === 0) throw new Error("append needs at least one token");
-    if (this.len + ids.length > this.capacity) {
-      throw new Error(`sequence of ${this.len + ids.length} tokens exceeds the KV capacity ${this.capacity}`);
-    }
-    const n = ids.length;
-    const seq: SeqSpan = { qStart: 0, qLen: n, kvLen: this.len + n, fullSlots: this.slots, swaSlots: this.slots };
-    const rows = Math.min(logitsFor, n);
-    const batch: StepBatch = {
-      ids: Int32Array.from(ids),
-      positions: Int32Array.from({ length: n }, (_, i) => this.len + i),
-      seqs: [seq],
-      logitRows: Int32Array.from({ length: rows }, (_, i) => n - rows + i),
-    };
+  append(tokens: readonly (readonly number[])[], logitsFor = 1): Float32Array {
+    if (tokens.length !== this.batchSize) throw new Error(`expected ${this.batchSize} token lists, got ${tokens.length}`);
+    const total = tokens.reduce((a, t) => a + t.length, 0);
+    const ids = new Int32Array(total);
+    const positions = new Int32Array(total);
+    const seqs: SeqSpan[] = [];
+    const logitRows: number[] = [];
+    let row = 0;
+    tokens.forEach((t, b) => {
+      if (t.length === 0) throw new Error("append needs at least one token per sequence");
+      const start = this.lens[b];
+      if (start + t.length > this.capacity) {
+        throw new Error(`sequence of ${start + t.length} tokens exceeds the KV capacity ${this.capacity}`);
+      }
+      t.forEach((id, i) => {
+        ids[row + i] = id;
+        positions[row + i] = start + i;
+      });
+      seqs.push({ qStart: row, qLen: t.length, kvLen: start + t.length, fullSlots: this.slots[b], swaSlots: this.slots[b] });
+      for (let i = Math.max(0, t.length - logitsFor); i < t.length; i++) logitRows.push(row + i);
+      row += t.length;
+    });
+    const batch: StepBatch = { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
     const logits = this.model.forward(batch);
-    this.len += n;
+    tokens.forEach((t, b) => (this.lens[b] += t.length));
     return logits;
+  }
+}
+
+/** One sequence: a ContiguousBatch of one. */
+export class SingleSequence {
+  private readonly batch: ContiguousBatch;
+
+  constructor(model: Llama4Model, capacity: number) {
+    this.batch = new ContiguousBatch(model, 1, capacity);
+  }
+
+  get length(): number {
+    return this.batch.length(0);
+  }
+
+  append(ids: readonly number[], logitsFor = 1): Float32Array {
+    return this.batch.append([ids], logitsFor);
   }
 }

@@ -5,7 +5,7 @@ import { existsSync, statSync } from "node:fs";
 import type { Backend } from "../runtime/backend.js";
 import { type Llama4Config, loadConfig } from "./config.js";
 import { Llama4Model } from "./llama4.js";
-import { loadWeights } from "./weights.js";
+import { type LoadOptions, loadWeights } from "./weights.js";
 
 export interface LoadedModel {
   dir: string;
@@ -13,9 +13,9 @@ export interface LoadedModel {
   model: Llama4Model;
 }
 
-export async function loadModel(dir: string, backend: Backend, opts: { hybridKv?: boolean } = {}): Promise<LoadedModel> {
+export async function loadModel(dir: string, backend: Backend, opts: LoadOptions & { hybridKv?: boolean } = {}): Promise<LoadedModel> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`model path ${dir} is not a directory`);
   const config = loadConfig(dir);
-  const weights = await loadWeights(dir, config, backend);
+  const weights = await loadWeights(dir, config, backend, opts);
   return { dir, config, model: new Llama4Model(config, weights, backend, opts) };
 }

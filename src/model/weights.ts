@@ -43,13 +43,25 @@ export function tensorNames(cfg: Llama4Config) {
   };
 }
 
-class Reader {
+/** Where weights come from: a checkpoint, or random values for `--load-format dummy`. */
+interface WeightSource {
+  load(name: string, shape: number[], opts?: { transpose?: boolean }): Promise<Tensor>;
+  /** Two [rows, in] matrices as one [2·rows, in] tensor (gate then up). */
+  loadStacked(a: string, b: string, shape: number[]): Promise<Tensor>;
+  has(name: string): boolean;
+}
+
+class CheckpointSource implements WeightSource {
   constructor(
     private readonly ckpt: Checkpoint,
     private readonly backend: Backend,
   ) {}
 
-  async host(name: string, shape: number[]): Promise<HostTensor> {
+  has(name: string): boolean {
+    return this.ckpt.has(name);
+  }
+
+  private async host(name: string, shape: number[]): Promise<HostTensor> {
     const info = this.ckpt.info(name);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new Error(`tensor ${name} in ${info.file} has shape [${info.shape}], expected [${shape}] from config.json`);
@@ -61,7 +73,6 @@ class Reader {
     return this.backend.weight(await this.host(name, shape), opts);
   }
 
-  /** Loads two [rows, in] matrices as one [rowsA + rowsB, in] tensor (gate then up). */
   async loadStacked(a: string, b: string, shape: number[]): Promise<Tensor> {
     const ha = await this.host(a, shape);
     const hb = await this.host(b, shape);
@@ -73,10 +84,47 @@ class Reader {
   }
 }
 
-export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<ModelWeights> {
-  const ckpt = await Checkpoint.open(dir);
+/** Random weights generated on the backend: norms are 1, everything else normal(0, 0.02). */
+class DummySource implements WeightSource {
+  constructor(private readonly backend: Backend) {
+    if (!backend.randomWeight) throw new Error(`the ${backend.name} backend cannot make dummy weights`);
+  }
+
+  has(): boolean {
+    return true;
+  }
+
+  private make(name: string, shape: number[]): Tensor {
+    const norm = name.endsWith("norm.weight");
+    return this.backend.randomWeight!(shape, norm ? 0 : 0.02, hash(name), 1);
+  }
+
+  async load(name: string, shape: number[], opts?: { transpose?: boolean }): Promise<Tensor> {
+    const s = opts?.transpose ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape;
+    return this.make(name, s);
+  }
+
+  async loadStacked(a: string, _b: string, shape: number[]): Promise<Tensor> {
+    return this.make(a, [shape[0] * 2, shape[1]]);
+  }
+}
+
+function hash(s: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+export interface LoadOptions {
+  /** "dummy" makes random weights from config.json alone (benchmarks), like SGLang's flag. */
+  loadFormat?: "auto" | "dummy";
+  onProgress?: (done: number, total: number) => void;
+}
+
+export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backend, opts: LoadOptions = {}): Promise<ModelWeights> {
+  const ckpt = opts.loadFormat === "dummy" ? null : await Checkpoint.open(dir);
   try {
-    const r = new Reader(ckpt, backend);
+    const r: WeightSource = ckpt ? new CheckpointSource(ckpt, backend) : new DummySource(backend);
     const names = tensorNames(cfg);
     const d = cfg.hiddenSize;
     const hd = cfg.headDim;
@@ -85,7 +133,7 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
     const embed = await r.load(names.embed, [cfg.vocabSize, d]);
     const norm = await r.load(names.norm, [d]);
     let lmHead: Tensor;
-    if (ckpt.has(names.lmHead)) lmHead = await r.load(names.lmHead, [cfg.vocabSize, d]);
+    if (r.has(names.lmHead)) lmHead = await r.load(names.lmHead, [cfg.vocabSize, d]);
     else if (cfg.tieWordEmbeddings) lmHead = embed;
     else throw new Error(`tensor ${names.lmHead} is missing from ${dir} and tie_word_embeddings is false`);
 
@@ -115,10 +163,10 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm]);
       }
       layers.push(lw);
-      onProgress?.(spec.index + 1, cfg.numLayers);
+      opts.onProgress?.(spec.index + 1, cfg.numLayers);
     }
     return { embed, norm, lmHead, layers };
   } finally {
-    await ckpt.close();
+    await ckpt?.close();
   }
 }

@@ -91,6 +91,17 @@ export interface Backend {
 
   /** Allocates (or reallocates) the KV pools for every layer and fixes the attention constants. */
   allocKv(params: AttentionParams, layers: AttentionSpec[], sizes: KvPoolSizes): void;
+  /**
+   * Random weights for `--load-format dummy`: normal(0, std) deterministically from `seed`
+   * (`std` 0 with `fill` gives a constant, e.g. 1 for norm weights). Generated where the
+   * weights live, so benchmark models never pass through the host.
+   */
+  randomWeight?(shape: number[], std: number, seed: number, fill?: number): Tensor;
+  /** Waits for queued device work (timing); a no-op on the CPU. */
+  synchronize?(): void;
+  /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
+  copyBandwidth?(bytes: number): number;
+
   /** Copies a tensor to the host as fp32. */
   toHost(x: Tensor): Float32Array;
   /** Rows of x (e.g. the last token of each sequence). */

@@ -13,6 +13,7 @@ import type {
   Tensor,
 } from "./backend.js";
 import { toFloat32 } from "./dtype.js";
+import { Rng } from "../util/rng.js";
 
 export class CpuTensor implements Tensor {
   constructor(
@@ -278,6 +279,33 @@ export class CpuBackend implements Backend {
       });
     }
     return out;
+  }
+
+  randomWeight(shape: number[], std: number, seed: number, fill = 0): CpuTensor {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (std === 0) data.fill(fill);
+    else {
+      const rng = new Rng(seed);
+      for (let i = 0; i < n; i += 2) {
+        // Box-Muller: two normals per pair of uniforms.
+        const r = Math.sqrt(-2 * Math.log(1 - rng.next())) * std;
+        const a = 2 * Math.PI * rng.next();
+        data[i] = r * Math.cos(a);
+        if (i + 1 < n) data[i + 1] = r * Math.sin(a);
+      }
+    }
+    return new CpuTensor([...shape], data);
+  }
+
+  copyBandwidth(bytes: number): number {
+    const src = new Float32Array(bytes / 8);
+    const dst = new Float32Array(src.length);
+    dst.set(src); // warm up
+    const reps = 5;
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) dst.set(src);
+    return (reps * 2 * src.byteLength) / ((performance.now() - t0) / 1000);
   }
 
   toHost(x: Tensor): Float32Array {
