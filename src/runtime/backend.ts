@@ -60,6 +60,8 @@ export interface KvPoolSizes {
 /** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
 export interface Backend {
   readonly name: string;
+  /** Bytes per stored weight/KV element (bf16 on GPUs: 2; the CPU backend keeps fp32: 4). */
+  readonly elementBytes?: number;
 
   /** Uploads a weight. `transpose` swaps the last two dims ([.., in, out] → [.., out, in]). */
   weight(t: HostTensor, opts?: { transpose?: boolean }): Tensor;

@@ -85,6 +85,7 @@ interface LayerKv {
 
 export class CpuBackend implements Backend {
   readonly name = "cpu";
+  readonly elementBytes = 4;
   private params: AttentionParams | null = null;
   private kv: LayerKv[] = [];
 

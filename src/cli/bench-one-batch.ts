@@ -1,0 +1,153 @@
+// `tsglang bench-one-batch` (like sglang.bench_one_batch): one static batch, prefilled in one
+// forward and decoded step by step, timed on the device. Prints prefill and decode throughput,
+// per-step latency, and the achieved memory bandwidth beside the bandwidth bound (bytes a
+// decode step must read ÷ measured copy bandwidth), as gpt-fast does.
+
+import { parseArgs } from "node:util";
+import { ContiguousBatch } from "../engine/sequence.js";
+import type { Llama4Config } from "../model/config.js";
+import { loadModel } from "../model/loader.js";
+import { createBackend, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { argmax } from "../engine/sampling.js";
+
+const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
+
+  --model-path DIR          checkpoint directory (config.json is enough with --load-format dummy)
+  --load-format auto|dummy  dummy = random weights made on the device (default auto)
+  --batch-size N            sequences in the batch (default 1)
+  --input-len N             prompt tokens per sequence (default 1024)
+  --output-len N            generated tokens per sequence (default 16)
+  --device auto|cuda|cpu    (default auto)
+  --attention-backend NAME  auto|fa3|cuda|cpu (default auto)
+  --json                    print one JSON object`;
+
+/** Bytes one decode step must read: weights touched by B tokens plus the KV they attend to. */
+export function decodeStepBytes(cfg: Llama4Config, batch: number, context: number, elementBytes: number): { weights: number; kv: number } {
+  const d = cfg.hiddenSize;
+  const attn = (cfg.numHeads * cfg.headDim * d) * 2 + 2 * cfg.numKvHeads * cfg.headDim * d;
+  const kvPerToken = 2 * cfg.numKvHeads * cfg.headDim;
+  let elems = cfg.vocabSize * d + batch * d; // lm_head + embedding rows
+  let kv = 0;
+  for (const l of cfg.layers) {
+    elems += attn + 2 * d;
+    if (l.moe) {
+      const e = cfg.numExperts;
+      const touched = e * (1 - Math.pow(1 - 1 / e, batch)); // expected distinct experts for uniform routing
+      elems += e * d + (1 + touched) * 3 * d * cfg.intermediateSize;
+    } else {
+      elems += 3 * d * cfg.intermediateSizeMlp;
+    }
+    const span = l.chunkSize > 0 ? Math.min(context, (context % l.chunkSize) + 1) : context;
+    kv += batch * span * kvPerToken;
+  }
+  return { weights: elems * elementBytes, kv: kv * elementBytes };
+}
+
+/** Matmul FLOPs of a prefill of `tokens` tokens per sequence (active experts only) plus causal attention. */
+export function prefillFlops(cfg: Llama4Config, batch: number, tokens: number): number {
+  const d = cfg.hiddenSize;
+  const attnProj = 2 * ((cfg.numHeads * cfg.headDim * d) * 2 + 2 * cfg.numKvHeads * cfg.headDim * d);
+  let perToken = 0;
+  let attnFlops = 0;
+  for (const l of cfg.layers) {
+    perToken += attnProj + (l.moe ? 2 * (cfg.numExperts * d + 2 * 3 * d * cfg.intermediateSize) : 2 * 3 * d * cfg.intermediateSizeMlp);
+    // QK^T and PV over the allowed keys: causal within a chunk (local) or the whole prompt.
+    const chunk = l.chunkSize > 0 ? Math.min(l.chunkSize, tokens) : tokens;
+    const full = Math.floor(tokens / chunk);
+    const rest = tokens - full * chunk;
+    const pairs = full * (chunk * (chunk + 1)) / 2 + (rest * (rest + 1)) / 2;
+    attnFlops += 4 * pairs * cfg.numHeads * cfg.headDim;
+  }
+  return batch * (tokens * perToken + attnFlops + 2 * cfg.vocabSize * d); // lm_head for the last token only
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      "model-path": { type: "string" },
+      "load-format": { type: "string", default: "auto" },
+      "batch-size": { type: "string", default: "1" },
+      "input-len": { type: "string", default: "1024" },
+      "output-len": { type: "string", default: "16" },
+      device: { type: "string", default: "auto" },
+      "attention-backend": { type: "string", default: "auto" },
+      json: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!values["model-path"]) throw new Error("--model-path is required");
+  const int = (name: string, v: string, min: number) => {
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < min) throw new Error(`--${name} must be an integer ≥ ${min}, got '${v}'`);
+    return x;
+  };
+  const batch = int("batch-size", values["batch-size"]!, 1);
+  const inputLen = int("input-len", values["input-len"]!, 1);
+  const outputLen = int("output-len", values["output-len"]!, 2);
+  const lf = values["load-format"];
+  if (lf !== "auto" && lf !== "dummy") throw new Error(`--load-format must be auto or dummy, got '${lf}'`);
+
+  const choice = await createBackend(parseDevice(values.device!), parseAttentionBackend(values["attention-backend"]!));
+  const be = choice.backend;
+  const t0 = performance.now();
+  const { model, config } = await loadModel(values["model-path"], be, { loadFormat: lf });
+  const loadS = (performance.now() - t0) / 1000;
+  const seqs = new ContiguousBatch(model, batch, inputLen + outputLen);
+
+  // Prompts: fixed pseudo-random ids, different per sequence.
+  const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: inputLen }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize));
+  const sync = () => be.synchronize?.();
+  sync();
+  let t = performance.now();
+  let logits = seqs.append(prompts);
+  sync();
+  const prefillS = (performance.now() - t) / 1000;
+  const steps: number[] = [];
+  const vocab = config.vocabSize;
+  for (let s = 1; s < outputLen; s++) {
+    const next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
+    t = performance.now();
+    logits = seqs.append(next);
+    sync();
+    steps.push((performance.now() - t) / 1000);
+  }
+  // The first decode steps warm caches; report the median.
+  const sorted = [...steps].sort((a, b) => a - b);
+  const stepS = sorted[Math.floor(sorted.length / 2)];
+  const elementBytes = be.elementBytes ?? 2;
+  const bytes = decodeStepBytes(config, batch, inputLen + Math.floor(outputLen / 2), elementBytes);
+  const copyBw = be.copyBandwidth ? be.copyBandwidth(1 << 30) : NaN;
+  const stepBytes = bytes.weights + bytes.kv;
+  const result = {
+    backend: choice.description,
+    model: values["model-path"],
+    load_format: lf,
+    batch_size: batch,
+    input_len: inputLen,
+    output_len: outputLen,
+    load_s: loadS,
+    prefill_s: prefillS,
+    prefill_tokens_per_s: (batch * inputLen) / prefillS,
+    prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,
+    decode_step_s_median: stepS,
+    decode_tokens_per_s: batch / stepS,
+    decode_step_bytes: stepBytes,
+    decode_weight_bytes: bytes.weights,
+    decode_kv_bytes: bytes.kv,
+    achieved_bandwidth_gb_s: stepBytes / stepS / 1e9,
+    copy_bandwidth_gb_s: copyBw / 1e9,
+    bound_tokens_per_s: (batch * copyBw) / stepBytes,
+    fraction_of_bound: stepBytes / stepS / copyBw,
+  };
+  if (values.json) console.log(JSON.stringify(result));
+  else {
+    for (const [k, v] of Object.entries(result)) console.log(`${k.padEnd(26)} ${typeof v === "number" ? Number(v.toPrecision(5)) : v}`);
+  }
+  return 0;
+}
