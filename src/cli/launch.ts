@@ -1,0 +1,225 @@
+// `tsglang launch`: serve a model over HTTP with SGLang's flag names and meanings. The flag
+// table below is the single source of parsing, validation and --help. The engine runs in a
+// worker thread; this thread serves HTTP. One line on stdout says when it is ready.
+
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { startEngine, type EngineOptions } from "../engine/engine.js";
+import type { SamplingParams } from "../engine/sampling.js";
+import { loadConfig } from "../model/config.js";
+import { listen } from "../server/app.js";
+import type { ServerContext } from "../server/context.js";
+import { probeEngine } from "../server/info.js";
+import { LOG_LEVELS, Logger } from "../server/log.js";
+import { TokenTexts } from "../server/logprobs.js";
+import { Metrics } from "../server/metrics.js";
+import { ChatTemplate } from "../tokenizer/chat_template.js";
+import { Tokenizer } from "../tokenizer/tokenizer.js";
+import { ArgsError, formatHelp, parseArgs, type FlagSpecs, type FlagValues } from "./args.js";
+
+const FLAGS = {
+  "model-path": { type: "string", alias: ["model"], metavar: "DIR", help: "Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json)" },
+  "tokenizer-path": { type: "string", metavar: "DIR", help: "tokenizer directory, if not the model path" },
+  host: { type: "string", default: "127.0.0.1", help: "address to listen on" },
+  port: { type: "int", default: 30000, min: 0, max: 65535, help: "port to listen on (0 = any free port)" },
+  "served-model-name": { type: "string", help: "model name in the API (default: the model path)" },
+  "context-length": { type: "int", min: 1, help: "maximum tokens per request, prompt + output (default: the model's max_position_embeddings)" },
+  "chat-template": { type: "string", metavar: "NAME|FILE", help: "built-in template (llama-4) or a .jinja / .json file (default: the checkpoint's, else llama-4)" },
+  "max-running-requests": { type: "int", min: 1, help: "maximum requests decoding at once (default: from the KV budget)" },
+  "max-queued-requests": { type: "int", min: 1, help: "waiting requests beyond which new ones get 503 (default: 1024)" },
+  "chunked-prefill-size": { type: "int", min: -1, help: "maximum prompt tokens per prefill chunk; -1 disables chunking (default: chosen by the engine)" },
+  "schedule-policy": { type: "string", default: "fcfs", choices: ["fcfs", "lpm"], help: "waiting-queue order: first come first served, or longest prefix match" },
+  "mem-fraction-static": { type: "number", help: "fraction of GPU memory for weights and KV cache, in (0, 1) (default: from the GPU's size)" },
+  "max-total-tokens": { type: "int", min: 1, help: "KV cache size in tokens (default: from the memory budget)" },
+  "swa-full-tokens-ratio": { type: "number", default: 0.8, help: "SWA-layer KV tokens / full-layer KV tokens, in (0, 1]" },
+  "disable-hybrid-swa-memory": { type: "boolean", help: "one KV pool for all layers instead of SWA + full pools" },
+  "disable-radix-cache": { type: "boolean", help: "turn off prefix caching" },
+  "api-key": { type: "string", metavar: "KEY", help: "require 'Authorization: Bearer KEY' (health checks and metrics stay open)" },
+  "enable-metrics": { type: "boolean", help: "serve Prometheus metrics at /metrics" },
+  "log-level": { type: "string", default: "info", choices: LOG_LEVELS, help: "logging level" },
+  "trust-remote-code": { type: "boolean", help: "accepted for SGLang compatibility; no effect" },
+} as const satisfies FlagSpecs;
+
+export type LaunchArgs = FlagValues<typeof FLAGS>;
+
+export function helpText(): string {
+  return formatHelp("launch --model-path DIR", "Serve a model with SGLang's HTTP API (OpenAI-compatible routes and /generate).", FLAGS);
+}
+
+/** Parses and checks the flags; throws ArgsError with a one-line reason. */
+export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boolean } {
+  const { values: a, help } = parseArgs(FLAGS, argv);
+  // Ranges the table cannot say (open bounds, a hole at 0).
+  const frac = a["mem-fraction-static"];
+  if (frac !== undefined && !(frac > 0 && frac < 1)) throw new ArgsError(`--mem-fraction-static must be in (0, 1), got ${frac}`);
+  const ratio = a["swa-full-tokens-ratio"];
+  if (!(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1], got ${ratio}`);
+  if (a["chunked-prefill-size"] === 0) throw new ArgsError("--chunked-prefill-size must be -1 or a positive integer, got 0");
+  if (!help && a["model-path"] === undefined) throw new ArgsError("--model-path is required");
+  return { args: a, help };
+}
+
+// The checkpoint's generation_config.json values that SGLang uses as sampling defaults.
+function samplingDefaults(dir: string): Partial<SamplingParams> {
+  const path = join(dir, "generation_config.json");
+  if (!existsSync(path)) return {};
+  let g: Record<string, unknown>;
+  try {
+    g = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new Error(`invalid JSON in ${path}: ${(e as Error).message}`);
+  }
+  const out: Partial<SamplingParams> = {};
+  const num = (k: string) => (typeof g[k] === "number" ? (g[k] as number) : undefined);
+  if (num("temperature") !== undefined) out.temperature = num("temperature");
+  if (num("top_p") !== undefined) out.topP = num("top_p");
+  if (num("top_k") !== undefined) out.topK = num("top_k")! > 0 ? num("top_k") : -1;
+  if (num("min_p") !== undefined) out.minP = num("min_p");
+  if (num("repetition_penalty") !== undefined) out.repetitionPenalty = num("repetition_penalty");
+  return out;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let a: LaunchArgs;
+  try {
+    const parsed = parseLaunchArgs(argv);
+    if (parsed.help) {
+      console.log(helpText());
+      return 0;
+    }
+    a = parsed.args;
+  } catch (e) {
+    if (!(e instanceof ArgsError)) throw e;
+    console.error(`tsglang launch: ${e.message}\nRun 'tsglang launch --help' for the flags.`);
+    return 2;
+  }
+  const log = new Logger(a["log-level"]);
+  const modelPath = resolve(a["model-path"]!);
+  const tokenizerPath = resolve(a["tokenizer-path"] ?? modelPath);
+  const servedModelName = a["served-model-name"] ?? a["model-path"]!;
+
+  const config = loadConfig(modelPath);
+  const tokenizer = await Tokenizer.load(tokenizerPath);
+  let chatTemplate: ChatTemplate;
+  if (a["chat-template"] === undefined && tokenizer.chatTemplate === undefined) {
+    // Every model we serve is Llama 4; its built-in template is the right fallback.
+    log.info("the checkpoint has no chat template; using the built-in llama-4 template");
+    chatTemplate = ChatTemplate.resolve(tokenizer, "llama-4");
+  } else {
+    chatTemplate = ChatTemplate.resolve(tokenizer, a["chat-template"]);
+  }
+
+  const opts: EngineOptions = {
+    modelPath,
+    contextLength: a["context-length"],
+    maxRunningRequests: a["max-running-requests"],
+    chunkedPrefillSize: a["chunked-prefill-size"],
+    schedulePolicy: a["schedule-policy"],
+    maxTotalTokens: a["max-total-tokens"],
+    swaFullTokensRatio: a["swa-full-tokens-ratio"],
+    disableHybridSwaMemory: a["disable-hybrid-swa-memory"],
+    disableRadixCache: a["disable-radix-cache"],
+    maxQueuedRequests: a["max-queued-requests"],
+  };
+  log.info(`loading ${modelPath}`);
+  const { engine, info } = await startEngine(opts);
+  log.info(
+    `engine ready: context ${info.contextLength}, KV ${info.fullPoolTokens} full / ${info.swaPoolTokens} SWA tokens, ` +
+      `max running ${info.maxRunningRequests}${info.hybridSwa ? ", hybrid SWA" : ""}`,
+  );
+
+  const serverArgs = Object.fromEntries(
+    Object.entries(a)
+      .filter(([k]) => k !== "api-key")
+      .map(([k, v]) => [k.replace(/-/g, "_"), v ?? null]),
+  );
+  const ctx: ServerContext = {
+    engine,
+    info,
+    tokenizer,
+    texts: new TokenTexts(tokenizer),
+    chatTemplate,
+    config: {
+      servedModelName,
+      modelPath,
+      tokenizerPath,
+      apiKey: a["api-key"],
+      enableMetrics: a["enable-metrics"],
+      serverArgs: { ...serverArgs, model_path: modelPath, served_model_name: servedModelName, context_length: info.contextLength },
+      samplingDefaults: samplingDefaults(modelPath),
+      eosTokenIds: [...new Set([...config.eosTokenIds, ...tokenizer.eosIds])].sort((x, y) => x - y),
+      modelType: readModelType(modelPath),
+      architectures: readArchitectures(modelPath),
+    },
+    metrics: a["enable-metrics"] ? new Metrics(servedModelName, engine) : undefined,
+    log,
+    state: { shuttingDown: false, inflight: 0, active: new Set() },
+  };
+
+  let server;
+  try {
+    server = await listen(ctx, a.host, a.port);
+  } catch (e) {
+    await engine.shutdown();
+    throw new Error(`cannot listen on ${a.host}:${a.port}: ${(e as Error).message}`);
+  }
+  // Warm up: one token through the engine before declaring ready, as SGLang does.
+  if (!(await probeEngine(ctx, 600_000))) {
+    await server.close(0);
+    await engine.shutdown();
+    throw new Error("the engine did not complete its warm-up generation");
+  }
+  console.log(`The server is fired up and ready to roll! Serving '${servedModelName}' at ${server.url}`);
+
+  // SIGINT/SIGTERM: stop accepting, let running requests finish (30 s), then abort the rest.
+  // A second signal aborts at once.
+  return new Promise<number>((resolveExit) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn(`${signal} again: aborting running requests`);
+        for (const g of ctx.state.active) g.abort("the server is shutting down");
+        return;
+      }
+      stopping = true;
+      log.info(`${signal}: shutting down (${ctx.state.inflight} request(s) in flight)`);
+      server
+        .close(30_000)
+        .then(() => engine.shutdown())
+        .then(
+          () => {
+            log.info("stopped");
+            process.off("SIGINT", onInt);
+            process.off("SIGTERM", onTerm);
+            resolveExit(0);
+          },
+          (e: unknown) => {
+            log.error(`shutdown failed: ${(e as Error).message}`);
+            resolveExit(1);
+          },
+        );
+    };
+    const onInt = () => stop("SIGINT");
+    const onTerm = () => stop("SIGTERM");
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
+  });
+}
+
+function readConfigJson(dir: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
+
+function readModelType(dir: string): string | undefined {
+  const t = readConfigJson(dir).model_type;
+  return typeof t === "string" ? t : undefined;
+}
+
+function readArchitectures(dir: string): string[] | undefined {
+  const a = readConfigJson(dir).architectures;
+  return Array.isArray(a) ? (a as string[]) : undefined;
+}

@@ -1,0 +1,145 @@
+// POST /v1/chat/completions: messages → chat template → token ids → n engine requests →
+// a chat.completion (or chat.completion.chunk stream).
+
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ChatTemplateError, renderAndEncode, type ChatMessage } from "../tokenizer/chat_template.js";
+import type { ServerContext } from "./context.js";
+import { badRequest } from "./errors.js";
+import { CLIENT_GONE, startGenerations, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
+import { sendJson } from "./http.js";
+import { chatLogprobs } from "./logprobs.js";
+import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, resolveMaxNewTokens, type GenParams } from "./params.js";
+import { abortOnDisconnect, finishFields, firstAbort, abortError, nowSeconds, usageOf } from "./responses.js";
+import { SseStream } from "./sse.js";
+import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
+
+interface ChatRequest {
+  params: GenParams;
+  ids: number[];
+  maxNewTokens: number;
+  stream: boolean;
+  includeUsage: boolean;
+  logprobs: boolean;
+  topLogprobs: number;
+}
+
+export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest {
+  const o = requireObject(body);
+  checkModel(ctx, o);
+  const params = parseGenParams(ctx, o, OPENAI_FIELDS, undefined);
+  const stream = optBool(o, "stream", false);
+  const includeUsage = stream && isObject(o.stream_options) && optBool(o.stream_options, "include_usage", false);
+  const logprobs = optBool(o, "logprobs", false);
+  const topLogprobs = optInt(o, "top_logprobs", 0, { min: 0, max: 20 });
+  if (topLogprobs > 0 && !logprobs) throw badRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
+  checkUnsupported(o);
+
+  if (!Array.isArray(o.messages)) throw badRequest("'messages' must be a non-empty array", "messages", "invalid_type");
+  if (o.messages.length === 0) throw badRequest("'messages' must be a non-empty array", "messages", "invalid_value");
+  if (o.tools !== undefined && o.tools !== null && !Array.isArray(o.tools)) throw badRequest("'tools' must be an array", "tools", "invalid_type");
+  const kwargs = o.chat_template_kwargs ?? {};
+  if (!isObject(kwargs)) throw badRequest("'chat_template_kwargs' must be an object", "chat_template_kwargs", "invalid_type");
+  if (!ctx.chatTemplate) throw badRequest("this server has no chat template; launch it with --chat-template", "messages");
+  let ids: number[];
+  try {
+    ({ ids } = renderAndEncode(ctx.tokenizer, ctx.chatTemplate, o.messages as ChatMessage[], {
+      addGenerationPrompt: optBool(o, "add_generation_prompt", true),
+      tools: (o.tools as unknown[] | null | undefined) ?? undefined,
+      kwargs,
+    }));
+  } catch (e) {
+    if (e instanceof ChatTemplateError) throw badRequest(e.message, "messages", "invalid_value");
+    throw e;
+  }
+  const maxNewTokens = resolveMaxNewTokens(ctx, ids.length, params.maxTokens, "messages");
+  return { params, ids, maxNewTokens, stream, includeUsage, logprobs, topLogprobs };
+}
+
+// Fields whose meaning we cannot honour yet are refused rather than silently ignored.
+function checkUnsupported(o: Json): void {
+  const rf = o.response_format;
+  if (rf !== undefined && rf !== null && !(isObject(rf) && rf.type === "text")) {
+    throw badRequest("'response_format' other than {\"type\": \"text\"} is not supported yet", "response_format");
+  }
+  const tc = o.tool_choice;
+  if (tc !== undefined && tc !== null && tc !== "auto" && tc !== "none") {
+    throw badRequest("'tool_choice' other than \"auto\" or \"none\" is not supported yet", "tool_choice");
+  }
+  if (o.logit_bias !== undefined && o.logit_bias !== null && !(isObject(o.logit_bias) && Object.keys(o.logit_bias).length === 0)) {
+    throw badRequest("'logit_bias' is not supported yet", "logit_bias");
+  }
+}
+
+export async function handleChat(ctx: ServerContext, body: unknown, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const r = parseChatRequest(ctx, body);
+  const lp = r.logprobs ? { returnLogprob: true, logprobStartLen: -1, topLogprobsNum: r.topLogprobs } : NO_LOGPROBS;
+  const specs = Array.from({ length: r.params.n }, (_, i) => makeSpec(ctx, r.params, r.ids, r.maxNewTokens, lp, i));
+  const head = { id: `chatcmpl-${randomUUID().replace(/-/g, "")}`, created: nowSeconds(), model: ctx.config.servedModelName };
+
+  if (!r.stream) {
+    const group = startGenerations(ctx, specs);
+    abortOnDisconnect(req, res, group);
+    const results = await group.done;
+    if (res.destroyed) return;
+    const err = firstAbort(results);
+    if (err) throw err;
+    sendJson(res, 200, {
+      ...head,
+      object: "chat.completion",
+      choices: results.map((x) => choiceOf(ctx, r, x)),
+      usage: usageOf(results, r.params.n),
+    });
+    return;
+  }
+
+  const sse = new SseStream(res);
+  const chunk = (choices: unknown[], usage?: unknown) => ({
+    ...head,
+    object: "chat.completion.chunk",
+    choices,
+    ...(r.includeUsage ? { usage: usage ?? null } : {}),
+  });
+  let failed = false;
+  let rolesSent = false;
+  // The role comes first, once per choice, as OpenAI streams it.
+  const sendRoles = () => {
+    if (rolesSent) return;
+    rolesSent = true;
+    for (let i = 0; i < specs.length; i++) {
+      sse.send(chunk([{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
+    }
+  };
+  const onUpdate = (u: GenUpdate) => {
+    if (failed) return;
+    if (u.finish?.reason === "abort") {
+      // An engine-side abort ends the whole stream with an error; a client abort writes nothing.
+      failed = true;
+      if (u.finish.message !== CLIENT_GONE) sse.error(abortError(u.finish));
+      group?.abort(CLIENT_GONE);
+      return;
+    }
+    sendRoles();
+    const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
+    if (u.delta !== "" || logprobs) {
+      sse.send(chunk([{ index: u.index, delta: { content: u.delta }, logprobs, finish_reason: null, matched_stop: null }]));
+    }
+    if (u.finish) sse.send(chunk([{ index: u.index, delta: {}, logprobs: null, ...finishFields(u.finish) }]));
+  };
+  let group: GenGroup | undefined;
+  group = startGenerations(ctx, specs, onUpdate);
+  abortOnDisconnect(req, res, group);
+  if (!failed) sendRoles();
+  const results = await group.done;
+  if (!failed && r.includeUsage) sse.send(chunk([], usageOf(results, r.params.n)));
+  sse.done();
+}
+
+function choiceOf(ctx: ServerContext, r: ChatRequest, x: GenResult) {
+  return {
+    index: x.index,
+    message: { role: "assistant", content: x.text, reasoning_content: null, tool_calls: null },
+    logprobs: r.logprobs ? chatLogprobs(ctx.texts, x.logprobs, r.topLogprobs) : null,
+    ...finishFields(x.finish),
+  };
+}

@@ -1,0 +1,59 @@
+// Pieces every generation route shares: usage with cached tokens, SGLang's finish fields,
+// what an engine-side abort becomes, and aborting a request whose client went away.
+
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ApiError } from "./errors.js";
+import { CLIENT_GONE, type Finish, type GenGroup, type GenResult } from "./generation.js";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+/** Prompt tokens count once per prompt (choice index % n == 0), completion tokens per choice. */
+export function usageOf(results: readonly GenResult[], n: number): Usage {
+  let prompt = 0;
+  let completion = 0;
+  let cached = 0;
+  for (const r of results) {
+    completion += r.outputIds.length;
+    if (r.index % n === 0) {
+      prompt += r.promptIds.length;
+      cached += r.cachedTokens;
+    }
+  }
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
+}
+
+/** OpenAI's finish_reason plus SGLang's matched_stop (the stop string or token id, else null). */
+export function finishFields(f: Finish): { finish_reason: string; matched_stop: string | number | null } {
+  return { finish_reason: f.reason, matched_stop: f.matchedStop };
+}
+
+/** An abort that came from the engine (not from us) as the error a client gets. */
+export function abortError(f: Finish): ApiError {
+  const message = f.message ?? "the request was aborted";
+  if (/shut|busy|queue/i.test(message)) return new ApiError(503, message, "service_unavailable_error", null, "service_unavailable");
+  return new ApiError(500, message, "server_error", null, "request_aborted");
+}
+
+/** The first engine-side abort among the results, if any. */
+export function firstAbort(results: readonly GenResult[]): ApiError | undefined {
+  const r = results.find((x) => x.finish.reason === "abort");
+  return r ? abortError(r.finish) : undefined;
+}
+
+/** When the client disconnects before the response is complete, its engine requests are aborted (freeing their KV). */
+export function abortOnDisconnect(req: IncomingMessage, res: ServerResponse, group: GenGroup): void {
+  const onClose = () => {
+    if (!res.writableFinished) group.abort(CLIENT_GONE);
+  };
+  res.once("close", onClose);
+  req.once("aborted", onClose);
+}
+
+export function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}
