@@ -56,7 +56,9 @@ def sdpa(seq=8192, hq=40, hkv=8, d=128):
 def generate_rate(cfg_path, batch, input_len, output_len):
     cfg = json.load(open(cfg_path))
     text = cfg.get("text_config", cfg)
-    conf = Llama4TextConfig(**{k: v for k, v in text.items() if k not in ("model_type", "torch_dtype")})
+    kw = {k: v for k, v in text.items() if k not in ("model_type", "torch_dtype")}
+    kw["attn_temperature_tuning"] = bool(kw.get("attn_temperature_tuning", True))  # hub files say 4
+    conf = Llama4TextConfig(**kw)
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Llama4ForCausalLM(conf).to(torch.bfloat16).eval()
@@ -80,6 +82,7 @@ def main():
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "copy_bandwidth_gb_s": copy_bandwidth() / 1e9, "bf16_gemm_tflops": gemm_peak() / 1e12,
            "sdpa_causal_8k": sdpa()}
+    print(json.dumps(res, indent=1), flush=True)
     if not a.skip_generate:
         import transformers
         res["transformers"] = transformers.__version__
