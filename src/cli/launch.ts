@@ -15,10 +15,11 @@ import { TokenTexts } from "../server/logprobs.js";
 import { Metrics } from "../server/metrics.js";
 import { ChatTemplate } from "../tokenizer/chat_template.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
+import { defaultModelPath } from "../util/repo.js";
 import { ArgsError, formatHelp, parseArgs, type FlagSpecs, type FlagValues } from "./args.js";
 
 const FLAGS = {
-  "model-path": { type: "string", alias: ["model"], metavar: "DIR", help: "Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json)" },
+  "model-path": { type: "string", alias: ["model"], metavar: "DIR", help: "Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json) (default: the bundled demo model)" },
   "tokenizer-path": { type: "string", metavar: "DIR", help: "tokenizer directory, if not the model path" },
   host: { type: "string", default: "127.0.0.1", help: "address to listen on" },
   port: { type: "int", default: 30000, min: 0, max: 65535, help: "port to listen on (0 = any free port)" },
@@ -37,6 +38,9 @@ const FLAGS = {
   "api-key": { type: "string", metavar: "KEY", help: "require 'Authorization: Bearer KEY' (health checks and metrics stay open)" },
   "enable-metrics": { type: "boolean", help: "serve Prometheus metrics at /metrics" },
   "log-level": { type: "string", default: "info", choices: LOG_LEVELS, help: "logging level" },
+  tp: { type: "int", alias: ["tp-size"], default: 1, min: 1, help: "tensor-parallel ranks" },
+  "ep-size": { type: "int", default: 1, min: 1, help: "expert-parallel size: 1 or equal to --tp (whole experts per rank)" },
+  "load-format": { type: "string", default: "auto", choices: ["auto", "dummy"], help: "dummy = random weights from config.json alone (benchmarks)" },
   "trust-remote-code": { type: "boolean", help: "accepted for SGLang compatibility; no effect" },
 } as const satisfies FlagSpecs;
 
@@ -55,7 +59,7 @@ export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boole
   const ratio = a["swa-full-tokens-ratio"];
   if (!(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1], got ${ratio}`);
   if (a["chunked-prefill-size"] === 0) throw new ArgsError("--chunked-prefill-size must be -1 or a positive integer, got 0");
-  if (!help && a["model-path"] === undefined) throw new ArgsError("--model-path is required");
+  if (a["ep-size"] !== 1 && a["ep-size"] !== a.tp) throw new ArgsError(`--ep-size must be 1 or equal to --tp (${a.tp}), got ${a["ep-size"]}`);
   return { args: a, help };
 }
 
@@ -94,9 +98,9 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const log = new Logger(a["log-level"]);
-  const modelPath = resolve(a["model-path"]!);
+  const modelPath = resolve(a["model-path"] ?? defaultModelPath());
   const tokenizerPath = resolve(a["tokenizer-path"] ?? modelPath);
-  const servedModelName = a["served-model-name"] ?? a["model-path"]!;
+  const servedModelName = a["served-model-name"] ?? a["model-path"] ?? "default";
 
   const config = loadConfig(modelPath);
   const tokenizer = await Tokenizer.load(tokenizerPath);
@@ -120,6 +124,9 @@ export async function main(argv: string[]): Promise<number> {
     disableHybridSwaMemory: a["disable-hybrid-swa-memory"],
     disableRadixCache: a["disable-radix-cache"],
     maxQueuedRequests: a["max-queued-requests"],
+    tp: a.tp,
+    epSize: a["ep-size"],
+    loadFormat: a["load-format"] as EngineOptions["loadFormat"],
   };
   log.info(`loading ${modelPath}`);
   const { engine, info } = await startEngine(opts);

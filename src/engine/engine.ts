@@ -17,6 +17,10 @@ export interface EngineOptions {
   maxQueuedRequests?: number;
   /** KV budget in bytes for the CPU backend. */
   kvBytes?: number;
+  /** Tensor-parallel ranks, and expert-parallel size (1 or equal to tp). */
+  tp?: number;
+  epSize?: number;
+  loadFormat?: "auto" | "dummy";
 }
 
 export interface EngineInfo {

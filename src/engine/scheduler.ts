@@ -7,7 +7,7 @@
 // from the pools for the rest → StepBatch → model.forward → logits → sampler → outputs.
 
 import type { SeqSpan, StepBatch } from "../runtime/backend.js";
-import type { Llama4Model } from "../model/llama4.js";
+import type { ForwardModel } from "../model/llama4.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
 import type { TokenPool } from "../cache/token_pool.js";
 import { Rng, applyPenalties, logSoftmax, sampleToken, topEntries } from "./sampling.js";
@@ -65,7 +65,7 @@ export class Scheduler {
   private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0, preemptions: 0 };
 
   constructor(
-    private readonly model: Llama4Model,
+    private readonly model: ForwardModel,
     private readonly cache: RadixCache,
     private readonly fullPool: TokenPool,
     private readonly swaPool: TokenPool | null,

@@ -4,14 +4,14 @@
 // shared KV instead.
 
 import type { SeqSpan, StepBatch } from "../runtime/backend.js";
-import type { Llama4Model } from "../model/llama4.js";
+import type { ForwardModel } from "../model/llama4.js";
 
 export class ContiguousBatch {
   private readonly lens: number[];
   private readonly slots: Int32Array[];
 
   constructor(
-    private readonly model: Llama4Model,
+    private readonly model: ForwardModel,
     readonly batchSize: number,
     readonly capacity: number,
   ) {
@@ -61,7 +61,7 @@ export class ContiguousBatch {
 export class SingleSequence {
   private readonly batch: ContiguousBatch;
 
-  constructor(model: Llama4Model, capacity: number) {
+  constructor(model: ForwardModel, capacity: number) {
     this.batch = new ContiguousBatch(model, 1, capacity);
   }
 

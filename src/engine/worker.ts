@@ -6,6 +6,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { RadixCache } from "../cache/radix_cache.js";
 import { TokenPool } from "../cache/token_pool.js";
 import { loadModel } from "../model/loader.js";
+import { loadParallel } from "./parallel.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { planCpuKv } from "./kv_budget.js";
 import { Scheduler } from "./scheduler.js";
@@ -16,8 +17,13 @@ const port = parentPort!;
 const send = (m: FromEngine) => port.postMessage(m);
 
 async function main(opts: EngineOptions): Promise<void> {
-  const backend = new CpuBackend();
-  const { model, config } = await loadModel(opts.modelPath, backend, { hybridKv: !opts.disableHybridSwaMemory });
+  const hybridKv = !opts.disableHybridSwaMemory;
+  const tp = opts.tp ?? 1;
+  const ep = opts.epSize ?? 1;
+  const { model, config } =
+    tp > 1 || ep > 1
+      ? await loadParallel({ modelPath: opts.modelPath, tp, ep, hybridKv, loadFormat: opts.loadFormat })
+      : await loadModel(opts.modelPath, new CpuBackend(), { hybridKv, loadFormat: opts.loadFormat });
   const hybrid = model.attention.some((a) => a.pool === "swa");
   const plan = planCpuKv(config, model.attention, opts);
   model.allocKv({ full: plan.fullTokens, swa: plan.swaTokens });
@@ -34,7 +40,8 @@ async function main(opts: EngineOptions): Promise<void> {
     {
       contextLength: plan.contextLength,
       maxRunningRequests: maxRunning,
-      chunkedPrefillSize: opts.chunkedPrefillSize ?? 8192,
+      // SGLang's -1 turns chunking off: a whole prompt per step.
+      chunkedPrefillSize: opts.chunkedPrefillSize === undefined ? 8192 : opts.chunkedPrefillSize > 0 ? opts.chunkedPrefillSize : Infinity,
       schedulePolicy: opts.schedulePolicy ?? "fcfs",
       maxQueuedRequests: opts.maxQueuedRequests ?? 1024,
       swaChunkSize: chunk,

@@ -8,17 +8,33 @@
 import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, StepBatch, Tensor } from "../runtime/backend.js";
 import { type Llama4Config, ropeInvFreq } from "./config.js";
 import type { ModelWeights } from "./weights.js";
+import { NO_SHARD, type Shard, type ShardDims, shardDims } from "./shard.js";
 
-export class Llama4Model {
+/** What the scheduler and the batch drivers need from a model (one rank, or all ranks behind rank 0). */
+export interface ForwardModel {
+  readonly cfg: Llama4Config;
+  readonly attention: AttentionSpec[];
+  allocKv(sizes: KvPoolSizes): void;
+  forward(batch: StepBatch): Float32Array;
+}
+
+export class Llama4Model implements ForwardModel {
   readonly attention: AttentionSpec[];
   readonly attentionParams: AttentionParams;
+  readonly shard: Shard;
+  readonly dims: ShardDims;
 
   constructor(
     readonly cfg: Llama4Config,
     readonly weights: ModelWeights,
     readonly backend: Backend,
-    opts: { hybridKv?: boolean } = {},
+    opts: { hybridKv?: boolean; shard?: Shard } = {},
   ) {
+    this.shard = opts.shard ?? NO_SHARD;
+    this.dims = shardDims(cfg, this.shard);
+    if (this.shard.tp > 1 && !(backend.allReduce && backend.allGatherColumns)) {
+      throw new Error(`the ${backend.name} backend has no collectives for --tp ${this.shard.tp}`);
+    }
     // With the hybrid cache, chunked-local layers keep their KV in the smaller SWA pool.
     this.attention = cfg.layers.map((l) => ({
       rope: l.rope,
@@ -28,8 +44,8 @@ export class Llama4Model {
       pool: opts.hybridKv && l.chunkSize > 0 ? "swa" : "full",
     }));
     this.attentionParams = {
-      numHeads: cfg.numHeads,
-      numKvHeads: cfg.numKvHeads,
+      numHeads: this.dims.heads,
+      numKvHeads: this.dims.kvHeads,
       headDim: cfg.headDim,
       eps: cfg.rmsNormEps,
       invFreq: ropeInvFreq(cfg),
@@ -47,7 +63,9 @@ export class Llama4Model {
     const be = this.backend;
     const w = this.weights;
     const eps = this.cfg.rmsNormEps;
-    const x = be.embedding(w.embed, batch.ids);
+    const tp = this.shard.tp > 1;
+    const x = be.embedding(w.embed, batch.ids, this.dims.vocabStart);
+    if (tp) be.allReduce!(x);
     let h = be.rmsNorm(x, w.layers[0].inputNorm, eps);
     for (let i = 0; i < this.cfg.numLayers; i++) {
       const lw = w.layers[i];
@@ -55,6 +73,7 @@ export class Llama4Model {
         be.attention(i, this.attention[i], be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v), batch),
         lw.o,
       );
+      if (tp) be.allReduce!(attn); // o_proj is row-parallel: each rank holds a partial sum
       h = be.addRmsNorm(x, attn, lw.postAttnNorm, eps);
       const ffn = this.cfg.layers[i].moe
         ? be.moe(h, {
@@ -64,12 +83,15 @@ export class Llama4Model {
             sharedGateUp: lw.sharedGateUp!,
             sharedDown: lw.sharedDown!,
             numExperts: this.cfg.numExperts,
+            expertStart: this.dims.expertStart,
           })
         : be.linear(be.siluMul(be.linear(h, lw.mlpGateUp!)), lw.mlpDown!);
+      if (tp) be.allReduce!(ffn); // down projections are row-parallel (or experts are spread)
       const nextNorm = i + 1 < this.cfg.numLayers ? w.layers[i + 1].inputNorm : w.norm;
       h = be.addRmsNorm(x, ffn, nextNorm, eps);
     }
     const last: Tensor = be.gatherRows(h, batch.logitRows);
-    return be.toHost(be.linear(last, w.lmHead));
+    const logits = be.linear(last, w.lmHead);
+    return be.toHost(tp ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
   }
 }

@@ -17,5 +17,5 @@ export async function loadModel(dir: string, backend: Backend, opts: LoadOptions
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`model path ${dir} is not a directory`);
   const config = loadConfig(dir);
   const weights = await loadWeights(dir, config, backend, opts);
-  return { dir, config, model: new Llama4Model(config, weights, backend, opts) };
+  return { dir, config, model: new Llama4Model(config, weights, backend, { hybridKv: opts.hybridKv, shard: opts.shard }) };
 }

@@ -5,6 +5,7 @@
 import type { Backend, HostTensor, Tensor } from "../runtime/backend.js";
 import type { Llama4Config } from "./config.js";
 import { Checkpoint } from "./safetensors.js";
+import { NO_SHARD, type Shard, shardDims } from "./shard.js";
 
 export interface LayerWeights {
   inputNorm: Tensor;
@@ -43,12 +44,51 @@ export function tensorNames(cfg: Llama4Config) {
   };
 }
 
+/** Ranges [start, length) to keep along a dim, concatenated in order. */
+export type Select = Record<number, [number, number][]>;
+
+interface LoadSpec {
+  /** Swap the last two dims after selecting ([.., in, out] → [.., out, in]). */
+  transpose?: boolean;
+  select?: Select;
+}
+
 /** Where weights come from: a checkpoint, or random values for `--load-format dummy`. */
 interface WeightSource {
-  load(name: string, shape: number[], opts?: { transpose?: boolean }): Promise<Tensor>;
-  /** Two [rows, in] matrices as one [2·rows, in] tensor (gate then up). */
-  loadStacked(a: string, b: string, shape: number[]): Promise<Tensor>;
+  /** `shape` is the full shape in the checkpoint; `select` cuts this rank's share of it. */
+  load(name: string, shape: number[], spec?: LoadSpec): Promise<Tensor>;
+  /** Two [rows, in] matrices (their selected rows) as one tensor, a's rows first (gate then up). */
+  loadStacked(a: string, b: string, shape: number[], rows: [number, number]): Promise<Tensor>;
   has(name: string): boolean;
+}
+
+function selectedShape(shape: number[], select: Select = {}): number[] {
+  return shape.map((d, i) => (select[i] ? select[i].reduce((a, [, n]) => a + n, 0) : d));
+}
+
+/** Copies the selected ranges of `h` along each selected dim (row-major bytes). */
+export function selectHost(h: HostTensor, select: Select = {}): HostTensor {
+  let cur = h;
+  for (const [dimStr, ranges] of Object.entries(select)) {
+    const dim = Number(dimStr);
+    const shape = cur.shape;
+    const elem = cur.data.length / shape.reduce((a, b) => a * b, 1);
+    const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
+    const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1) * elem;
+    const kept = ranges.reduce((a, [, n]) => a + n, 0);
+    const out = new Uint8Array(outer * kept * inner);
+    let o = 0;
+    for (let i = 0; i < outer; i++) {
+      for (const [start, n] of ranges) {
+        if (start < 0 || start + n > shape[dim]) throw new Error(`selection [${start}, ${start + n}) outside dim ${dim} of size ${shape[dim]}`);
+        const from = (i * shape[dim] + start) * inner;
+        out.set(cur.data.subarray(from, from + n * inner), o);
+        o += n * inner;
+      }
+    }
+    cur = { dtype: cur.dtype, shape: shape.map((d, j) => (j === dim ? kept : d)), data: out };
+  }
+  return cur;
 }
 
 class CheckpointSource implements WeightSource {
@@ -69,18 +109,18 @@ class CheckpointSource implements WeightSource {
     return { dtype: info.dtype, shape: info.shape, data: await this.ckpt.read(name) };
   }
 
-  async load(name: string, shape: number[], opts?: { transpose?: boolean }): Promise<Tensor> {
-    return this.backend.weight(await this.host(name, shape), opts);
+  async load(name: string, shape: number[], spec: LoadSpec = {}): Promise<Tensor> {
+    return this.backend.weight(selectHost(await this.host(name, shape), spec.select), { transpose: spec.transpose });
   }
 
-  async loadStacked(a: string, b: string, shape: number[]): Promise<Tensor> {
-    const ha = await this.host(a, shape);
-    const hb = await this.host(b, shape);
+  async loadStacked(a: string, b: string, shape: number[], rows: [number, number]): Promise<Tensor> {
+    const ha = selectHost(await this.host(a, shape), { 0: [rows] });
+    const hb = selectHost(await this.host(b, shape), { 0: [rows] });
     if (ha.dtype !== hb.dtype) throw new Error(`tensors ${a} and ${b} have different dtypes`);
     const data = new Uint8Array(ha.data.length + hb.data.length);
     data.set(ha.data, 0);
     data.set(hb.data, ha.data.length);
-    return this.backend.weight({ dtype: ha.dtype, shape: [shape[0] * 2, shape[1]], data });
+    return this.backend.weight({ dtype: ha.dtype, shape: [rows[1] * 2, shape[1]], data });
   }
 }
 
@@ -99,13 +139,13 @@ class DummySource implements WeightSource {
     return this.backend.randomWeight!(shape, norm ? 0 : 0.02, hash(name), 1);
   }
 
-  async load(name: string, shape: number[], opts?: { transpose?: boolean }): Promise<Tensor> {
-    const s = opts?.transpose ? [...shape.slice(0, -2), shape[shape.length - 1], shape[shape.length - 2]] : shape;
-    return this.make(name, s);
+  async load(name: string, shape: number[], spec: LoadSpec = {}): Promise<Tensor> {
+    const s = selectedShape(shape, spec.select);
+    return this.make(name, spec.transpose ? [...s.slice(0, -2), s[s.length - 1], s[s.length - 2]] : s);
   }
 
-  async loadStacked(a: string, _b: string, shape: number[]): Promise<Tensor> {
-    return this.make(a, [shape[0] * 2, shape[1]]);
+  async loadStacked(a: string, _b: string, shape: number[], rows: [number, number]): Promise<Tensor> {
+    return this.make(a, [rows[1] * 2, shape[1]]);
   }
 }
 
@@ -118,10 +158,13 @@ function hash(s: string): number {
 export interface LoadOptions {
   /** "dummy" makes random weights from config.json alone (benchmarks), like SGLang's flag. */
   loadFormat?: "auto" | "dummy";
+  /** This rank's share under tensor/expert parallelism (default: everything). */
+  shard?: Shard;
   onProgress?: (done: number, total: number) => void;
 }
 
 export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backend, opts: LoadOptions = {}): Promise<ModelWeights> {
+  const sd = shardDims(cfg, opts.shard ?? NO_SHARD);
   const ckpt = opts.loadFormat === "dummy" ? null : await Checkpoint.open(dir);
   try {
     const r: WeightSource = ckpt ? new CheckpointSource(ckpt, backend) : new DummySource(backend);
@@ -130,37 +173,48 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
     const hd = cfg.headDim;
     const f = cfg.intermediateSize;
     const e = cfg.numExperts;
-    const embed = await r.load(names.embed, [cfg.vocabSize, d]);
+    const vocabRows: Select = { 0: [[sd.vocabStart, sd.vocab]] };
+    const embed = await r.load(names.embed, [cfg.vocabSize, d], { select: vocabRows });
     const norm = await r.load(names.norm, [d]);
     let lmHead: Tensor;
-    if (r.has(names.lmHead)) lmHead = await r.load(names.lmHead, [cfg.vocabSize, d]);
+    if (r.has(names.lmHead)) lmHead = await r.load(names.lmHead, [cfg.vocabSize, d], { select: vocabRows });
     else if (cfg.tieWordEmbeddings) lmHead = embed;
     else throw new Error(`tensor ${names.lmHead} is missing from ${dir} and tie_word_embeddings is false`);
 
+    const qRows: [number, number] = [sd.headStart * hd, sd.heads * hd];
+    const kvRows: [number, number] = [sd.kvHeadStart * hd, sd.kvHeads * hd];
     const layers: LayerWeights[] = [];
     for (const spec of cfg.layers) {
       const p = names.layer(spec.index);
       const lw: LayerWeights = {
         inputNorm: await r.load(`${p}input_layernorm.weight`, [d]),
         postAttnNorm: await r.load(`${p}post_attention_layernorm.weight`, [d]),
-        q: await r.load(`${p}self_attn.q_proj.weight`, [cfg.numHeads * hd, d]),
-        k: await r.load(`${p}self_attn.k_proj.weight`, [cfg.numKvHeads * hd, d]),
-        v: await r.load(`${p}self_attn.v_proj.weight`, [cfg.numKvHeads * hd, d]),
-        o: await r.load(`${p}self_attn.o_proj.weight`, [d, cfg.numHeads * hd]),
+        q: await r.load(`${p}self_attn.q_proj.weight`, [cfg.numHeads * hd, d], { select: { 0: [qRows] } }),
+        k: await r.load(`${p}self_attn.k_proj.weight`, [cfg.numKvHeads * hd, d], { select: { 0: [kvRows] } }),
+        v: await r.load(`${p}self_attn.v_proj.weight`, [cfg.numKvHeads * hd, d], { select: { 0: [kvRows] } }),
+        o: await r.load(`${p}self_attn.o_proj.weight`, [d, cfg.numHeads * hd], { select: { 1: [qRows] } }),
       };
+      const m = `${p}feed_forward.`;
       if (spec.moe) {
-        const m = `${p}feed_forward.`;
         lw.router = await r.load(`${m}router.weight`, [e, d]);
-        // Fused expert tensors are stored [E, in, out]; the ops want [E, out, in].
-        lw.expertsGateUp = await r.load(`${m}experts.gate_up_proj`, [e, d, 2 * f], { transpose: true });
-        lw.expertsDown = await r.load(`${m}experts.down_proj`, [e, f, d], { transpose: true });
-        lw.sharedGateUp = await r.loadStacked(`${m}shared_expert.gate_proj.weight`, `${m}shared_expert.up_proj.weight`, [f, d]);
-        lw.sharedDown = await r.load(`${m}shared_expert.down_proj.weight`, [d, f]);
+        // Fused expert tensors are stored [E, in, out] with gate and up as the two halves of
+        // `out`; the ops want [E, out, in] with this rank's gate rows then its up rows.
+        const experts: [number, number] = [sd.expertStart, sd.experts];
+        const w = sd.expertWidth;
+        const ws = sd.expertWidthStart;
+        lw.expertsGateUp = await r.load(`${m}experts.gate_up_proj`, [e, d, 2 * f], {
+          select: { 0: [experts], 2: [[ws, w], [f + ws, w]] },
+          transpose: true,
+        });
+        lw.expertsDown = await r.load(`${m}experts.down_proj`, [e, f, d], { select: { 0: [experts], 1: [[ws, w]] }, transpose: true });
+        const shared: [number, number] = [sd.sharedWidthStart, sd.sharedWidth];
+        lw.sharedGateUp = await r.loadStacked(`${m}shared_expert.gate_proj.weight`, `${m}shared_expert.up_proj.weight`, [f, d], shared);
+        lw.sharedDown = await r.load(`${m}shared_expert.down_proj.weight`, [d, f], { select: { 1: [shared] } });
       } else {
-        const m = `${p}feed_forward.`;
         const fm = cfg.intermediateSizeMlp;
-        lw.mlpGateUp = await r.loadStacked(`${m}gate_proj.weight`, `${m}up_proj.weight`, [fm, d]);
-        lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm]);
+        const mlp: [number, number] = [sd.mlpWidthStart, sd.mlpWidth];
+        lw.mlpGateUp = await r.loadStacked(`${m}gate_proj.weight`, `${m}up_proj.weight`, [fm, d], mlp);
+        lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm], { select: { 1: [mlp] } });
       }
       layers.push(lw);
       opts.onProgress?.(spec.index + 1, cfg.numLayers);

@@ -67,7 +67,11 @@ export interface Backend {
   weight(t: HostTensor, opts?: { transpose?: boolean }): Tensor;
   free(t: Tensor): void;
 
-  embedding(table: Tensor, ids: Int32Array): Tensor;
+  /**
+   * Rows of `table` for `ids`. Under vocabulary parallelism the table holds rows
+   * [vocabStart, vocabStart + rows) and other ids give zero rows (the all-reduce fills them).
+   */
+  embedding(table: Tensor, ids: Int32Array, vocabStart?: number): Tensor;
   /** RMSNorm(x) ⊙ w, computed in fp32. */
   rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor;
   /** residual += x (in place), then returns RMSNorm(residual) ⊙ w. */
@@ -104,6 +108,11 @@ export interface Backend {
   /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
   copyBandwidth?(bytes: number): number;
 
+  /** Tensor parallelism: sums x over all ranks, in place. */
+  allReduce?(x: Tensor): void;
+  /** Tensor parallelism: [rows, cols] on each rank → [rows, cols·ranks], rank-major columns. */
+  allGatherColumns?(x: Tensor): Tensor;
+
   /** Copies a tensor to the host as fp32. */
   toHost(x: Tensor): Float32Array;
   /** Rows of x (e.g. the last token of each sequence). */
@@ -116,7 +125,10 @@ export interface MoeWeights {
   down: Tensor;
   sharedGateUp: Tensor;
   sharedDown: Tensor;
+  /** Routed experts in the router (all ranks). */
   numExperts: number;
+  /** Global id of the first expert in gateUp/down (expert parallelism holds a slice); default 0. */
+  expertStart?: number;
 }
 
 /** Everything the attention op needs from the model config besides the layer spec. */
