@@ -12,7 +12,7 @@ import { fixturePath, packageRoot } from "../util/repo.js";
 const cli = join(packageRoot(), "dist", "src", "cli", "main.js");
 
 function tsglang(...args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", timeout: 120_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -51,6 +51,6 @@ export function launch(args: string[], timeoutMs = 120_000): Promise<Launched> {
 }
 
 export function tsglang(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8" });
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }

@@ -230,7 +230,7 @@ describe("launch lifecycle and flags", () => {
     [["--model-path", "x", "--chunked-prefill-size", "0"], /-1 or a positive integer/],
     [["--model-path", "x", "--port", "70000"], /--port must be ≤ 65535/],
     [["--model-path", "x", "--context-length"], /needs a value/],
-    [["--port", "1"], /--model-path is required/],
+    [["--tp", "2", "--ep-size", "3"], /--ep-size must be 1 or equal to --tp/],
   ] as [string[], RegExp][]) {
     it(`rejects ${args.slice(-2).join(" ")}`, () => {
       const r = tsglang("launch", ...args);
