@@ -228,6 +228,32 @@ for (const precision of ["f32", "bf16"] as const) {
       });
     }
 
+    test("per-layer activation regions are recycled, and a recycled tensor is an error", () => {
+      const be = new CudaBackend({ precision, memoryBytes: 64 * MIB, stepBytes: 8 * MIB, poison: true });
+      try {
+        const n = 64, hq = 8, hkv = 2, dim = 64;
+        const params: AttentionParams = { numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq: new Float32Array(dim / 2).fill(0.01), floorScale: 8, attnScale: 0.1 };
+        const spec: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
+        be.allocKv(params, [spec], { full: n, swa: 0 });
+        const slots = Int32Array.from({ length: n }, (_, i) => i);
+        const batch: StepBatch = { ids: new Int32Array(n), positions: slots, seqs: [{ qStart: 0, qLen: n, kvLen: n, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
+        const q = randn(rng, n * hq * dim), kv = randn(rng, n * hkv * dim);
+        be.beginStep();
+        const layer = () => be.attention(0, spec, be.upload(q, [n, hq * dim], precision), be.upload(kv, [n, hkv * dim], precision), be.upload(kv, [n, hkv * dim], precision), batch);
+        const outs = [layer()];
+        const first = be.toHost(outs[0]);
+        // 100 layers' activations (~10× the step arena) in one step: only two layers are live.
+        for (let i = 1; i <= 100; i++) {
+          outs.push(layer());
+          close(be.toHost(outs[i]), first, 1e-6, `layer ${i}`);
+          close(be.toHost(outs[i - 1]), first, 1e-6, `layer ${i - 1} after layer ${i}`);
+          if (i >= 2) assert.throws(() => be.toHost(outs[i - 2]), /recycled/);
+        }
+      } finally {
+        be.destroy();
+      }
+    });
+
     test("attention rejects a missing KV slot instead of reading it", () => {
       const params: AttentionParams = { numHeads: 2, numKvHeads: 1, headDim: 16, eps: 1e-5, invFreq: new Float32Array(8).fill(0.1), floorScale: 8, attnScale: 0.1 };
       const spec: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };

@@ -100,7 +100,7 @@ interface StepMeta {
   rowSlotBase: DevicePtr;
   rowSlot: DevicePtr;
   slotTable: DevicePtr;
-  /** Host copies for range checks per chunk size. */
+  /** Chunk sizes whose key ranges were already checked against the slots this step. */
   checked: Set<number>;
 }
 
@@ -199,7 +199,7 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  /** The same values in `dtype` (a cast kernel into the step arena when it differs). */
+  /** The same values in `dtype` (a cast kernel into this layer's region when it differs). */
   private as(x: CudaTensor, dtype: DType): CudaTensor {
     if (x.dtype === dtype) return x;
     const out = this.stepTensor([...x.shape], dtype);

@@ -1,0 +1,101 @@
+// Attention prologue, one fused pass per token row (spec §1.5 steps 2–5):
+//   q, k: RoPE on interleaved pairs (fp32 angle pos·f_i, accurate sincosf — no fast math),
+//         then weightless per-head RMS norm (qk-norm) when enabled;
+//   q:    NoPE temperature tuning τ(p) = 1 + a·ln(⌊(p+1)/F⌋ + 1) when enabled;
+//   k, v: written into the layer's KV pool at the row's slot.
+// Roofline: memory-bound, reads q/k/v once and writes q' + the KV slot once; (Hq + 2·Hkv)·D
+// elements per row. One block per row, one warp per head, each lane holding two pairs
+// (head_dim ≤ 128, even).
+#include "common.cuh"
+
+enum { PREP_ROPE = 1, PREP_QK_NORM = 2, PREP_TEMPERATURE = 4 };
+
+template <typename T>
+__device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ qOut,
+                         T* __restrict__ kPool, T* __restrict__ vPool, const int* __restrict__ positions,
+                         const int* __restrict__ rowSlot, const float* __restrict__ invFreq, int hq, int hkv, int dim,
+                         int flags, float eps, float floorScale, float attnScale) {
+  const int r = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int pos = positions[r];
+  const size_t slot = (size_t)rowSlot[r];
+  const int half = dim >> 1;
+  float tau = 1.f;
+  if (flags & PREP_TEMPERATURE) {
+    // Computed in double like the host reference; the floor of an exact quotient of integers.
+    tau = (float)(1.0 + (double)attnScale * log(floor((double)(pos + 1) / (double)floorScale) + 1.0));
+  }
+  for (int h = warp; h < hq + 2 * hkv; h += warps) {
+    const T* src;
+    T* dst;
+    const bool isQ = h < hq, isV = h >= hq + hkv;
+    if (isQ) {
+      src = q + ((size_t)r * hq + h) * dim;
+      dst = qOut + ((size_t)r * hq + h) * dim;
+    } else if (!isV) {
+      src = k + ((size_t)r * hkv + (h - hq)) * dim;
+      dst = kPool + (slot * hkv + (h - hq)) * dim;
+    } else {
+      src = v + ((size_t)r * hkv + (h - hq - hkv)) * dim;
+      dst = vPool + (slot * hkv + (h - hq - hkv)) * dim;
+    }
+    float a[2], b[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int p = lane + 32 * j;
+      a[j] = p < half ? toF(src[2 * p]) : 0.f;
+      b[j] = p < half ? toF(src[2 * p + 1]) : 0.f;
+    }
+    if (!isV) {
+      if (flags & PREP_ROPE) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int p = lane + 32 * j;
+          if (p < half) {
+            float s, c;
+            sincosf((float)pos * invFreq[p], &s, &c);
+            const float x0 = a[j], x1 = b[j];
+            a[j] = x0 * c - x1 * s;
+            b[j] = x0 * s + x1 * c;
+          }
+        }
+      }
+      if (flags & PREP_QK_NORM) {
+        const float ss = warpSum(a[0] * a[0] + b[0] * b[0] + a[1] * a[1] + b[1] * b[1]);
+        const float inv = 1.0f / sqrtf(ss / dim + eps);
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          a[j] *= inv;
+          b[j] *= inv;
+        }
+      }
+      if (isQ) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          a[j] *= tau;
+          b[j] *= tau;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int p = lane + 32 * j;
+      if (p < half) {
+        dst[2 * p] = fromF<T>(a[j]);
+        dst[2 * p + 1] = fromF<T>(b[j]);
+      }
+    }
+  }
+}
+
+#define PREP_KERNEL(TN, T)                                                                                      \
+  extern "C" __global__ void attn_prep_##TN(const T* q, const T* k, const T* v, T* qOut, T* kPool, T* vPool,   \
+                                             const int* positions, const int* rowSlot, const float* invFreq,    \
+                                             int hq, int hkv, int dim, int flags, float eps, float floorScale,  \
+                                             float attnScale) {                                                 \
+    attnPrep<T>(q, k, v, qOut, kPool, vPool, positions, rowSlot, invFreq, hq, hkv, dim, flags, eps, floorScale, \
+                attnScale);                                                                                     \
+  }
+
+PREP_KERNEL(bf16, bf16)
+PREP_KERNEL(f32, float)

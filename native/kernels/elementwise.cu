@@ -1,0 +1,34 @@
+// Small element-wise kernels: SiLU-and-multiply, type casts, row gathers.
+// Roofline: all memory-bound and trivially coalesced; grid-stride loops.
+#include "common.cuh"
+
+#define GRID_STRIDE(i, n) for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+// out[r, i] = SiLU(gu[r, i]) · gu[r, F + i] for gu [n, 2F] (gate first), in fp32.
+template <typename T>
+__device__ void siluMul(const T* __restrict__ gu, T* __restrict__ out, size_t n, int f) {
+  GRID_STRIDE(idx, n * f) {
+    const size_t r = idx / f;
+    const int i = (int)(idx - r * f);
+    const float g = toF(gu[r * 2 * f + i]);
+    const float u = toF(gu[r * 2 * f + f + i]);
+    out[idx] = fromF<T>(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+extern "C" __global__ void silu_mul_bf16(const bf16* gu, bf16* out, size_t n, int f) { siluMul(gu, out, n, f); }
+extern "C" __global__ void silu_mul_f32(const float* gu, float* out, size_t n, int f) { siluMul(gu, out, n, f); }
+
+extern "C" __global__ void cast_f32_bf16(const float* in, bf16* out, size_t n) { GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]); }
+extern "C" __global__ void cast_bf16_f32(const bf16* in, float* out, size_t n) { GRID_STRIDE(i, n) out[i] = __bfloat162float(in[i]); }
+
+// out[i, :] = x[rows[i], :] for elements of 2 or 4 bytes; one block per output row.
+template <typename E>
+__device__ void gatherRows(const E* __restrict__ x, const int* __restrict__ rows, E* __restrict__ out, int width) {
+  const E* src = x + (size_t)rows[blockIdx.x] * width;
+  E* dst = out + (size_t)blockIdx.x * width;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void gather_rows_u16(const uint16_t* x, const int* rows, uint16_t* out, int width) { gatherRows(x, rows, out, width); }
+extern "C" __global__ void gather_rows_u32(const uint32_t* x, const int* rows, uint32_t* out, int width) { gatherRows(x, rows, out, width); }

@@ -1,0 +1,14 @@
+// Embedding lookup: out[r, :] = table[ids[r], :] widened to fp32 (the residual stream is fp32).
+// Roofline: pure copy, n·d·(sizeof T + 4) bytes; one block per row, coalesced.
+// Ids are range-checked on the host before launch.
+#include "common.cuh"
+
+template <typename T>
+__device__ void embedding(const T* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d) {
+  const T* src = table + (size_t)ids[blockIdx.x] * d;
+  float* dst = out + (size_t)blockIdx.x * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = toF(src[i]);
+}
+
+extern "C" __global__ void embedding_bf16(const bf16* table, const int* ids, float* out, int d) { embedding(table, ids, out, d); }
+extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, int d) { embedding(table, ids, out, d); }

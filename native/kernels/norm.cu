@@ -1,0 +1,54 @@
+// RMSNorm and the residual add fused into it. Per spec §1.4: normalise in fp32, round to the
+// activation type, then multiply by the weight. The residual stream is fp32 (X = addend type).
+// Roofline: memory-bound, one read of x (+ residual read/write) and one write of out per element;
+// one block per row keeps the row in L1 for the second pass, so DRAM sees each byte once.
+#include "common.cuh"
+
+template <typename X, typename T>
+__device__ void rmsNormRow(const X* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int d, float eps) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = toF(x[i]);
+    ss += v * v;
+  }
+  const float inv = 1.0f / sqrtf(blockSum(ss) / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = fromF<T>(toF(fromF<T>(toF(x[i]) * inv)) * toF(w[i]));
+}
+
+// out = RMSNorm(x) ⊙ w
+template <typename X, typename T>
+__device__ void rmsNorm(const X* x, const T* w, T* out, int d, float eps) {
+  const size_t row = (size_t)blockIdx.x * d;
+  rmsNormRow(x + row, w, out + row, d, eps);
+}
+
+// res += x; out = RMSNorm(res) ⊙ w
+template <typename X, typename T>
+__device__ void addRmsNorm(float* __restrict__ res, const X* __restrict__ x, const T* w, T* out, int d, float eps) {
+  const size_t row = (size_t)blockIdx.x * d;
+  float* r = res + row;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) r[i] += toF(x[row + i]);
+  __syncthreads();  // each thread re-reads only its own elements, but keep the pass order explicit
+  rmsNormRow<float, T>(r, w, out + row, d, eps);
+}
+
+// res += x over n elements (grid-stride).
+template <typename X>
+__device__ void addInPlace(float* __restrict__ res, const X* __restrict__ x, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) res[i] += toF(x[i]);
+}
+
+#define NORM_KERNELS(XN, X, TN, T)                                                                            \
+  extern "C" __global__ void rms_norm_##XN##_##TN(const X* x, const T* w, T* out, int d, float eps) {       \
+    rmsNorm<X, T>(x, w, out, d, eps);                                                                        \
+  }                                                                                                          \
+  extern "C" __global__ void add_rms_norm_##XN##_##TN(float* res, const X* x, const T* w, T* out, int d, float eps) { \
+    addRmsNorm<X, T>(res, x, w, out, d, eps);                                                                \
+  }
+
+NORM_KERNELS(f32, float, bf16, bf16)
+NORM_KERNELS(bf16, bf16, bf16, bf16)
+NORM_KERNELS(f32, float, f32, float)
+
+extern "C" __global__ void add_bf16(float* res, const bf16* x, size_t n) { addInPlace(res, x, n); }
+extern "C" __global__ void add_f32(float* res, const float* x, size_t n) { addInPlace(res, x, n); }

@@ -1,0 +1,505 @@
+// tsglang's Node-API addon: a thin, policy-free layer over the CUDA driver API and cuBLASLt.
+// Both libraries are dlopen'ed on request, so the addon loads (and the package runs on the CPU)
+// on machines without CUDA. Device pointers and handles cross into JS as BigInt. Everything
+// asynchronous goes on one stream; the JS side (src/runtime/cuda/native.ts) types this interface.
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "blaslt.h"
+#include "driver.h"
+
+namespace {
+
+Driver drv{};
+bool driverLoaded = false;
+CUcontext ctx = nullptr;
+CUstream stream = nullptr;
+CUdevice device = 0;
+BlasLt lt{};
+bool blasLtLoaded = false;
+
+// ---- argument helpers: each throws a JS error and returns false on a bad argument ----
+
+void throwError(napi_env env, const std::string& msg) {
+  std::string full = "tsglang cuda: " + msg;
+  napi_throw_error(env, nullptr, full.c_str());
+}
+
+bool getArgs(napi_env env, napi_callback_info info, size_t want, napi_value* argv) {
+  size_t argc = want;
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc < want) {
+    throwError(env, "expected " + std::to_string(want) + " arguments, got " + std::to_string(argc));
+    return false;
+  }
+  return true;
+}
+
+template <typename U>
+bool getU64(napi_env env, napi_value v, U& out) {
+  static_assert(sizeof(U) == 8, "64-bit values only");
+  bool lossless = true;
+  uint64_t u = 0;
+  if (napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok) {
+    out = static_cast<U>(u);
+    return true;
+  }
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok && d >= 0) {
+    out = static_cast<U>(d);
+    return true;
+  }
+  throwError(env, "expected a BigInt device pointer/handle or a non-negative number");
+  return false;
+}
+
+bool getI64(napi_env env, napi_value v, int64_t& out) {
+  if (napi_get_value_int64(env, v, &out) == napi_ok) return true;
+  throwError(env, "expected a number");
+  return false;
+}
+
+bool getF64(napi_env env, napi_value v, double& out) {
+  if (napi_get_value_double(env, v, &out) == napi_ok) return true;
+  throwError(env, "expected a number");
+  return false;
+}
+
+bool getBytes(napi_env env, napi_value v, void*& data, size_t& bytes) {
+  bool isTyped = false;
+  napi_is_typedarray(env, v, &isTyped);
+  if (isTyped) {
+    napi_typedarray_type type;
+    size_t length;
+    napi_value buffer;
+    size_t offset;
+    napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset);
+    size_t elem = 1;
+    switch (type) {
+      case napi_int16_array: case napi_uint16_array: elem = 2; break;
+      case napi_int32_array: case napi_uint32_array: case napi_float32_array: elem = 4; break;
+      case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
+      default: elem = 1;
+    }
+    bytes = length * elem;
+    return true;
+  }
+  bool isDv = false;
+  napi_is_dataview(env, v, &isDv);
+  if (isDv) {
+    napi_value buffer;
+    size_t offset;
+    napi_get_dataview_info(env, v, &bytes, &data, &buffer, &offset);
+    return true;
+  }
+  throwError(env, "expected a typed array or DataView");
+  return false;
+}
+
+bool getStrings(napi_env env, napi_value v, std::vector<std::string>& out) {
+  uint32_t n = 0;
+  if (napi_get_array_length(env, v, &n) != napi_ok) {
+    throwError(env, "expected an array of library paths");
+    return false;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value s;
+    napi_get_element(env, v, i, &s);
+    size_t len = 0;
+    napi_get_value_string_utf8(env, s, nullptr, 0, &len);
+    std::string str(len, '\0');
+    napi_get_value_string_utf8(env, s, str.data(), len + 1, &len);
+    out.push_back(str);
+  }
+  return true;
+}
+
+napi_value bigint(napi_env env, uint64_t v) {
+  napi_value r;
+  napi_create_bigint_uint64(env, v, &r);
+  return r;
+}
+
+napi_value number(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+napi_value string(napi_env env, const std::string& s) {
+  napi_value r;
+  napi_create_string_utf8(env, s.c_str(), s.size(), &r);
+  return r;
+}
+
+napi_value undefined(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
+}
+
+void setProp(napi_env env, napi_value obj, const char* name, napi_value v) { napi_set_named_property(env, obj, name, v); }
+
+bool ensureDevice(napi_env env) {
+  if (ctx) return true;
+  throwError(env, "no CUDA context: call init() first");
+  return false;
+}
+
+bool check(napi_env env, const char* what, CUresult r) {
+  if (r == 0) return true;
+  throwError(env, cuErrorText(drv, what, r));
+  return false;
+}
+
+#define CHECK(what, call) \
+  if (!check(env, what, call)) return nullptr
+
+// ---- exported functions ----
+
+// openDriver(paths: string[]): string — the path that loaded.
+napi_value OpenDriver(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv)) return nullptr;
+  std::vector<std::string> paths;
+  if (!getStrings(env, argv[0], paths)) return nullptr;
+  std::string from;
+  if (!driverLoaded) {
+    std::string err = loadDriver(paths.data(), static_cast<int>(paths.size()), drv, from);
+    if (!err.empty()) {
+      throwError(env, err);
+      return nullptr;
+    }
+    driverLoaded = true;
+  }
+  return string(env, from);
+}
+
+// init(ordinal): DeviceInfo — cuInit, the device's primary context, one non-blocking stream.
+napi_value Init(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv)) return nullptr;
+  int64_t ordinal;
+  if (!getI64(env, argv[0], ordinal)) return nullptr;
+  if (!driverLoaded) {
+    throwError(env, "openDriver() first");
+    return nullptr;
+  }
+  if (!ctx) {
+    CHECK("cuInit", drv.cuInit(0));
+    int count = 0;
+    CHECK("cuDeviceGetCount", drv.cuDeviceGetCount(&count));
+    if (ordinal >= count) {
+      throwError(env, "no CUDA device " + std::to_string(ordinal) + " (" + std::to_string(count) + " visible)");
+      return nullptr;
+    }
+    CHECK("cuDeviceGet", drv.cuDeviceGet(&device, static_cast<int>(ordinal)));
+    CHECK("cuDevicePrimaryCtxRetain", drv.cuDevicePrimaryCtxRetain(&ctx, device));
+    CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));
+    CHECK("cuStreamCreate", drv.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+  } else {
+    CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));
+  }
+  char name[256] = {0};
+  drv.cuDeviceGetName(name, sizeof(name) - 1, device);
+  int major = 0, minor = 0, sms = 0, l2 = 0, smem = 0, version = 0;
+  drv.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
+  drv.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device);
+  drv.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, device);
+  drv.cuDeviceGetAttribute(&smem, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device);
+  drv.cuDriverGetVersion(&version);
+  size_t total = 0;
+  drv.cuDeviceTotalMem(&total, device);
+  napi_value o;
+  napi_create_object(env, &o);
+  setProp(env, o, "name", string(env, name));
+  setProp(env, o, "ccMajor", number(env, major));
+  setProp(env, o, "ccMinor", number(env, minor));
+  setProp(env, o, "smCount", number(env, sms));
+  setProp(env, o, "l2Bytes", number(env, l2));
+  setProp(env, o, "maxSharedPerBlock", number(env, smem));
+  setProp(env, o, "totalBytes", number(env, static_cast<double>(total)));
+  setProp(env, o, "driverVersion", number(env, version));
+  return o;
+}
+
+// deviceCount(): number — cuInit, then the number of visible devices (0 when the driver says none).
+napi_value DeviceCount(napi_env env, napi_callback_info /*info*/) {
+  if (!driverLoaded) {
+    throwError(env, "openDriver() first");
+    return nullptr;
+  }
+  CUresult r = drv.cuInit(0);
+  const int CUDA_ERROR_NO_DEVICE = 100;
+  if (r == CUDA_ERROR_NO_DEVICE) return number(env, 0);
+  CHECK("cuInit", r);
+  int count = 0;
+  CHECK("cuDeviceGetCount", drv.cuDeviceGetCount(&count));
+  return number(env, count);
+}
+
+// openBlasLt(paths: string[]): { path, version }
+napi_value OpenBlasLt(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  std::vector<std::string> paths;
+  if (!getStrings(env, argv[0], paths)) return nullptr;
+  static std::string from;
+  if (!blasLtLoaded) {
+    std::string err = loadBlasLt(paths.data(), static_cast<int>(paths.size()), lt, from);
+    if (!err.empty()) {
+      throwError(env, err);
+      return nullptr;
+    }
+    blasLtLoaded = true;
+  }
+  napi_value o;
+  napi_create_object(env, &o);
+  setProp(env, o, "path", string(env, from));
+  setProp(env, o, "version", number(env, static_cast<double>(lt.getVersion())));
+  return o;
+}
+
+napi_value MemGetInfo(napi_env env, napi_callback_info /*info*/) {
+  if (!ensureDevice(env)) return nullptr;
+  size_t free = 0, total = 0;
+  CHECK("cuMemGetInfo", drv.cuMemGetInfo(&free, &total));
+  napi_value o;
+  napi_create_object(env, &o);
+  setProp(env, o, "free", number(env, static_cast<double>(free)));
+  setProp(env, o, "total", number(env, static_cast<double>(total)));
+  return o;
+}
+
+napi_value MemAlloc(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t bytes;
+  if (!getU64(env, argv[0], bytes)) return nullptr;
+  CUdeviceptr p = 0;
+  CHECK("cuMemAlloc", drv.cuMemAlloc(&p, bytes));
+  return bigint(env, p);
+}
+
+napi_value MemFree(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t p;
+  if (!getU64(env, argv[0], p)) return nullptr;
+  CHECK("cuMemFree", drv.cuMemFree(p));
+  return undefined(env);
+}
+
+// htod(dst, src): queued on the stream. From pageable memory the driver stages the bytes before
+// returning, so the JS buffer may be reused at once.
+napi_value HtoD(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!getArgs(env, info, 2, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t dst;
+  void* src;
+  size_t bytes;
+  if (!getU64(env, argv[0], dst) || !getBytes(env, argv[1], src, bytes)) return nullptr;
+  if (bytes) CHECK("cuMemcpyHtoDAsync", drv.cuMemcpyHtoDAsync(dst, src, bytes, stream));
+  return undefined(env);
+}
+
+// dtoh(dst, src): waits for the stream, so it also reports earlier kernels' faults.
+napi_value DtoH(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!getArgs(env, info, 2, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t src;
+  void* dst;
+  size_t bytes;
+  if (!getBytes(env, argv[0], dst, bytes) || !getU64(env, argv[1], src)) return nullptr;
+  if (bytes) CHECK("cuMemcpyDtoHAsync", drv.cuMemcpyDtoHAsync(dst, src, bytes, stream));
+  CHECK("cuStreamSynchronize (a kernel or copy before this download failed)", drv.cuStreamSynchronize(stream));
+  return undefined(env);
+}
+
+napi_value DtoD(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!getArgs(env, info, 3, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t dst, src, bytes;
+  if (!getU64(env, argv[0], dst) || !getU64(env, argv[1], src) || !getU64(env, argv[2], bytes)) return nullptr;
+  if (bytes) CHECK("cuMemcpyDtoDAsync", drv.cuMemcpyDtoDAsync(dst, src, bytes, stream));
+  return undefined(env);
+}
+
+// memset(dst, value, count, elementBytes 1|2|4)
+napi_value Memset(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!getArgs(env, info, 4, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t dst, value, count;
+  int64_t width;
+  if (!getU64(env, argv[0], dst) || !getU64(env, argv[1], value) || !getU64(env, argv[2], count) ||
+      !getI64(env, argv[3], width))
+    return nullptr;
+  if (count == 0) return undefined(env);
+  if (width == 4) {
+    CHECK("cuMemsetD32Async", drv.cuMemsetD32Async(dst, static_cast<unsigned>(value), count, stream));
+  } else if (width == 2) {
+    CHECK("cuMemsetD16Async", drv.cuMemsetD16Async(dst, static_cast<unsigned short>(value), count, stream));
+  } else {
+    CHECK("cuMemsetD8Async", drv.cuMemsetD8Async(dst, static_cast<unsigned char>(value), count, stream));
+  }
+  return undefined(env);
+}
+
+napi_value Synchronize(napi_env env, napi_callback_info /*info*/) {
+  if (!ensureDevice(env)) return nullptr;
+  CHECK("cuStreamSynchronize", drv.cuStreamSynchronize(stream));
+  return undefined(env);
+}
+
+napi_value ModuleLoad(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  void* image;
+  size_t bytes;
+  if (!getBytes(env, argv[0], image, bytes)) return nullptr;
+  CUmodule mod = nullptr;
+  CHECK("cuModuleLoadData", drv.cuModuleLoadData(&mod, image));
+  return bigint(env, reinterpret_cast<uint64_t>(mod));
+}
+
+napi_value GetFunction(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!getArgs(env, info, 2, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t mod;
+  if (!getU64(env, argv[0], mod)) return nullptr;
+  size_t len = 0;
+  napi_get_value_string_utf8(env, argv[1], nullptr, 0, &len);
+  std::string name(len, '\0');
+  napi_get_value_string_utf8(env, argv[1], name.data(), len + 1, &len);
+  CUfunction fn = nullptr;
+  CUresult r = drv.cuModuleGetFunction(&fn, reinterpret_cast<CUmodule>(mod), name.c_str());
+  if (r != 0) {
+    throwError(env, cuErrorText(drv, ("cuModuleGetFunction(" + name + ")").c_str(), r));
+    return nullptr;
+  }
+  return bigint(env, reinterpret_cast<uint64_t>(fn));
+}
+
+napi_value SetMaxDynamicShared(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!getArgs(env, info, 2, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t fn;
+  int64_t bytes;
+  if (!getU64(env, argv[0], fn) || !getI64(env, argv[1], bytes)) return nullptr;
+  CHECK("cuFuncSetAttribute", drv.cuFuncSetAttribute(reinterpret_cast<CUfunction>(fn),
+                                                     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                                     static_cast<int>(bytes)));
+  return undefined(env);
+}
+
+// launch(fn, gx, gy, gz, bx, by, bz, sharedBytes, args): args is the kernel's parameter block,
+// packed by JS with C alignment, handed over whole through CU_LAUNCH_PARAM_BUFFER_POINTER.
+napi_value Launch(napi_env env, napi_callback_info info) {
+  napi_value argv[9];
+  if (!getArgs(env, info, 9, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t fn;
+  int64_t g[3], b[3], smem;
+  void* params;
+  size_t bytes;
+  if (!getU64(env, argv[0], fn)) return nullptr;
+  for (int i = 0; i < 3; i++)
+    if (!getI64(env, argv[1 + i], g[i]) || !getI64(env, argv[4 + i], b[i])) return nullptr;
+  if (!getI64(env, argv[7], smem) || !getBytes(env, argv[8], params, bytes)) return nullptr;
+  size_t size = bytes;
+  void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, params, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+  CHECK("cuLaunchKernel", drv.cuLaunchKernel(reinterpret_cast<CUfunction>(fn), g[0], g[1], g[2], b[0], b[1], b[2],
+                                             static_cast<unsigned>(smem), stream, nullptr, extra));
+  return undefined(env);
+}
+
+// matmul(transA, transB, m, n, k, a, lda, b, ldb, d, ldd, typeAB, typeD, alpha, beta, workspace, wsBytes): boolean
+// Column-major D[m,n] = alpha·op(A)·op(B) + beta·D; false when cuBLASLt has no algorithm for it.
+napi_value Matmul(napi_env env, napi_callback_info info) {
+  napi_value argv[17];
+  if (!getArgs(env, info, 17, argv) || !ensureDevice(env)) return nullptr;
+  if (!blasLtLoaded) {
+    throwError(env, "openBlasLt() first");
+    return nullptr;
+  }
+  MatmulArgs a{};
+  int64_t ta, tb, tab, td;
+  double alpha, beta;
+  uint64_t ws;
+  if (!getI64(env, argv[0], ta) || !getI64(env, argv[1], tb) || !getI64(env, argv[2], a.m) ||
+      !getI64(env, argv[3], a.n) || !getI64(env, argv[4], a.k) || !getU64(env, argv[5], a.a) ||
+      !getI64(env, argv[6], a.lda) || !getU64(env, argv[7], a.b) || !getI64(env, argv[8], a.ldb) ||
+      !getU64(env, argv[9], a.d) || !getI64(env, argv[10], a.ldd) || !getI64(env, argv[11], tab) ||
+      !getI64(env, argv[12], td) || !getF64(env, argv[13], alpha) || !getF64(env, argv[14], beta) ||
+      !getU64(env, argv[15], a.workspace) || !getU64(env, argv[16], ws))
+    return nullptr;
+  a.transA = static_cast<int>(ta);
+  a.transB = static_cast<int>(tb);
+  a.typeAB = static_cast<int>(tab);
+  a.typeD = static_cast<int>(td);
+  a.alpha = static_cast<float>(alpha);
+  a.beta = static_cast<float>(beta);
+  a.workspaceBytes = ws;
+  std::string err;
+  bool ok = blasLtMatmul(lt, a, stream, err);
+  if (!err.empty()) {
+    throwError(env, err);
+    return nullptr;
+  }
+  napi_value r;
+  napi_get_boolean(env, ok, &r);
+  return r;
+}
+
+napi_value EventCreate(napi_env env, napi_callback_info /*info*/) {
+  if (!ensureDevice(env)) return nullptr;
+  CUevent ev = nullptr;
+  CHECK("cuEventCreate", drv.cuEventCreate(&ev, CU_EVENT_DEFAULT));
+  return bigint(env, reinterpret_cast<uint64_t>(ev));
+}
+
+napi_value EventRecord(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t ev;
+  if (!getU64(env, argv[0], ev)) return nullptr;
+  CHECK("cuEventRecord", drv.cuEventRecord(reinterpret_cast<CUevent>(ev), stream));
+  return undefined(env);
+}
+
+// eventElapsed(start, end): milliseconds; waits for `end`.
+napi_value EventElapsed(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!getArgs(env, info, 2, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t a, b;
+  if (!getU64(env, argv[0], a) || !getU64(env, argv[1], b)) return nullptr;
+  CHECK("cuEventSynchronize", drv.cuEventSynchronize(reinterpret_cast<CUevent>(b)));
+  float ms = 0;
+  CHECK("cuEventElapsedTime", drv.cuEventElapsedTime(&ms, reinterpret_cast<CUevent>(a), reinterpret_cast<CUevent>(b)));
+  return number(env, ms);
+}
+
+}  // namespace
+
+NAPI_MODULE_INIT() {
+  const struct {
+    const char* name;
+    napi_callback fn;
+  } fns[] = {
+      {"openDriver", OpenDriver}, {"deviceCount", DeviceCount}, {"init", Init}, {"openBlasLt", OpenBlasLt}, {"memGetInfo", MemGetInfo},
+      {"memAlloc", MemAlloc}, {"memFree", MemFree}, {"htod", HtoD}, {"dtoh", DtoH}, {"dtod", DtoD},
+      {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
+      {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
+      {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
+  };
+  for (const auto& f : fns) {
+    napi_value v;
+    napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.fn, nullptr, &v);
+    napi_set_named_property(env, exports, f.name, v);
+  }
+  return exports;
+}

@@ -1,0 +1,54 @@
+// cuBLASLt opened at run time, with a cache of matmul plans (descriptors + chosen algorithm) per
+// shape, so a step's GEMMs cost one lookup each after the first.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+#include "cuda_api.h"
+
+struct MatmulArgs {
+  int transA, transB;           // CUBLAS_OP_N / CUBLAS_OP_T
+  int64_t m, n, k;              // column-major: D[m, n] = op(A)[m, k] · op(B)[k, n]
+  CUdeviceptr a, b, d;
+  int64_t lda, ldb, ldd;
+  int typeAB, typeD;            // CUDA_R_16BF / CUDA_R_32F
+  float alpha, beta;            // D = alpha·AB + beta·D
+  CUdeviceptr workspace;
+  size_t workspaceBytes;
+};
+
+struct MatmulPlan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, d;
+  cublasLtMatmulAlgo_t algo;
+  bool found;
+};
+
+struct BlasLt {
+  cublasLtHandle_t handle = nullptr;
+  cublasStatus_t (*create)(cublasLtHandle_t*);
+  size_t (*getVersion)();
+  cublasStatus_t (*descCreate)(cublasLtMatmulDesc_t*, int computeType, int scaleType);
+  cublasStatus_t (*descDestroy)(cublasLtMatmulDesc_t);
+  cublasStatus_t (*descSetAttribute)(cublasLtMatmulDesc_t, int, const void*, size_t);
+  cublasStatus_t (*layoutCreate)(cublasLtMatrixLayout_t*, int type, uint64_t rows, uint64_t cols, int64_t ld);
+  cublasStatus_t (*layoutDestroy)(cublasLtMatrixLayout_t);
+  cublasStatus_t (*prefCreate)(cublasLtMatmulPreference_t*);
+  cublasStatus_t (*prefDestroy)(cublasLtMatmulPreference_t);
+  cublasStatus_t (*prefSetAttribute)(cublasLtMatmulPreference_t, int, const void*, size_t);
+  cublasStatus_t (*heuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int,
+                              cublasLtMatmulHeuristicResult_t*, int*);
+  cublasStatus_t (*matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void*, const void*, cublasLtMatrixLayout_t,
+                           const void*, cublasLtMatrixLayout_t, const void*, const void*, cublasLtMatrixLayout_t, void*,
+                           cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t*, void*, size_t, CUstream);
+  const char* (*statusString)(cublasStatus_t);
+  std::unordered_map<std::string, MatmulPlan> plans;
+};
+
+/** Opens the first of `paths` that loads; "" on success, else why not. */
+std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::string& loadedFrom);
+
+/** Runs D = alpha·op(A)·op(B) + beta·D. Returns false (err empty) when cuBLASLt has no algorithm for it. */
+bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, std::string& err);

@@ -1,0 +1,77 @@
+// Resolves the driver entry points with dlsym. Versioned names (_v2) are the ones cuda.h maps the
+// plain names to; they are stable in every driver since CUDA 4.
+#include "driver.h"
+
+#include <dlfcn.h>
+
+namespace {
+template <typename F>
+bool sym(void* lib, const char* name, F& out, std::string& missing) {
+  out = reinterpret_cast<F>(dlsym(lib, name));
+  if (!out && missing.empty()) missing = name;
+  return out != nullptr;
+}
+}  // namespace
+
+std::string loadDriver(const std::string* paths, int count, Driver& d, std::string& loadedFrom) {
+  std::string errors;
+  for (int i = 0; i < count; i++) {
+    void* lib = dlopen(paths[i].c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* e = dlerror();
+      errors += "\n  " + paths[i] + ": " + (e ? e : "not found");
+      continue;
+    }
+    std::string missing;
+    sym(lib, "cuInit", d.cuInit, missing);
+    sym(lib, "cuDriverGetVersion", d.cuDriverGetVersion, missing);
+    sym(lib, "cuDeviceGetCount", d.cuDeviceGetCount, missing);
+    sym(lib, "cuDeviceGet", d.cuDeviceGet, missing);
+    sym(lib, "cuDeviceGetName", d.cuDeviceGetName, missing);
+    sym(lib, "cuDeviceGetAttribute", d.cuDeviceGetAttribute, missing);
+    sym(lib, "cuDeviceTotalMem_v2", d.cuDeviceTotalMem, missing);
+    sym(lib, "cuDevicePrimaryCtxRetain", d.cuDevicePrimaryCtxRetain, missing);
+    sym(lib, "cuCtxSetCurrent", d.cuCtxSetCurrent, missing);
+    sym(lib, "cuStreamCreate", d.cuStreamCreate, missing);
+    sym(lib, "cuStreamSynchronize", d.cuStreamSynchronize, missing);
+    sym(lib, "cuMemAlloc_v2", d.cuMemAlloc, missing);
+    sym(lib, "cuMemFree_v2", d.cuMemFree, missing);
+    sym(lib, "cuMemGetInfo_v2", d.cuMemGetInfo, missing);
+    sym(lib, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync, missing);
+    sym(lib, "cuMemcpyDtoHAsync_v2", d.cuMemcpyDtoHAsync, missing);
+    sym(lib, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync, missing);
+    sym(lib, "cuMemsetD8Async", d.cuMemsetD8Async, missing);
+    sym(lib, "cuMemsetD16Async", d.cuMemsetD16Async, missing);
+    sym(lib, "cuMemsetD32Async", d.cuMemsetD32Async, missing);
+    sym(lib, "cuModuleLoadData", d.cuModuleLoadData, missing);
+    sym(lib, "cuModuleGetFunction", d.cuModuleGetFunction, missing);
+    sym(lib, "cuFuncSetAttribute", d.cuFuncSetAttribute, missing);
+    sym(lib, "cuLaunchKernel", d.cuLaunchKernel, missing);
+    sym(lib, "cuEventCreate", d.cuEventCreate, missing);
+    sym(lib, "cuEventRecord", d.cuEventRecord, missing);
+    sym(lib, "cuEventSynchronize", d.cuEventSynchronize, missing);
+    // CUDA 12.8 added a _v2 of cuEventElapsedTime; older drivers have only the plain one.
+    std::string ignore;
+    if (!sym(lib, "cuEventElapsedTime_v2", d.cuEventElapsedTime, ignore)) sym(lib, "cuEventElapsedTime", d.cuEventElapsedTime, missing);
+    sym(lib, "cuGetErrorName", d.cuGetErrorName, missing);
+    sym(lib, "cuGetErrorString", d.cuGetErrorString, missing);
+    if (!missing.empty()) {
+      errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
+      dlclose(lib);
+      continue;
+    }
+    loadedFrom = paths[i];
+    return "";
+  }
+  return "cannot load the CUDA driver library (libcuda.so.1); tried:" + errors;
+}
+
+std::string cuErrorText(const Driver& d, const char* what, CUresult r) {
+  const char* name = nullptr;
+  const char* text = nullptr;
+  if (d.cuGetErrorName) d.cuGetErrorName(r, &name);
+  if (d.cuGetErrorString) d.cuGetErrorString(r, &text);
+  std::string s = std::string(what) + ": " + (name ? name : "CUDA error " + std::to_string(r));
+  if (text) s += std::string(" (") + text + ")";
+  return s;
+}
