@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { SingleSequence } from "../engine/sequence.js";
 import { GREEDY, Rng, sampleToken, type SamplingParams } from "../engine/sampling.js";
 import { loadModel } from "../model/loader.js";
-import { CpuBackend } from "../runtime/cpu.js";
+import { createBackend, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { IncrementalDetokenizer } from "../tokenizer/detokenizer.js";
 import { defaultModelPath } from "../util/repo.js";
@@ -22,6 +22,8 @@ const HELP = `usage: tsglang generate [--model-path DIR] (--prompt TEXT | --inpu
   --top-k K               top-k sampling, -1 = off (default -1)
   --seed S                sampling seed
   --ignore-eos            keep generating past end-of-sequence tokens
+  --device D              auto | cuda | cpu (default auto: a CUDA GPU when there is one)
+  --attention-backend A   auto | fa3 | cuda | cpu (default auto)
   --json                  print one JSON object: input_ids, output_ids, text, finish_reason, timing`;
 
 function num(name: string, v: string | undefined, dflt: number, check: (x: number) => boolean, what: string): number {
@@ -48,6 +50,8 @@ export async function main(argv: string[]): Promise<number> {
       "top-k": { type: "string" },
       seed: { type: "string" },
       "ignore-eos": { type: "boolean" },
+      device: { type: "string", default: "auto" },
+      "attention-backend": { type: "string", default: "auto" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -70,7 +74,8 @@ export async function main(argv: string[]): Promise<number> {
 
   const modelPath = values["model-path"] ?? defaultModelPath();
   const t0 = performance.now();
-  const { model, config } = await loadModel(modelPath, new CpuBackend());
+  const choice = await createBackend(parseDevice(values.device!), parseAttentionBackend(values["attention-backend"]!));
+  const { model, config } = await loadModel(modelPath, choice.backend);
   const tokenizer = values.prompt !== undefined || !values.json ? await Tokenizer.load(values["tokenizer-path"] ?? modelPath) : null;
   const inputIds =
     values.prompt !== undefined
@@ -123,6 +128,7 @@ export async function main(argv: string[]): Promise<number> {
           decode_s: decodeMs / 1000,
           decode_tokens_per_s: output.length > 1 ? (output.length - 1) / (decodeMs / 1000) : null,
         },
+        backend: choice.description,
       }),
     );
   } else {

@@ -16,6 +16,7 @@ import { Metrics } from "../server/metrics.js";
 import { ChatTemplate } from "../tokenizer/chat_template.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { defaultModelPath } from "../util/repo.js";
+import { parseAttentionBackend } from "../runtime/select.js";
 import { ArgsError, formatHelp, parseArgs, type FlagSpecs, type FlagValues } from "./args.js";
 
 const FLAGS = {
@@ -41,6 +42,8 @@ const FLAGS = {
   tp: { type: "int", alias: ["tp-size"], default: 1, min: 1, help: "tensor-parallel ranks" },
   "ep-size": { type: "int", default: 1, min: 1, help: "expert-parallel size: 1 or equal to --tp (whole experts per rank)" },
   "load-format": { type: "string", default: "auto", choices: ["auto", "dummy"], help: "dummy = random weights from config.json alone (benchmarks)" },
+  device: { type: "string", default: "auto", choices: ["auto", "cuda", "cpu"], help: "where the model runs: a CUDA GPU when there is one (auto), else the CPU" },
+  "attention-backend": { type: "string", default: "auto", help: "attention kernels: auto (fa3 on Hopper, cuda on other GPUs, cpu without a GPU), fa3, cuda, cpu" },
   "trust-remote-code": { type: "boolean", help: "accepted for SGLang compatibility; no effect" },
 } as const satisfies FlagSpecs;
 
@@ -59,6 +62,11 @@ export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boole
   const ratio = a["swa-full-tokens-ratio"];
   if (!(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1], got ${ratio}`);
   if (a["chunked-prefill-size"] === 0) throw new ArgsError("--chunked-prefill-size must be -1 or a positive integer, got 0");
+  try {
+    parseAttentionBackend(a["attention-backend"]);
+  } catch (e) {
+    throw new ArgsError((e as Error).message);
+  }
   if (a["ep-size"] !== 1 && a["ep-size"] !== a.tp) throw new ArgsError(`--ep-size must be 1 or equal to --tp (${a.tp}), got ${a["ep-size"]}`);
   return { args: a, help };
 }
@@ -127,6 +135,8 @@ export async function main(argv: string[]): Promise<number> {
     tp: a.tp,
     epSize: a["ep-size"],
     loadFormat: a["load-format"] as EngineOptions["loadFormat"],
+    device: a.device,
+    attentionBackend: a["attention-backend"],
   };
   log.info(`loading ${modelPath}`);
   const { engine, info } = await startEngine(opts);

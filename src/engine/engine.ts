@@ -21,6 +21,9 @@ export interface EngineOptions {
   tp?: number;
   epSize?: number;
   loadFormat?: "auto" | "dummy";
+  /** auto | cuda | cpu, and the attention kernels (auto | fa3 | cuda | cpu). */
+  device?: string;
+  attentionBackend?: string;
 }
 
 export interface EngineInfo {
@@ -29,6 +32,8 @@ export interface EngineInfo {
   vocabSize: number;
   maxRunningRequests: number;
   hybridSwa: boolean;
+  /** The compute backend, in words. */
+  backend: string;
   fullPoolTokens: number;
   swaPoolTokens: number;
 }

@@ -1,6 +1,7 @@
-// KV pool sizes for the CPU backend, by SGLang's hybrid cell formula (sglang-notes.md §2):
-// one "token" costs B·n_full + r·B·n_swa bytes; the full pool gets budget / cell tokens and the
-// SWA pool r times as many. GPU runs size pools with the memory planner instead.
+// KV pool sizes by SGLang's hybrid cell formula (sglang-notes.md §2): one "token" costs
+// B·n_full + r·B·n_swa bytes; the full pool gets budget / cell tokens and the SWA pool r times
+// as many. The budget is the device memory left after the weights (GPU), or a fixed host
+// budget (CPU). The GPU plan (`tsglang plan`) checks --context-length before weights load.
 
 import type { AttentionSpec } from "../runtime/backend.js";
 import type { Llama4Config } from "../model/config.js";
@@ -9,8 +10,10 @@ export interface KvBudgetOptions {
   contextLength?: number;
   maxTotalTokens?: number;
   swaFullTokensRatio?: number;
-  /** Bytes for KV on the CPU backend (fp32). */
+  /** Bytes for KV (default: 256 MiB on the host). */
   kvBytes?: number;
+  /** Bytes per stored KV element (fp32 on the CPU: 4; bf16: 2). */
+  elementBytes?: number;
 }
 
 export interface KvPlan {
@@ -19,8 +22,8 @@ export interface KvPlan {
   contextLength: number;
 }
 
-export function planCpuKv(cfg: Llama4Config, layers: AttentionSpec[], o: KvBudgetOptions): KvPlan {
-  const perLayer = 2 * cfg.numKvHeads * cfg.headDim * 4; // K and V, fp32
+export function planKvPools(cfg: Llama4Config, layers: AttentionSpec[], o: KvBudgetOptions, kvHeads = cfg.numKvHeads): KvPlan {
+  const perLayer = 2 * kvHeads * cfg.headDim * (o.elementBytes ?? 4); // K and V
   const nFull = layers.filter((l) => l.pool === "full").length;
   const nSwa = layers.length - nFull;
   const ratio = o.swaFullTokensRatio ?? 0.8;

@@ -46,6 +46,15 @@ class ParallelModel implements ForwardModel {
     return this.lead.attention;
   }
 
+  get kvElementBytes(): number {
+    return this.lead.kvElementBytes;
+  }
+
+  /** Ranks hold equal shares, so rank 0's free memory stands for all. */
+  kvMemoryBytes(): number | undefined {
+    return this.lead.kvMemoryBytes();
+  }
+
   allocKv(sizes: KvPoolSizes): void {
     for (const w of this.workers) w.postMessage({ type: "allocKv", sizes } satisfies RankMessage);
     this.lead.allocKv(sizes);

@@ -7,8 +7,9 @@ import { RadixCache } from "../cache/radix_cache.js";
 import { TokenPool } from "../cache/token_pool.js";
 import { loadModel } from "../model/loader.js";
 import { loadParallel } from "./parallel.js";
-import { CpuBackend } from "../runtime/cpu.js";
-import { planCpuKv } from "./kv_budget.js";
+import { planKvPools } from "./kv_budget.js";
+import { shardDims } from "../model/shard.js";
+import { type AttentionBackend, type Device, createBackend, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { Scheduler } from "./scheduler.js";
 import type { EngineOptions, ToEngine, FromEngine } from "./engine.js";
 import { EngineBusyError } from "./types.js";
@@ -20,12 +21,19 @@ async function main(opts: EngineOptions): Promise<void> {
   const hybridKv = !opts.disableHybridSwaMemory;
   const tp = opts.tp ?? 1;
   const ep = opts.epSize ?? 1;
-  const { model, config } =
-    tp > 1 || ep > 1
-      ? await loadParallel({ modelPath: opts.modelPath, tp, ep, hybridKv, loadFormat: opts.loadFormat })
-      : await loadModel(opts.modelPath, new CpuBackend(), { hybridKv, loadFormat: opts.loadFormat });
+  const device = parseDevice(opts.device ?? "auto");
+  const attention = parseAttentionBackend(opts.attentionBackend ?? "auto");
+  const { model, config, description } = await load(opts, { hybridKv, tp, ep, device, attention });
   const hybrid = model.attention.some((a) => a.pool === "swa");
-  const plan = planCpuKv(config, model.attention, opts);
+  const kvHeads = shardDims(config, { rank: 0, tp, ep }).kvHeads;
+  const deviceKv = model.kvMemoryBytes();
+  const plan = planKvPools(
+    config,
+    model.attention,
+    // On a GPU keep 5% of what is left for allocator slack and graph buffers.
+    { ...opts, kvBytes: opts.kvBytes ?? (deviceKv !== undefined ? Math.floor(deviceKv * 0.95) : undefined), elementBytes: model.kvElementBytes },
+    kvHeads,
+  );
   model.allocKv({ full: plan.fullTokens, swa: plan.swaTokens });
   const fullPool = new TokenPool(plan.fullTokens);
   const swaPool = hybrid ? new TokenPool(plan.swaTokens) : null;
@@ -101,10 +109,23 @@ async function main(opts: EngineOptions): Promise<void> {
       vocabSize: config.vocabSize,
       maxRunningRequests: maxRunning,
       hybridSwa: hybrid,
+      backend: description,
       fullPoolTokens: plan.fullTokens,
       swaPoolTokens: hybrid ? plan.swaTokens : 0,
     },
   });
+}
+
+/** Loads the model on the chosen device: one rank here, or tensor/expert-parallel ranks. */
+async function load(opts: EngineOptions, o: { hybridKv: boolean; tp: number; ep: number; device: Device; attention: AttentionBackend }) {
+  if (o.tp > 1 || o.ep > 1) {
+    if (o.device === "cuda") throw new Error("--tp > 1 on CUDA needs NCCL ranks, which are not wired into the engine yet; use --device cpu");
+    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat });
+    return { ...r, description: `cpu (TypeScript, fp32) × ${o.tp} ranks` };
+  }
+  const choice = await createBackend(o.device, o.attention);
+  const r = await loadModel(opts.modelPath, choice.backend, { hybridKv: o.hybridKv, loadFormat: opts.loadFormat });
+  return { ...r, description: choice.description };
 }
 
 main(workerData as EngineOptions).catch((e) => {

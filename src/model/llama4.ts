@@ -16,6 +16,9 @@ export interface ForwardModel {
   readonly attention: AttentionSpec[];
   allocKv(sizes: KvPoolSizes): void;
   forward(batch: StepBatch): Float32Array;
+  /** Bytes per element of stored KV, and device memory left for KV pools (none on the host). */
+  readonly kvElementBytes: number;
+  kvMemoryBytes(): number | undefined;
 }
 
 export class Llama4Model implements ForwardModel {
@@ -56,6 +59,14 @@ export class Llama4Model implements ForwardModel {
 
   allocKv(sizes: KvPoolSizes): void {
     this.backend.allocKv(this.attentionParams, this.attention, sizes);
+  }
+
+  get kvElementBytes(): number {
+    return this.backend.elementBytes ?? 2;
+  }
+
+  kvMemoryBytes(): number | undefined {
+    return this.backend.kvMemoryBytes?.();
   }
 
   /** Runs one step and returns fp32 logits [batch.logitRows.length, vocab]. */

@@ -103,6 +103,8 @@ export interface Backend {
    * weights live, so benchmark models never pass through the host.
    */
   randomWeight?(shape: number[], std: number, seed: number, fill?: number): Tensor;
+  /** Memory left for KV pools once the weights are loaded; absent where memory is the host's. */
+  kvMemoryBytes?(): number;
   /** Waits for queued device work (timing); a no-op on the CPU. */
   synchronize?(): void;
   /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
