@@ -16,7 +16,8 @@ import { Metrics } from "../server/metrics.js";
 import { ChatTemplate } from "../tokenizer/chat_template.js";
 import { Tokenizer } from "../tokenizer/tokenizer.js";
 import { defaultModelPath } from "../util/repo.js";
-import { parseAttentionBackend } from "../runtime/select.js";
+import { gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { gpuFromBytes, planMemory } from "../runtime/planner.js";
 import { ArgsError, formatHelp, parseArgs, type FlagSpecs, type FlagValues } from "./args.js";
 
 const FLAGS = {
@@ -138,6 +139,28 @@ export async function main(argv: string[]): Promise<number> {
     device: a.device,
     attentionBackend: a["attention-backend"],
   };
+  // On a GPU, check the memory plan before any weights load: a context that cannot fit is an
+  // error naming the largest that does, not an out-of-memory crash later.
+  const gpu = await gpuFor(parseDevice(a.device));
+  if (gpu) {
+    const plan = planMemory({
+      config,
+      visionParams: 0,
+      tp: a.tp,
+      ep: a["ep-size"],
+      gpu: gpuFromBytes(gpu.totalBytes),
+      contextLength: a["context-length"],
+      hybrid: !a["disable-hybrid-swa-memory"],
+      swaFullTokensRatio: a["swa-full-tokens-ratio"],
+      memFractionStatic: a["mem-fraction-static"],
+      maxRunningRequests: a["max-running-requests"],
+    });
+    if (!plan.fits) {
+      console.error(`tsglang launch: ${plan.error}`);
+      return 1;
+    }
+    log.info(`memory plan on ${gpu.name}: max context ${plan.maxContextLength}, weights ${(plan.weightsBytesPerGpu / 2 ** 30).toFixed(1)} GiB per GPU`);
+  }
   log.info(`loading ${modelPath}`);
   const { engine, info } = await startEngine(opts);
   log.info(

@@ -31,6 +31,7 @@ export interface BackendChoice {
 /** What src/runtime/cuda/backend.ts provides; loaded lazily so CPU-only installs never touch it. */
 interface CudaModule {
   cudaDeviceCount(): number;
+  cudaDeviceInfo(device?: number): { name: string; totalBytes: number };
   createCudaBackendChoice(attention: AttentionBackend): Promise<BackendChoice>;
 }
 
@@ -46,6 +47,12 @@ export async function createBackend(device: Device, attention: AttentionBackend 
   }
   if (attention === "cpu") throw new Error("--attention-backend cpu needs --device cpu");
   return (await loadCuda()).createCudaBackendChoice(attention);
+}
+
+/** The GPU that `device` would run on (its name and memory), or null when it runs on the CPU. */
+export async function gpuFor(device: Device): Promise<{ name: string; totalBytes: number } | null> {
+  if (device === "cpu" || (device === "auto" && !(await cudaPresent()))) return null;
+  return (await loadCuda()).cudaDeviceInfo(0);
 }
 
 /** True when the native addon loads and sees a CUDA device. */

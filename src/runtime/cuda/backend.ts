@@ -154,6 +154,11 @@ export class CudaBackend implements Backend {
 
   // ---- memory and tensors ----
 
+  /** Device bytes still free for KV pools (after weights), leaving the step arena alone. */
+  kvMemoryBytes(): number {
+    return this.mem.largestFree();
+  }
+
   /** Starts a new step: every step tensor of the previous one becomes invalid. */
   beginStep(): void {
     this.mem.resetStep();
@@ -636,6 +641,13 @@ export function cudaDeviceCount(): number {
   const n = loadNative();
   n.openDriver(driverCandidates());
   return n.deviceCount();
+}
+
+/** Name, compute capability and memory of a device, without taking its memory (for planning). */
+export function cudaDeviceInfo(device = 0): DeviceInfo {
+  const n = loadNative();
+  n.openDriver(driverCandidates());
+  return n.init(device);
 }
 
 /**
