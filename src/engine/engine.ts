@@ -71,7 +71,7 @@ class WorkerEngine implements Engine {
         // Admission failed inside the worker (queue full, prompt too long): finish the request.
         const cb = this.listeners.get(m.rid);
         this.listeners.delete(m.rid);
-        cb?.({ rid: m.rid, tokens: [], finish: { reason: "abort", message: m.message } });
+        cb?.({ rid: m.rid, tokens: [], finish: { reason: "abort", message: m.message, busy: m.busy } });
       } else if (m.type === "reply") {
         this.replies.get(m.id)?.(m.value);
         this.replies.delete(m.id);
@@ -103,7 +103,7 @@ class WorkerEngine implements Engine {
   }
 
   async shutdown(): Promise<void> {
-    for (const [rid, cb] of this.listeners) cb({ rid, tokens: [], finish: { reason: "abort", message: "server shutting down" } });
+    for (const [rid, cb] of this.listeners) cb({ rid, tokens: [], finish: { reason: "abort", message: "server shutting down", busy: true } });
     this.listeners.clear();
     await this.worker.terminate();
   }

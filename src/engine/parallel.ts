@@ -1,11 +1,21 @@
 // Tensor/expert parallel ranks as threads: rank 0 lives in the calling thread (the engine
 // worker) and drives; ranks 1..N-1 are worker threads that replay every allocKv/forward rank 0
 // makes, meeting it in the collectives. The scheduler sees one model either way.
+//
+// Two devices:
+// - "cpu": CpuBackend ranks joined by shared-memory collectives (runtime/collective.ts);
+// - "cuda": rank r is bound to GPU r (its own context and stream on its thread) and the ranks
+//   are joined by NCCL (runtime/cuda/nccl.ts). Rank 0 makes the NCCL unique id and hands it to
+//   the other threads in workerData; ncclCommInitRank blocks until every rank has joined, so
+//   rank 0 joins only once every other thread has its device and is about to join (a rank that
+//   fails before that is reported instead of leaving rank 0 waiting).
 
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import type { AttentionSpec, KvPoolSizes, StepBatch } from "../runtime/backend.js";
+import type { AttentionSpec, Backend, KvPoolSizes, StepBatch } from "../runtime/backend.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { SharedMemoryCollective, createSharedCollective, type SharedCollectiveInit } from "../runtime/collective.js";
+import type { CudaBackendOptions } from "../runtime/cuda/backend.js";
+import type { NcclInit } from "../runtime/cuda/nccl.js";
 import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
@@ -17,89 +27,175 @@ export interface ParallelOptions {
   ep: number;
   hybridKv?: boolean;
   loadFormat?: LoadOptions["loadFormat"];
+  /** Where the ranks run: "cpu" (threads sharing memory; the default) or "cuda" (rank r on GPU r, NCCL). */
+  device?: "cpu" | "cuda";
+  /** CudaBackend options for every rank (precision, memory budget...); the device is the rank. */
+  cuda?: Omit<CudaBackendOptions, "device" | "nccl">;
 }
+
+/** How a rank reaches the others: shared memory (CPU ranks) or an NCCL communicator id (GPU ranks). */
+type Link = { device: "cpu"; collective: SharedCollectiveInit } | { device: "cuda"; nccl: NcclInit };
 
 interface RankData {
   opts: ParallelOptions;
   rank: number;
-  collective: SharedCollectiveInit;
+  link: Link;
 }
 
-type RankMessage = { type: "allocKv"; sizes: KvPoolSizes } | { type: "forward"; batch: StepBatch };
+type RankMessage = { type: "allocKv"; sizes: KvPoolSizes } | { type: "forward"; batch: StepBatch } | { type: "close" };
+type RankReply = { type: "joining" } | { type: "ready" } | { type: "closed" } | { type: "error"; message: string };
 
-async function loadRank(opts: ParallelOptions, rank: number, collective: SharedCollectiveInit) {
-  const backend = new CpuBackend(new SharedMemoryCollective(collective, rank));
-  return loadModel(opts.modelPath, backend, { hybridKv: opts.hybridKv, loadFormat: opts.loadFormat, shard: { rank, tp: opts.tp, ep: opts.ep } });
+interface LoadedRank {
+  model: ForwardModel;
+  config: Llama4Config;
+  /** Frees the rank's device memory and communicator (every rank at once: NCCL may wait for peers). */
+  close(): void;
+}
+
+/**
+ * Loads one rank's shard. `beforeJoin` runs once the rank has its device and before it joins
+ * the NCCL communicator (which blocks until all ranks have joined).
+ */
+async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJoin: () => void | Promise<void>): Promise<LoadedRank> {
+  const load = (backend: Backend) =>
+    loadModel(opts.modelPath, backend, { hybridKv: opts.hybridKv, loadFormat: opts.loadFormat, shard: { rank, tp: opts.tp, ep: opts.ep } });
+  if (link.device === "cpu") {
+    await beforeJoin();
+    const r = await load(new CpuBackend(new SharedMemoryCollective(link.collective, rank)));
+    return { model: r.model, config: r.config, close: () => {} };
+  }
+  const { CudaBackend } = await import("../runtime/cuda/backend.js");
+  const { NcclCommunicator, bindCudaDevice } = await import("../runtime/cuda/nccl.js");
+  bindCudaDevice(rank); // a missing device fails here, before anyone waits on this rank
+  await beforeJoin();
+  const nccl = new NcclCommunicator(link.nccl, rank); // before the backend takes its memory budget
+  const backend = new CudaBackend({ ...opts.cuda, device: rank, nccl });
+  const r = await load(backend);
+  return {
+    model: r.model,
+    config: r.config,
+    close: () => {
+      backend.destroy();
+      nccl.destroy();
+    },
+  };
 }
 
 class ParallelModel implements ForwardModel {
   constructor(
-    private readonly lead: ForwardModel,
+    private readonly lead: LoadedRank,
     private readonly workers: Worker[],
   ) {}
 
   get cfg(): Llama4Config {
-    return this.lead.cfg;
+    return this.lead.model.cfg;
   }
 
   get attention(): AttentionSpec[] {
-    return this.lead.attention;
+    return this.lead.model.attention;
   }
 
   get kvElementBytes(): number {
-    return this.lead.kvElementBytes;
+    return this.lead.model.kvElementBytes;
   }
 
   /** Ranks hold equal shares, so rank 0's free memory stands for all. */
   kvMemoryBytes(): number | undefined {
-    return this.lead.kvMemoryBytes();
+    return this.lead.model.kvMemoryBytes();
   }
 
   allocKv(sizes: KvPoolSizes): void {
     for (const w of this.workers) w.postMessage({ type: "allocKv", sizes } satisfies RankMessage);
-    this.lead.allocKv(sizes);
+    this.lead.model.allocKv(sizes);
   }
 
   forward(batch: StepBatch): Float32Array {
     for (const w of this.workers) w.postMessage({ type: "forward", batch } satisfies RankMessage);
-    return this.lead.forward(batch);
+    return this.lead.model.forward(batch);
   }
 
+  /** Every rank frees its device memory and communicator, then the threads end. */
   async close(): Promise<void> {
+    const closed = this.workers.map((w) => new Promise<void>((resolve) => {
+      w.on("message", (m: RankReply) => m.type === "closed" && resolve());
+      w.once("exit", () => resolve());
+    }));
+    for (const w of this.workers) w.postMessage({ type: "close" } satisfies RankMessage);
+    this.lead.close();
+    await Promise.all(closed);
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
 
 /** Loads every rank's shard; resolves to rank 0's view once all ranks are ready. */
 export async function loadParallel(opts: ParallelOptions): Promise<{ model: ForwardModel & { close(): Promise<void> }; config: Llama4Config }> {
-  const collective = createSharedCollective(opts.tp);
-  const workers = Array.from({ length: opts.tp - 1 }, (_, i) => new Worker(new URL(import.meta.url), { workerData: { opts, rank: i + 1, collective } satisfies RankData }));
-  const ready = workers.map(
-    (w) =>
-      new Promise<void>((resolve, reject) => {
-        w.once("message", (m: { type: string; message?: string }) => (m.type === "ready" ? resolve() : reject(new Error(m.message))));
-        w.once("error", reject);
-      }),
-  );
-  const [lead] = await Promise.all([loadRank(opts, 0, collective), ...ready]);
+  const device = opts.device ?? "cpu";
+  const links: Link[] = [];
+  if (device === "cuda") {
+    const { cudaDeviceCount } = await import("../runtime/cuda/backend.js");
+    const { ncclUniqueId } = await import("../runtime/cuda/nccl.js");
+    const count = cudaDeviceCount();
+    if (count < opts.tp) throw new Error(`--tp ${opts.tp} on CUDA needs ${opts.tp} GPUs (one per rank); ${count} visible`);
+    const id = ncclUniqueId();
+    for (let rank = 0; rank < opts.tp; rank++) links.push({ device, nccl: { id, rank, size: opts.tp } });
+  } else {
+    const collective = createSharedCollective(opts.tp);
+    for (let rank = 0; rank < opts.tp; rank++) links.push({ device, collective });
+  }
+  const workers = links.slice(1).map((link, i) => new Worker(new URL(import.meta.url), { workerData: { opts, rank: i + 1, link } satisfies RankData }));
+  const joining: Promise<void>[] = [];
+  const ready: Promise<void>[] = [];
+  for (const w of workers) {
+    let joined!: () => void, isReady!: () => void, fail!: (e: Error) => void;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    failed.catch(() => {}); // observed through joining/ready
+    joining.push(Promise.race([new Promise<void>((r) => (joined = r)), failed]));
+    ready.push(Promise.race([new Promise<void>((r) => (isReady = r)), failed]));
+    const onMessage = (m: RankReply) => {
+      if (m.type === "joining") joined();
+      else if (m.type === "ready") {
+        isReady();
+        w.off("message", onMessage);
+      } else if (m.type === "error") fail(new Error(m.message));
+    };
+    w.on("message", onMessage);
+    w.once("error", fail);
+    w.once("exit", (code) => fail(new Error(`tensor-parallel rank thread exited (code ${code}) before it was ready`)));
+  }
+  let lead: LoadedRank;
+  try {
+    // Rank 0 joins last, so a rank that cannot start is an error here rather than a hang in NCCL.
+    [lead] = await Promise.all([loadRank(opts, 0, links[0], () => Promise.all(joining).then(() => {})), ...ready]);
+  } catch (e) {
+    await Promise.all(workers.map((w) => w.terminate()));
+    throw e;
+  }
   // A rank that dies mid-step would leave the others waiting in a collective forever.
-  for (const w of workers) w.on("error", (e) => {
-    console.error(`tsglang: tensor-parallel rank failed: ${e.message}`);
-    process.exit(1);
-  });
-  return { model: new ParallelModel(lead.model, workers), config: lead.config };
+  for (const w of workers) {
+    w.removeAllListeners("exit");
+    w.on("error", (e) => {
+      console.error(`tsglang: tensor-parallel rank failed: ${e.message}`);
+      process.exit(1);
+    });
+  }
+  return { model: new ParallelModel(lead, workers), config: lead.config };
 }
 
-if (!isMainThread && (workerData as RankData)?.collective) {
-  const { opts, rank, collective } = workerData as RankData;
-  loadRank(opts, rank, collective).then(
-    ({ model }) => {
+if (!isMainThread && (workerData as RankData)?.link) {
+  const { opts, rank, link } = workerData as RankData;
+  const reply = (m: RankReply) => parentPort!.postMessage(m);
+  loadRank(opts, rank, link, () => reply({ type: "joining" })).then(
+    (loaded) => {
       parentPort!.on("message", (m: RankMessage) => {
-        if (m.type === "allocKv") model.allocKv(m.sizes);
-        else model.forward(m.batch);
+        if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
+        else if (m.type === "forward") loaded.model.forward(m.batch);
+        else {
+          loaded.close();
+          reply({ type: "closed" });
+        }
       });
-      parentPort!.postMessage({ type: "ready" });
+      reply({ type: "ready" });
     },
-    (e: Error) => parentPort!.postMessage({ type: "error", message: e.message }),
+    (e: Error) => reply({ type: "error", message: e.message }),
   );
 }

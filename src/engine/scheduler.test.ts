@@ -168,6 +168,18 @@ describe("scheduler", () => {
     }
   });
 
+  test("max_new_tokens 0 returns prompt logprobs and no tokens", async () => {
+    const h = await harness();
+    const p = golden.prompts[0];
+    h.sched.add(request("z", p.prompt_ids, 0, { returnLogprob: true, logprobStartLen: 0, topLogprobsNum: 0 }));
+    h.drain();
+    const outs = h.outputs.get("z")!;
+    assert.equal(outs.length, 1);
+    assert.deepEqual(outs[0].tokens, []);
+    assert.equal(outs[0].finish!.reason, "length");
+    assert.equal(outs[0].promptLogprobs!.length, p.prompt_ids.length);
+  });
+
   test("radix cache disabled and lpm policy keep outputs and drain the pools", async () => {
     const h = await harness({ radix: false, schedulePolicy: "lpm", maxRunningRequests: 4 });
     const ps = prompts(10);

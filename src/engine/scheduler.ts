@@ -312,6 +312,12 @@ export class Scheduler {
   }
 
   private sampleNext(req: Req, row: Float32Array): void {
+    if (req.r.maxNewTokens <= 0) {
+      // Prompt-only requests (echo + logprobs with max_tokens 0): the prefill was the work.
+      this.emit({ rid: req.r.rid, tokens: [], cachedTokens: req.cachedLen, promptLogprobs: req.promptLogprobs ?? undefined, finish: { reason: "length" } });
+      this.retire(req, null);
+      return;
+    }
     const p = req.r.sampling;
     const logits = new Float32Array(row);
     applyPenalties(logits, p, req.r.inputIds, req.output);

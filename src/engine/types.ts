@@ -36,7 +36,8 @@ export interface EngineOutput {
   promptLogprobs?: (TokenLogprob | null)[];
   /** Sent once with the first output: prompt tokens served from the prefix cache. */
   cachedTokens?: number;
-  finish?: { reason: FinishReason; matchedStop?: number; message?: string };
+  /** `busy`: refused for capacity (queue full, shutting down), which clients see as 503. */
+  finish?: { reason: FinishReason; matchedStop?: number; message?: string; busy?: boolean };
 }
 
 export interface EngineStats {

@@ -48,7 +48,7 @@ export interface ServerState {
   /** Requests being served (HTTP exchanges that reached a handler). */
   inflight: number;
   /** Engine requests running for HTTP requests, so shutdown can abort them. */
-  active: Set<{ abort(message: string): void }>;
+  active: Set<{ abort(message: string, busy?: boolean): void }>;
 }
 
 export interface ServerContext {

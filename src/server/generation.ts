@@ -33,6 +33,8 @@ export interface Finish {
   /** The stop string or stop token id that ended generation; null for EOS-less ends. */
   matchedStop: string | number | null;
   message?: string;
+  /** The engine refused for capacity (503), not for the request itself. */
+  busy?: boolean;
 }
 
 /** What one engine output added to a choice. */
@@ -118,10 +120,10 @@ class Generation {
   }
 
   /** Ends the choice now (client gone, shutdown); the engine frees its KV. */
-  abort(message: string): void {
+  abort(message: string, busy = false): void {
     if (this.finished) return;
     this.ctx.engine.abort(this.rid);
-    this.end({ reason: "abort", matchedStop: null, message }, "", [], []);
+    this.end({ reason: "abort", matchedStop: null, message, busy }, "", [], []);
   }
 
   private onOutput(o: EngineOutput): void {
@@ -167,7 +169,7 @@ class Generation {
     } else if (capped) {
       finish = { reason: "length", matchedStop: null };
     } else if (ends) {
-      finish = { reason: ends.reason, matchedStop: o.finish?.matchedStop ?? null, message: o.finish?.message };
+      finish = { reason: ends.reason, matchedStop: o.finish?.matchedStop ?? null, message: o.finish?.message, busy: o.finish?.busy };
     }
     if (finish && !o.finish) this.ctx.engine.abort(this.rid);
     const update: GenUpdate = { index: this.index, delta, ids, logprobs };
@@ -216,7 +218,8 @@ export interface GenGroup {
   /** All choices' results in index order, once every one has finished. */
   done: Promise<GenResult[]>;
   /** Ends every unfinished choice (e.g. the client disconnected). */
-  abort(message: string): void;
+  /** `busy`: ended for capacity (shutdown), which clients see as 503. */
+  abort(message: string, busy?: boolean): void;
 }
 
 /**
@@ -236,7 +239,7 @@ export function startGenerations(ctx: ServerContext, specs: GenSpec[], onUpdate:
   }
   const done = Promise.all(gens.map((g) => g.done));
   ctx.metrics?.trackRequests(done);
-  const group: GenGroup = { rids: gens.map((g) => g.rid), done, abort: (message) => gens.forEach((g) => g.abort(message)) };
+  const group: GenGroup = { rids: gens.map((g) => g.rid), done, abort: (message, busy) => gens.forEach((g) => g.abort(message, busy)) };
   ctx.state.active.add(group);
   void done.finally(() => ctx.state.active.delete(group));
   return group;

@@ -35,7 +35,7 @@ export function finishFields(f: Finish): { finish_reason: string; matched_stop: 
 /** An abort that came from the engine (not from us) as the error a client gets. */
 export function abortError(f: Finish): ApiError {
   const message = f.message ?? "the request was aborted";
-  if (/shut|busy|queue/i.test(message)) return new ApiError(503, message, "service_unavailable_error", null, "service_unavailable");
+  if (f.busy) return new ApiError(503, message, "service_unavailable_error", null, "service_unavailable");
   return new ApiError(500, message, "server_error", null, "request_aborted");
 }
 
