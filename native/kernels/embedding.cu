@@ -1,12 +1,18 @@
 // Embedding lookup: out[r, :] = table[ids[r], :] widened to fp32 (the residual stream is fp32).
 // Roofline: pure copy, n·d·(sizeof T + 4) bytes; one block per row, coalesced.
-// Ids are range-checked on the host before launch.
+// Ids are range-checked on the host before launch; -1 marks a token outside this rank's
+// vocabulary slice (tensor parallelism) and gives a zero row, which the all-reduce fills.
 #include "common.cuh"
 
 template <typename T>
 __device__ void embedding(const T* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d) {
-  const T* src = table + (size_t)ids[blockIdx.x] * d;
+  const int id = ids[blockIdx.x];
   float* dst = out + (size_t)blockIdx.x * d;
+  if (id < 0) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = 0.0f;
+    return;
+  }
+  const T* src = table + (size_t)id * d;
   for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = toF(src[i]);
 }
 

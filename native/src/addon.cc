@@ -1,26 +1,32 @@
 // tsglang's Node-API addon: a thin, policy-free layer over the CUDA driver API and cuBLASLt.
 // Both libraries are dlopen'ed on request, so the addon loads (and the package runs on the CPU)
 // on machines without CUDA. Device pointers and handles cross into JS as BigInt. Everything
-// asynchronous goes on one stream; the JS side (src/runtime/cuda/native.ts) types this interface.
+// asynchronous goes on one stream per thread (a thread is bound to one device by init()); the JS
+// side (src/runtime/cuda/native.ts) types this interface. NCCL lives in nccl.cc.
 #define NAPI_VERSION 8
 #include <node_api.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "blaslt.h"
 #include "driver.h"
+#include "nccl.h"
 
 namespace {
 
 Driver drv{};
 bool driverLoaded = false;
-CUcontext ctx = nullptr;
-CUstream stream = nullptr;
-CUdevice device = 0;
-BlasLt lt{};
-bool blasLtLoaded = false;
+std::mutex driverLock;
+// Per thread: each tensor-parallel rank is a worker thread bound to its own GPU (init(rank)),
+// with its own context, stream and cuBLASLt handle (whose plan cache is not thread-safe).
+thread_local CUcontext ctx = nullptr;
+thread_local CUstream stream = nullptr;
+thread_local CUdevice device = 0;
+thread_local BlasLt lt{};
+thread_local bool blasLtLoaded = false;
 
 // ---- argument helpers: each throws a JS error and returns false on a bad argument ----
 
@@ -168,6 +174,7 @@ napi_value OpenDriver(napi_env env, napi_callback_info info) {
   std::vector<std::string> paths;
   if (!getStrings(env, argv[0], paths)) return nullptr;
   std::string from;
+  std::lock_guard<std::mutex> hold(driverLock);
   if (!driverLoaded) {
     std::string err = loadDriver(paths.data(), static_cast<int>(paths.size()), drv, from);
     if (!err.empty()) {
@@ -202,6 +209,12 @@ napi_value Init(napi_env env, napi_callback_info info) {
     CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));
     CHECK("cuStreamCreate", drv.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
   } else {
+    CUdevice want = 0;
+    CHECK("cuDeviceGet", drv.cuDeviceGet(&want, static_cast<int>(ordinal)));
+    if (want != device) {
+      throwError(env, "this thread is bound to CUDA device " + std::to_string(device) + ", not " + std::to_string(ordinal) + " (one device per thread)");
+      return nullptr;
+    }
     CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));
   }
   char name[256] = {0};
@@ -249,7 +262,7 @@ napi_value OpenBlasLt(napi_env env, napi_callback_info info) {
   if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   std::vector<std::string> paths;
   if (!getStrings(env, argv[0], paths)) return nullptr;
-  static std::string from;
+  static thread_local std::string from;
   if (!blasLtLoaded) {
     std::string err = loadBlasLt(paths.data(), static_cast<int>(paths.size()), lt, from);
     if (!err.empty()) {
@@ -483,6 +496,65 @@ napi_value EventElapsed(napi_env env, napi_callback_info info) {
   return number(env, ms);
 }
 
+// ---- CUDA graphs: capture this thread's stream, instantiate, replay ----
+
+bool graphsLoaded() {
+  return drv.cuStreamBeginCapture && drv.cuStreamEndCapture && drv.cuGraphInstantiateWithFlags && drv.cuGraphLaunch &&
+         drv.cuGraphExecDestroy && drv.cuGraphDestroy;
+}
+
+// graphBeginCapture(): everything queued on the stream from now on is recorded, not run.
+napi_value GraphBeginCapture(napi_env env, napi_callback_info /*info*/) {
+  if (!ensureDevice(env)) return nullptr;
+  if (!graphsLoaded()) {
+    throwError(env, "the CUDA driver has no stream-capture entry points (CUDA graphs need driver 11.4+)");
+    return nullptr;
+  }
+  CHECK("cuStreamBeginCapture", drv.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED));
+  return undefined(env);
+}
+
+// graphEndCapture(): ends the capture (always, so the stream is usable again) and returns the
+// instantiated executable graph; throws when the capture was invalidated.
+napi_value GraphEndCapture(napi_env env, napi_callback_info /*info*/) {
+  if (!ensureDevice(env)) return nullptr;
+  if (!graphsLoaded()) {
+    throwError(env, "the CUDA driver has no stream-capture entry points");
+    return nullptr;
+  }
+  CUgraph graph = nullptr;
+  CUresult r = drv.cuStreamEndCapture(stream, &graph);
+  if (r != 0) {
+    if (graph) drv.cuGraphDestroy(graph);
+    throwError(env, cuErrorText(drv, "cuStreamEndCapture (something in the captured region is not capturable)", r));
+    return nullptr;
+  }
+  CUgraphExec exec = nullptr;
+  r = drv.cuGraphInstantiateWithFlags(&exec, graph, 0);
+  drv.cuGraphDestroy(graph);  // the executable graph does not need it
+  CHECK("cuGraphInstantiateWithFlags", r);
+  return bigint(env, reinterpret_cast<uint64_t>(exec));
+}
+
+// graphLaunch(exec): replays the graph on the stream.
+napi_value GraphLaunch(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t exec;
+  if (!getU64(env, argv[0], exec)) return nullptr;
+  CHECK("cuGraphLaunch", drv.cuGraphLaunch(reinterpret_cast<CUgraphExec>(exec), stream));
+  return undefined(env);
+}
+
+napi_value GraphDestroy(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t exec;
+  if (!getU64(env, argv[0], exec)) return nullptr;
+  CHECK("cuGraphExecDestroy", drv.cuGraphExecDestroy(reinterpret_cast<CUgraphExec>(exec)));
+  return undefined(env);
+}
+
 }  // namespace
 
 NAPI_MODULE_INIT() {
@@ -495,11 +567,14 @@ NAPI_MODULE_INIT() {
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
       {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
+      {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
+      {"graphDestroy", GraphDestroy},
   };
   for (const auto& f : fns) {
     napi_value v;
     napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.fn, nullptr, &v);
     napi_set_named_property(env, exports, f.name, v);
   }
+  registerNccl(env, exports, [] { return stream; });  // native/src/nccl.cc
   return exports;
 }

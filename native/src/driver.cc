@@ -55,6 +55,13 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     if (!sym(lib, "cuEventElapsedTime_v2", d.cuEventElapsedTime, ignore)) sym(lib, "cuEventElapsedTime", d.cuEventElapsedTime, missing);
     sym(lib, "cuGetErrorName", d.cuGetErrorName, missing);
     sym(lib, "cuGetErrorString", d.cuGetErrorString, missing);
+    // CUDA graphs: optional (ignore what is missing; the addon reports graphs as unavailable).
+    sym(lib, "cuStreamBeginCapture_v2", d.cuStreamBeginCapture, ignore);
+    sym(lib, "cuStreamEndCapture", d.cuStreamEndCapture, ignore);
+    sym(lib, "cuGraphInstantiateWithFlags", d.cuGraphInstantiateWithFlags, ignore);
+    sym(lib, "cuGraphLaunch", d.cuGraphLaunch, ignore);
+    sym(lib, "cuGraphExecDestroy", d.cuGraphExecDestroy, ignore);
+    sym(lib, "cuGraphDestroy", d.cuGraphDestroy, ignore);
     if (!missing.empty()) {
       errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
       dlclose(lib);

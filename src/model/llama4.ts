@@ -72,6 +72,18 @@ export class Llama4Model implements ForwardModel {
   /** Runs one step and returns fp32 logits [batch.logitRows.length, vocab]. */
   forward(batch: StepBatch): Float32Array {
     const be = this.backend;
+    // Decode steps on one rank replay a CUDA graph where the backend has them.
+    if (be.decodeGraph && this.shard.tp === 1) {
+      const logits = be.decodeGraph(this, batch, (b) => this.logits(b));
+      if (logits) return logits;
+    }
+    const logits = this.logits(batch);
+    return be.toHost(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
+  }
+
+  /** One step on the backend, up to this rank's logits [logitRows, vocab] (fp32 on one rank). */
+  logits(batch: StepBatch): Tensor {
+    const be = this.backend;
     const w = this.weights;
     const eps = this.cfg.rmsNormEps;
     const tp = this.shard.tp > 1;
@@ -102,7 +114,8 @@ export class Llama4Model implements ForwardModel {
       h = be.addRmsNorm(x, ffn, nextNorm, eps);
     }
     const last: Tensor = be.gatherRows(h, batch.logitRows);
-    const logits = be.linear(last, w.lmHead);
-    return be.toHost(tp ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
+    // fp32 logits straight from the GEMM's accumulators: no bf16 rounding of logprobs, and no
+    // host-side widening (the all-gather of tensor parallelism keeps the storage type).
+    return be.linear(last, w.lmHead, { outF32: !tp });
   }
 }

@@ -78,7 +78,7 @@ export interface Backend {
   addRmsNorm(residual: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
   add(residual: Tensor, x: Tensor): void;
   /** y = x · wᵀ with x [n, in] and w [out, in]. */
-  linear(x: Tensor, w: Tensor): Tensor;
+  linear(x: Tensor, w: Tensor, opts?: { outF32?: boolean }): Tensor;
   /** SiLU(gate) ⊙ up for the concatenated [n, 2F] input (gate first). */
   siluMul(gateUp: Tensor): Tensor;
 
@@ -117,6 +117,15 @@ export interface Backend {
 
   /** Copies a tensor to the host as fp32. */
   toHost(x: Tensor): Float32Array;
+
+  /**
+   * A decode step (every sequence one new token, logits for every row in order) through a
+   * captured CUDA graph: `run` is the forward up to this rank's logits; the backend pads the batch
+   * to a captured size, captures `run` on first use of that size (per `key`, the model) and
+   * replays it after. Returns the fp32 logits of the batch's rows, or null when the step does not
+   * qualify (the caller then runs it directly).
+   */
+  decodeGraph?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Float32Array | null;
   /** Rows of x (e.g. the last token of each sequence). */
   gatherRows(x: Tensor, rows: Int32Array): Tensor;
 }

@@ -13,9 +13,16 @@
 // starts with embedding() (or beginStep()). A step tensor used after its memory was recycled is
 // an error, not silent garbage.
 //
-// Known gaps (next steps): MoE routing reads the expert ids back to the host (one sync per MoE
-// layer; a device-side permutation + grouped GEMM removes it and allows CUDA graphs); attention
-// is the simple reference kernel; the per-step slot tables are uploaded whole.
+// Decode (few tokens): linears of ≤ 8 rows run the GEMV kernels (gemv.cu) instead of cuBLASLt;
+// MoE layers of ≤ 64 tokens route, sort and run their experts on the device (moe_decode.cu, no
+// host round trip); decodeGraph() captures whole decode steps as CUDA graphs per padded batch
+// size and replays them. Weights are all stored [out, in] (checkpoint [in, out] tensors are
+// transposed once at load).
+//
+// Known gaps (next steps): MoE routing of larger batches (prefill) still reads the expert ids
+// back to the host (one sync per MoE layer; a device-offset grouped GEMM would remove it); attention
+// is the simple reference kernel unless `attention: "fa3"` (attention.ts: mma.sync, not yet
+// wgmma); the per-step slot tables are uploaded whole.
 
 import type {
   AttentionParams,
@@ -29,7 +36,9 @@ import type {
 } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
+import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
 import { Kernels } from "./kernels.js";
+import type { NcclCommunicator } from "./nccl.js";
 import { DeviceMemory } from "./memory.js";
 import {
   CUDA_R_16BF,
@@ -85,6 +94,27 @@ export interface CudaBackendOptions {
   poison?: boolean;
   /** Always use the fallback GEMM kernel instead of cuBLASLt (cross-checks). */
   fallbackGemm?: boolean;
+  /** Linears of at most this many rows use the GEMV kernels (default 8, the most they take; 0 = always cuBLASLt; env TSGLANG_GEMV_MAX_N). */
+  gemvMaxTokens?: number;
+  /** MoE layers of at most this many tokens run on the device alone (default 64, at most 1024; 0 = the host-sorted path; env TSGLANG_MOE_DEVICE_MAX_N). */
+  moeDeviceMaxTokens?: number;
+  /**
+   * Decode batch sizes captured as CUDA graphs (a decode step pads up to the next one; larger
+   * steps run directly). Default 1, 2, 4, 8, 16, 24, … 64; [] turns graphs off (as does env
+   * TSGLANG_CUDA_GRAPHS=0).
+   */
+  graphSizes?: number[];
+  /**
+   * Attention kernels: "cuda" (default) the portable reference kernel, "fa3" the tiled
+   * tensor-core kernels (attention.ts; bf16 precision and head_dim 16/32/64/128, else the
+   * reference kernel runs).
+   */
+  attention?: "cuda" | "fa3";
+  /**
+   * Tensor parallelism: this rank's communicator (nccl.ts), joined on this thread for the same
+   * `device`. It gives allReduce/allGatherColumns; the caller destroys it after the backend.
+   */
+  nccl?: NcclCommunicator;
 }
 
 interface LayerKv {
@@ -102,7 +132,27 @@ interface StepMeta {
   slotTable: DevicePtr;
   /** Chunk sizes whose key ranges were already checked against the slots this step. */
   checked: Set<number>;
+  /** The sequences with their slot-list offsets in slotTable (the fa kernels' tiles). */
+  seqs: FaSeq[];
 }
+
+/** One captured decode step (decodeGraph): the executable graph and where its logits land. */
+interface GraphEntry {
+  exec: DevicePtr;
+  ptr: DevicePtr;
+  cols: number;
+  dtype: DType;
+  /** Embedding rows (token ids are checked against it on replay). */
+  vocab: number;
+  /** The step arena after the capture (memory.ts mark()). */
+  mark: number[];
+}
+
+/** Padded decode batch sizes captured as CUDA graphs by default (SGLang's set up to 64). */
+const DEFAULT_GRAPH_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64];
+const GEMV_THREADS = 256;
+/** The most rows the GEMV kernels take in one pass over the weights (gemv.cuh). */
+const GEMV_MAX_TOKENS = 8;
 
 const PREP_ROPE = 1;
 const PREP_QK_NORM = 2;
@@ -121,7 +171,10 @@ export class CudaBackend implements Backend {
   private readonly t: DType; // storage type of weights and activations
   private readonly poison: boolean;
   private readonly fallbackGemm: boolean;
+  /** The fa3 attention kernels, when chosen. */
+  private readonly fa: FlashAttention | null;
   private readonly workspace: DevicePtr;
+  private readonly comm: NcclCommunicator | null;
   private params: AttentionParams | null = null;
   private invFreq: DevicePtr | null = null;
   private kv: LayerKv[] = [];
@@ -132,6 +185,23 @@ export class CudaBackend implements Backend {
   private events: [DevicePtr, DevicePtr] | null = null;
   /** GEMMs that fell back to the simple kernel (cuBLASLt had no algorithm). */
   fallbackGemms = 0;
+  /** The attention kernels the last attention() call ran: "fa3" or "cuda" (the reference; also fa3's fallback for f32 precision or other head dims). */
+  attentionKernel: "fa3" | "cuda" | "" = "";
+  private readonly gemvMax: number;
+  private readonly moeDeviceMax: number;
+  // ---- CUDA graphs (decodeGraph) ----
+  private readonly graphSizes: number[];
+  /** Executable graphs per model (the key decodeGraph gets) and padded batch size. */
+  private readonly graphs = new Map<object, Map<number, GraphEntry>>();
+  /** Set while a graph step is prepared or captured: the step's inputs live at these fixed addresses. */
+  private graph: { ids: DevicePtr; meta: Map<string, DevicePtr>; capturing: boolean; vocab: number } | null = null;
+  /** Ints reserved per pool for a graph step's attention metadata (grows; growing drops the graphs). */
+  private graphMetaInts = 0;
+  private kvLayers: AttentionSpec[] = [];
+  /** The spare slot of each pool that padding rows of a graph step write and read. */
+  private padSlot = { full: -1, swa: -1 };
+  /** CUDA-graph counters; `off` says why graphs were turned off, if they were. */
+  graphStats = { captures: 0, replays: 0, off: "" };
 
   constructor(opts: CudaBackendOptions = {}) {
     this.native = loadNative();
@@ -143,12 +213,29 @@ export class CudaBackend implements Backend {
     this.elementBytes = BYTES[this.t];
     this.poison = opts.poison ?? false;
     this.fallbackGemm = opts.fallbackGemm ?? false;
+    this.comm = opts.nccl ?? null;
+    const envInt = (name: string) => (process.env[name] !== undefined && process.env[name] !== "" ? Number(process.env[name]) : undefined);
+    this.gemvMax = Math.min(GEMV_MAX_TOKENS, opts.gemvMaxTokens ?? envInt("TSGLANG_GEMV_MAX_N") ?? GEMV_MAX_TOKENS);
+    this.moeDeviceMax = Math.min(1024, opts.moeDeviceMaxTokens ?? envInt("TSGLANG_MOE_DEVICE_MAX_N") ?? 64);
+    const graphsOn = process.env.TSGLANG_CUDA_GRAPHS !== "0" && this.native.graphBeginCapture !== undefined;
+    this.graphSizes = graphsOn ? [...(opts.graphSizes ?? DEFAULT_GRAPH_SIZES)].sort((a, b) => a - b) : [];
     const free = this.native.memGetInfo().free;
     const budget = opts.memoryBytes ?? Math.floor(free * 0.9);
     const step = opts.stepBytes ?? Math.min(Math.floor(budget / 4), 16384 * MIB);
     this.mem = new DeviceMemory(this.native, budget, step);
     this.k = new Kernels(this.native);
     this.workspace = this.mem.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace");
+    if (opts.attention === "fa3" && this.info.ccMajor < 8) throw new Error(`fa3 attention needs an sm_80+ GPU (mma.sync, cp.async); ${this.info.name} is sm_${this.info.ccMajor}${this.info.ccMinor}`);
+    this.fa =
+      opts.attention === "fa3"
+        ? new FlashAttention({
+            kernels: this.k,
+            native: this.native,
+            smCount: this.info.smCount,
+            uploadInts: (v) => this.uploadInts(v, true),
+            scratch: (bytes) => this.mem.stepAlloc(bytes).ptr,
+          })
+        : null;
     this.beginStep();
   }
 
@@ -185,6 +272,7 @@ export class CudaBackend implements Backend {
   }
 
   private uploadInts(values: Int32Array, base = false): DevicePtr {
+    if (this.graph?.capturing) throw new Error("cuda backend: a host upload inside a CUDA-graph capture (per-step inputs must be prepared before it)");
     const p = this.mem.stepAlloc(values.byteLength, base).ptr;
     this.native.htod(p, values);
     return p;
@@ -226,10 +314,18 @@ export class CudaBackend implements Backend {
     this.native.htod(ptr, bytes);
     if (!opts.transpose) return new CudaTensor([...h.shape], ptr, this.t, PERSISTENT, 0);
     if (h.shape.length < 2) throw new Error("transpose needs at least 2 dims");
-    // No data movement: the GEMMs read the [in, out] order directly (cuBLASLt op N instead of T).
+    // Transposed once, here, on the device: every weight is then [.., out, in], the layout the
+    // GEMV kernels and cuBLASLt's op T read row by row.
     const s = [...h.shape];
-    [s[s.length - 2], s[s.length - 1]] = [s[s.length - 1], s[s.length - 2]];
-    return new CudaTensor(s, ptr, this.t, PERSISTENT, 0, true);
+    const [rowsIn, colsOut] = [s[s.length - 2], s[s.length - 1]];
+    const batch = n / (rowsIn * colsOut);
+    const out = this.mem.alloc(bytes.byteLength, `a weight of shape [${h.shape}] (transposed)`);
+    this.k.launch(`transpose_${this.t === "bf16" ? "u16" : "u32"}`, [Math.ceil(colsOut / 32), Math.ceil(rowsIn / 32), batch], [32, 8], (a) =>
+      a.ptr(ptr).ptr(out).i32(rowsIn).i32(colsOut),
+    );
+    this.mem.release(ptr); // stream-ordered: a later upload into it queues after the transpose
+    [s[s.length - 2], s[s.length - 1]] = [colsOut, rowsIn];
+    return new CudaTensor(s, out, this.t, PERSISTENT, 0);
   }
 
   free(x: Tensor): void {
@@ -303,6 +399,7 @@ export class CudaBackend implements Backend {
 
   destroy(): void {
     this.native.synchronize();
+    this.dropGraphs();
     this.mem.destroy();
   }
 
@@ -310,19 +407,30 @@ export class CudaBackend implements Backend {
 
   /**
    * Rows of the table for `ids`; the table holds vocabulary rows [vocabStart, vocabStart + rows).
-   * There are no collectives yet, so an id outside them is an error (as on a lone CPU rank).
+   * With a communicator (vocabulary parallelism) other ids give zero rows, which the all-reduce
+   * fills; on a lone rank an id outside them is an error.
    */
   embedding(table: Tensor, ids: Int32Array, vocabStart = 0): CudaTensor {
     const tb = this.tensor(table);
     if (tb.transposed || tb.shape.length !== 2) throw new Error("embedding: the table must be [vocab, d]");
     const [vocab, d] = tb.shape;
     const local = new Int32Array(ids.length);
+    const fullVocab = this.comm ? vocab * this.comm.size : vocab;
     ids.forEach((id, i) => {
       local[i] = id - vocabStart;
-      if (local[i] < 0 || local[i] >= vocab) throw new Error(`token id ${id} is outside the vocabulary [${vocabStart}, ${vocabStart + vocab})`);
+      if (this.comm && id >= 0 && id < fullVocab) {
+        if (local[i] < 0 || local[i] >= vocab) local[i] = -1; // another rank's slice: a zero row
+      } else if (local[i] < 0 || local[i] >= vocab) {
+        throw new Error(`token id ${id} is outside the vocabulary [${vocabStart}, ${vocabStart + vocab})`);
+      }
     });
-    this.beginStep(); // a forward step starts with its embedding
-    const idsDev = this.uploadInts(local, true);
+    // A forward step starts with its embedding; a CUDA-graph step began in decodeGraph(), which
+    // put the ids at a fixed address.
+    const g = this.graph;
+    if (g && (vocabStart !== 0 || this.comm)) throw new Error("cuda backend: CUDA-graph steps need the whole vocabulary on this rank");
+    if (g) g.vocab = vocab;
+    else this.beginStep();
+    const idsDev = g ? g.ids : this.uploadInts(local, true);
     const out = this.stepTensor([ids.length, d], "f32", true); // the residual stream: step-long
     this.k.launch(`embedding_${tb.dtype}`, [ids.length], [blockFor(d)], (a) => a.ptr(tb.ptr).ptr(idsDev).ptr(out.ptr).i32(d));
     return out;
@@ -387,6 +495,15 @@ export class CudaBackend implements Backend {
   private gemm(y: DevicePtr, yType: DType, x: DevicePtr, n: number, inDim: number, w: CudaTensor, wOffset: number, out: number): void {
     if (n === 0) return;
     const wPtr = w.ptr + BigInt(wOffset * BYTES[w.dtype]);
+    // Few rows: the GEMV kernels stream the weights at memory speed (cuBLASLt's small-n kernels
+    // do not); they need 16-byte rows and addresses.
+    if (!w.transposed && !this.fallbackGemm && n <= this.gemvMax && inDim % (16 / BYTES[this.t]) === 0 && x % 16n === 0n && wPtr % 16n === 0n) {
+      const rb = this.rowsPerBlock(out);
+      this.k.launch(`gemv${tokensPerPass(n)}_${this.t}_${yType}`, [Math.ceil(out / rb)], [GEMV_THREADS], (a) =>
+        a.ptr(x).ptr(wPtr).ptr(y).i32(n).i32(inDim).i32(out).i32(rb),
+      );
+      return;
+    }
     const ab = this.t === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
     const d = yType === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
     const ok =
@@ -399,6 +516,12 @@ export class CudaBackend implements Backend {
     );
   }
 
+  /** Output rows per GEMV block: as many as keep ≥ 2 blocks per SM (the rest split K within the block). */
+  private rowsPerBlock(rows: number): number {
+    for (const rb of [8, 4, 2]) if (Math.ceil(rows / rb) >= 2 * this.info.smCount) return rb;
+    return 1;
+  }
+
   siluMul(gateUp: Tensor): CudaTensor {
     const g = this.as(this.tensor(gateUp), this.t);
     const [n, twoF] = rows(g, "siluMul");
@@ -408,10 +531,43 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  // ---- tensor parallelism (NCCL on this thread's stream) ----
+
+  private communicator(op: string): NcclCommunicator {
+    if (!this.comm) throw new Error(`cuda backend: ${op} needs an NCCL communicator (CudaBackendOptions.nccl): this backend is a lone rank`);
+    return this.comm;
+  }
+
+  /** Sums x over all ranks, in place (fp32 or bf16, as stored). */
+  allReduce(x: Tensor): void {
+    const xt = this.tensor(x);
+    this.communicator("allReduce").allReduce(xt.ptr, xt.numel, xt.dtype);
+  }
+
+  /**
+   * [rows, cols] on each rank → [rows, cols·ranks], rank-major column blocks: an all-gather into
+   * [ranks, rows, cols], then a row gather that interleaves it into [rows, ranks, cols].
+   */
+  allGatherColumns(x: Tensor): CudaTensor {
+    const xt = this.tensor(x);
+    const comm = this.communicator("allGatherColumns");
+    const [n, cols] = rows(xt, "allGatherColumns");
+    const size = comm.size;
+    if (size === 1) return xt;
+    const all = this.stepTensor([size * n, cols], xt.dtype);
+    comm.allGather(xt.ptr, all.ptr, xt.numel, xt.dtype);
+    const order = new Int32Array(n * size);
+    for (let i = 0; i < n; i++) for (let r = 0; r < size; r++) order[i * size + r] = r * n + i;
+    const out = this.gatherRows(all, order);
+    return new CudaTensor([n, cols * size], out.ptr, out.dtype, out.region, out.epoch);
+  }
+
   gatherRows(x: Tensor, rowIds: Int32Array): CudaTensor {
     const xt = this.tensor(x);
     const [n, d] = rows(xt, "gatherRows");
     for (const r of rowIds) if (r < 0 || r >= n) throw new Error(`gatherRows: row ${r} outside [0, ${n})`);
+    // Every row in order (decode: each row is a sequence's last token): the tensor itself.
+    if (rowIds.length === n && rowIds.every((r, i) => r === i)) return xt;
     const idx = this.uploadInts(rowIds);
     const out = this.stepTensor([rowIds.length, d], xt.dtype);
     this.k.launch(`gather_rows_${xt.dtype === "bf16" ? "u16" : "u32"}`, [rowIds.length], [blockFor(d)], (a) => a.ptr(xt.ptr).ptr(idx).ptr(out.ptr).i32(d));
@@ -435,8 +591,12 @@ export class CudaBackend implements Backend {
     this.invFreq = this.mem.alloc(params.invFreq.byteLength, "RoPE frequencies");
     this.native.htod(this.invFreq, Float32Array.from(params.invFreq));
     const width = hkv * dim * BYTES[this.t];
+    // Each pool gets one spare slot past the caller's: padding rows of CUDA-graph steps use it.
+    this.dropGraphs();
+    this.kvLayers = [...layers];
+    this.padSlot = { full: sizes.full, swa: sizes.swa };
     for (const [i, l] of layers.entries()) {
-      const slots = l.pool === "full" ? sizes.full : sizes.swa;
+      const slots = (l.pool === "full" ? sizes.full : sizes.swa) + 1;
       const k = this.mem.alloc(slots * width, `layer ${i}'s K pool (${slots} slots)`);
       const v = this.mem.alloc(slots * width, `layer ${i}'s V pool (${slots} slots)`);
       // NaN in test mode (a read of a slot nobody wrote shows), zeros otherwise.
@@ -471,10 +631,16 @@ export class CudaBackend implements Backend {
         .i32(hq).i32(hkv).i32(dim).i32(flags).f32(p.eps).f32(p.floorScale).f32(p.attnScale),
     );
     const out = this.stepTensor([n, hq * dim], this.t);
+    if (this.fa && this.t === "bf16" && faUnsupported(dim, hq, hkv) === null) {
+      this.fa.run(meta, meta.seqs, { q: qRot.ptr, kPool: cache.k, vPool: cache.v, slotTable: meta.slotTable, out: out.ptr, rows: n, hq, hkv, dim, chunk: spec.chunkSize });
+      this.attentionKernel = "fa3";
+      return out;
+    }
     this.k.launch(`attention_${this.t}`, [n, hq], [128], (a) =>
       a.ptr(qRot.ptr).ptr(cache.k).ptr(cache.v).ptr(meta.slotTable).ptr(meta.rowSlotBase).ptr(meta.rowPos).ptr(out.ptr)
         .i32(hq).i32(hkv).i32(dim).i32(spec.chunkSize).f32(1 / Math.sqrt(dim)),
     );
+    this.attentionKernel = "cuda";
     return out;
   }
 
@@ -497,6 +663,7 @@ export class CudaBackend implements Backend {
       if (batch.positions.length !== n) throw new Error(`attention: ${batch.positions.length} positions for ${n} tokens`);
       const total = batch.seqs.reduce((acc, s) => acc + s.kvLen, 0);
       const host = new Int32Array(4 * n + total);
+      const seqs: FaSeq[] = [];
       host.set(batch.positions, 0);
       const rowPos = host.subarray(n, 2 * n).fill(-1);
       const rowSlotBase = host.subarray(2 * n, 3 * n);
@@ -517,13 +684,14 @@ export class CudaBackend implements Backend {
           rowSlotBase[row] = base - 4 * n;
           rowSlot[row] = slot;
         }
+        seqs.push({ qStart: s.qStart, qLen: s.qLen, kvLen: s.kvLen, slotBase: base - 4 * n });
         base += s.kvLen;
       }
       const missing = rowPos.indexOf(-1);
       if (missing >= 0) throw new Error(`attention: row ${missing} belongs to no sequence`);
-      const dev = this.uploadInts(host, true); // every layer of the step reads it
+      const dev = this.uploadMeta(spec.pool, host); // every layer of the step reads it
       const at = (i: number) => dev + BigInt(i * 4);
-      m = { positions: at(0), rowPos: at(n), rowSlotBase: at(2 * n), rowSlot: at(3 * n), slotTable: at(4 * n), checked: new Set() };
+      m = { positions: at(0), rowPos: at(n), rowSlotBase: at(2 * n), rowSlot: at(3 * n), slotTable: at(4 * n), checked: new Set(), seqs };
       this.meta.set(spec.pool, m);
     }
     if (!m.checked.has(spec.chunkSize)) {
@@ -563,6 +731,10 @@ export class CudaBackend implements Backend {
     if (gu.shape.length !== 3 || gu.shape[2] !== d || first < 0 || first + local > e) throw new Error(`moe: gateUp is [${gu.shape}], expected [≤${e - first}, 2F, ${d}] from expert ${first}`);
     if (dn.shape.length !== 3 || dn.shape[0] !== local || dn.shape[1] !== d || dn.shape[2] !== f) throw new Error(`moe: down is [${dn.shape}], expected [${local}, ${d}, ${f}]`);
     if (this.tensor(w.router).shape[0] !== e) throw new Error(`moe: the router has ${this.tensor(w.router).shape[0]} rows for ${e} experts`);
+    if (n > 0 && n <= this.moeDeviceMax && !gu.transposed && !dn.transposed) {
+      const out = this.moeDevice(xt, w, gu, dn, first, local);
+      if (out) return out;
+    }
 
     const logits = this.linear(xt, w.router);
     const expertDev = this.mem.stepAlloc(n * 4).ptr;
@@ -617,6 +789,207 @@ export class CudaBackend implements Backend {
     this.k.launch(`moe_combine_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(shared.ptr).ptr(y.ptr).ptr(invDev).ptr(out.ptr).i32(d));
     return out;
   }
+
+  /**
+   * The MoE layer for few tokens, all on the device (moe_decode.cu): router GEMM → route + sort
+   * (one block) → gather·score → gate_up with SiLU fused → down with the shared + routed combine
+   * fused. The shared expert runs inside the two expert kernels when n ≤ 8 (one pass over its
+   * weights), else through cuBLASLt (the down kernel then adds into its output). Null when the
+   * shapes do not suit the kernels (16-byte rows).
+   */
+  private moeDevice(xt: CudaTensor, w: MoeWeights, gu: CudaTensor, dn: CudaTensor, first: number, local: number): CudaTensor | null {
+    const [n, d] = xt.shape;
+    const e = w.numExperts;
+    const f = gu.shape[1] / 2;
+    const sgu = this.tensor(w.sharedGateUp);
+    const sdn = this.tensor(w.sharedDown);
+    const fs = sgu.shape[0] / 2;
+    const epv = 16 / BYTES[this.t];
+    if (sgu.transposed || sdn.transposed || sgu.shape[1] !== d || sdn.shape[0] !== d || sdn.shape[1] !== fs) return null;
+    if (d % epv !== 0 || f % epv !== 0 || fs % epv !== 0 || !Number.isInteger(fs)) return null;
+
+    const logits = this.linear(xt, w.router);
+    const perm = this.mem.stepAlloc(n * 4).ptr;
+    const score = this.mem.stepAlloc(n * 4).ptr;
+    const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
+    this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
+    const xin = this.stepTensor([n, d], this.t);
+    this.k.launch(`moe_gather_dev_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
+
+    const withShared = n <= this.gemvMax;
+    // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
+    const out = withShared ? this.stepTensor([n, d], this.t) : this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown);
+    const act = this.stepTensor([n, f], this.t);
+    const actShared = withShared ? this.stepTensor([n, fs], this.t) : act;
+    const nt = tokensPerPass(n);
+    const cols = Math.max(f, withShared ? fs : 0);
+    const rbUp = this.rowsPerBlock(cols);
+    this.k.launch(`moe_gate_up${nt}_${this.t}`, [Math.ceil(cols / rbUp)], [GEMV_THREADS], (a) =>
+      a.ptr(xt.ptr).ptr(xin.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
+        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbUp),
+    );
+    const rbDown = this.rowsPerBlock(d);
+    this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown)], [GEMV_THREADS], (a) =>
+      a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
+        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown),
+    );
+    return out;
+  }
+
+  // ---- CUDA graphs ----
+
+  /**
+   * A decode step through a CUDA graph (Backend.decodeGraph). It qualifies when every sequence
+   * adds one token, rows in sequence order, and every row wants logits. The batch is padded to the
+   * next captured size (padding rows: token 0 at position 0 in each pool's spare slot), the step's
+   * inputs (token ids, attention metadata, the fa kernels' tile tables) go to fixed addresses, the
+   * first step of a size captures `run` (the model's forward up to its logits) and every later one
+   * replays it. Returns the real rows' fp32 logits, or null (graphs off, or the step does not
+   * qualify): the caller then runs the step directly. One model per `key`.
+   *
+   * What a graph cannot see: host-side choices inside ops. Every op in the captured region must
+   * take its per-step inputs from device memory (what is prepared here) and choose kernels from
+   * shapes alone; a host upload during capture is an error, and turns graphs off.
+   */
+  decodeGraph(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Float32Array | null {
+    if (this.graphSizes.length === 0 || this.graphStats.off !== "" || !this.params || this.kvLayers.length === 0) return null;
+    const n = batch.ids.length;
+    const size = this.graphSizes.find((s) => s >= n);
+    if (size === undefined || n === 0 || batch.seqs.length !== n || batch.logitRows.length !== n || batch.positions.length !== n) return null;
+    for (let i = 0; i < n; i++) {
+      const s = batch.seqs[i];
+      if (s.qStart !== i || s.qLen !== 1 || batch.logitRows[i] !== i) return null;
+    }
+    const padded = this.padBatch(batch, size);
+    // Attention metadata (4 ints per row + every slot list) in a reserved block per pool; a
+    // larger reservation moves every later address, so the graphs captured so far go.
+    const need = 4 * size + padded.seqs.reduce((a, s) => a + s.kvLen, 0);
+    if (need > this.graphMetaInts) {
+      this.dropGraphs();
+      this.graphMetaInts = Math.max(need, 2 * this.graphMetaInts, 16384);
+    }
+    let entry = this.graphs.get(key)?.get(size);
+    if (entry) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
+
+    this.beginStep();
+    const ids = this.mem.stepAlloc(this.graphSizes[this.graphSizes.length - 1] * 4, true).ptr;
+    const meta = new Map<string, DevicePtr>();
+    for (const pool of ["full", "swa"]) {
+      if (this.kvLayers.some((l) => l.pool === pool)) meta.set(pool, this.mem.stepAlloc(this.graphMetaInts * 4, true).ptr);
+    }
+    this.graph = { ids, meta, capturing: false, vocab: entry?.vocab ?? 0 };
+    try {
+      this.native.htod(ids, padded.ids);
+      for (const [i, spec] of this.kvLayers.entries()) this.stepMeta(padded, spec, this.kv[i].slots);
+      this.prepareAttention(size);
+      entry ??= this.captureStep(key, size, padded, run) ?? undefined;
+    } finally {
+      this.graph = null;
+    }
+    if (!entry) return null;
+    this.native.graphLaunch!(entry.exec);
+    this.graphStats.replays++;
+    this.mem.restore(entry.mark);
+    return this.toHost(new CudaTensor([n, entry.cols], entry.ptr, entry.dtype, PERSISTENT, 0));
+  }
+
+  /** The batch with padding rows up to `size` (each its own one-token sequence in the spare slots). */
+  private padBatch(b: StepBatch, size: number): StepBatch {
+    const n = b.ids.length;
+    if (size === n) return b;
+    const ids = new Int32Array(size);
+    ids.set(b.ids);
+    const positions = new Int32Array(size);
+    positions.set(b.positions);
+    const full = Int32Array.of(this.padSlot.full);
+    const swa = Int32Array.of(this.padSlot.swa);
+    const seqs = [...b.seqs];
+    for (let i = n; i < size; i++) seqs.push({ qStart: i, qLen: 1, kvLen: 1, fullSlots: full, swaSlots: swa });
+    return { ...b, ids, positions, seqs, logitRows: Int32Array.from({ length: size }, (_, i) => i) };
+  }
+
+  /**
+   * The fa kernels' per-step tile tables: their host side runs now with launches skipped, so the
+   * tables are uploaded (at the same address each step) before the capture or replay.
+   */
+  private prepareAttention(rows: number): void {
+    const p = this.params!;
+    if (!this.fa || this.t !== "bf16" || faUnsupported(p.headDim, p.numHeads, p.numKvHeads) !== null) return;
+    this.k.dry = true;
+    try {
+      for (const m of this.meta.values()) {
+        this.fa.run(m, m.seqs, { q: 0n, kPool: 0n, vPool: 0n, slotTable: m.slotTable, out: 0n, rows, hq: p.numHeads, hkv: p.numKvHeads, dim: p.headDim, chunk: 0 });
+      }
+    } finally {
+      this.k.dry = false;
+    }
+  }
+
+  /** Attention metadata for a step: a step upload, or in a graph step the pool's reserved block. */
+  private uploadMeta(pool: string, host: Int32Array): DevicePtr {
+    const fixed = this.graph?.meta.get(pool);
+    if (fixed === undefined) return this.uploadInts(host, true);
+    if (this.graph!.capturing) throw new Error("cuda backend: attention metadata built inside a CUDA-graph capture");
+    if (host.length > this.graphMetaInts) throw new Error(`cuda backend: graph metadata of ${host.length} ints outgrew its ${this.graphMetaInts}`);
+    this.native.htod(fixed, host);
+    return fixed;
+  }
+
+  /** Records `run` on the stream as a graph; null (graphs then off, with the reason) when that fails. */
+  private captureStep(key: object, size: number, padded: StepBatch, run: (b: StepBatch) => Tensor): GraphEntry | null {
+    const g = this.graph!;
+    let out: CudaTensor | null = null;
+    let exec: DevicePtr | null = null;
+    let error: unknown = null;
+    try {
+      this.native.graphBeginCapture!();
+    } catch (e) {
+      return this.graphsOff(e);
+    }
+    g.capturing = true;
+    this.k.capturing = true;
+    try {
+      out = this.tensor(run(padded));
+    } catch (e) {
+      error = e;
+    }
+    try {
+      exec = this.native.graphEndCapture!();
+    } catch (e) {
+      error ??= e;
+    } finally {
+      g.capturing = false;
+      this.k.capturing = false;
+    }
+    if (error === null && (out === null || out.shape.length !== 2 || out.shape[0] !== size)) error = new Error(`the captured step returned [${out?.shape}], not [${size}, vocab] logits`);
+    if (error !== null || out === null || exec === null) {
+      if (exec !== null) this.native.graphDestroy!(exec);
+      return this.graphsOff(error);
+    }
+    const entry: GraphEntry = { exec, ptr: out.ptr, cols: out.shape[1], dtype: out.dtype, vocab: g.vocab, mark: this.mem.mark() };
+    let sizes = this.graphs.get(key);
+    if (!sizes) this.graphs.set(key, (sizes = new Map()));
+    sizes.set(size, entry);
+    this.graphStats.captures++;
+    return entry;
+  }
+
+  private graphsOff(e: unknown): null {
+    this.graphStats.off = (e as Error)?.message ?? String(e);
+    console.warn(`tsglang cuda: CUDA graphs turned off, decode steps run directly: ${this.graphStats.off}`);
+    return null;
+  }
+
+  /** Destroys every captured graph (KV pools moved, metadata reservation grew, shutdown). */
+  private dropGraphs(): void {
+    for (const sizes of this.graphs.values()) for (const e of sizes.values()) this.native.graphDestroy?.(e.exec);
+    this.graphs.clear();
+  }
+}
+
+/** Tokens per pass of the GEMV kernels for a batch of n: n rounded up to 1, 2, 4 or 8. */
+function tokensPerPass(n: number): number {
+  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
 }
 
 function rows(x: CudaTensor, op: string): [number, number] {
@@ -651,13 +1024,19 @@ export function cudaDeviceInfo(device = 0): DeviceInfo {
 }
 
 /**
- * The backend for --device cuda. Attention: `cuda` is the portable reference kernel; `fa3` (the
- * Hopper kernels) does not exist yet, so `auto` gives `cuda` everywhere for now.
+ * The backend for --device cuda. Attention: `cuda` is the portable reference kernel; `fa3` the
+ * tiled tensor-core kernels (attention.ts; mma.sync, so sm_80+); `auto` gives fa3 on Hopper
+ * (sm_90) and cuda elsewhere.
  */
 export async function createCudaBackendChoice(attention: AttentionBackend): Promise<BackendChoice> {
-  if (attention === "fa3") throw new Error("--attention-backend fa3 (the Hopper attention kernels) is not implemented yet; use cuda or auto");
   if (attention === "cpu") throw new Error("--attention-backend cpu needs --device cpu");
-  const backend = new CudaBackend();
+  const native = loadNative();
+  native.openDriver(driverCandidates());
+  const info = native.init(0);
+  const kind = attention === "auto" ? (info.ccMajor === 9 ? "fa3" : "cuda") : attention;
+  if (kind === "fa3" && info.ccMajor < 8) throw new Error(`--attention-backend fa3 needs an sm_80+ GPU (tensor-core mma.sync); ${info.name} is sm_${info.ccMajor}${info.ccMinor}: use cuda`);
+  const backend = new CudaBackend({ attention: kind });
   const i = backend.info;
-  return { backend, device: "cuda", attention: "cuda", description: `cuda (bf16, ${i.name}, sm_${i.ccMajor}${i.ccMinor}; reference attention kernel)` };
+  const what = kind === "fa3" ? "fa3 tiled tensor-core attention" : "reference attention kernel";
+  return { backend, device: "cuda", attention: kind, description: `cuda (bf16, ${i.name}, sm_${i.ccMajor}${i.ccMinor}; ${what})` };
 }

@@ -65,6 +65,10 @@ export class Kernels {
   private readonly args = new KernelArgs();
   /** TSGLANG_CUDA_SYNC=1: wait after every launch so a fault names its kernel. */
   private readonly syncEach = process.env.TSGLANG_CUDA_SYNC === "1";
+  /** The stream is being captured into a CUDA graph: no per-launch synchronisation. */
+  capturing = false;
+  /** Launches are skipped (the host side of ops runs alone: CUDA-graph step preparation). */
+  dry = false;
 
   constructor(private readonly native: NativeCuda) {
     this.modules = kernelImages().map((m) => ({ name: m.name, handle: native.moduleLoad(m.image) }));
@@ -92,10 +96,10 @@ export class Kernels {
 
   launch(name: string, grid: Dim3, block: Dim3, fill: (a: KernelArgs) => KernelArgs, sharedBytes = 0): void {
     const gx = grid[0], gy = grid[1] ?? 1, gz = grid[2] ?? 1;
-    if (gx * gy * gz === 0) return; // nothing to do (empty batch)
+    if (gx * gy * gz === 0 || this.dry) return; // nothing to do (empty batch, or a dry run)
     const params = fill(this.args.reset()).packed();
     this.native.launch(this.fn(name), gx, gy, gz, block[0], block[1] ?? 1, block[2] ?? 1, sharedBytes, params);
-    if (this.syncEach) {
+    if (this.syncEach && !this.capturing) {
       try {
         this.native.synchronize();
       } catch (e) {

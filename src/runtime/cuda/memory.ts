@@ -121,6 +121,20 @@ export class DeviceMemory {
     return this.regionEpoch[region] === epoch;
   }
 
+  /** The allocation state (each region's top, the current layer region): what a replayed CUDA graph left. */
+  mark(): number[] {
+    return [...this.regionTop, this.current];
+  }
+
+  /** Resumes from mark(): later allocations go after what the graph's step used (epochs stay). */
+  restore(m: readonly number[]): void {
+    for (let r = 0; r < 3; r++) {
+      this.regionTop[r] = m[r];
+      this.regionPeak[r] = Math.max(this.regionPeak[r], m[r]);
+    }
+    this.current = m[3];
+  }
+
   /** A new step: every region is reset. */
   resetStep(): void {
     for (let r = 0; r < 3; r++) this.resetRegion(r);

@@ -63,6 +63,13 @@ export interface NativeCuda {
   eventRecord(ev: DevicePtr): void;
   /** Milliseconds between two recorded events; waits for `end`. */
   eventElapsed(start: DevicePtr, end: DevicePtr): number;
+  /** CUDA graphs: record (not run) everything queued on the stream until graphEndCapture. */
+  graphBeginCapture?(): void;
+  /** Ends the capture (the stream runs work again) and returns the executable graph; throws if the capture broke. */
+  graphEndCapture?(): DevicePtr;
+  /** Replays an executable graph on the stream. */
+  graphLaunch?(exec: DevicePtr): void;
+  graphDestroy?(exec: DevicePtr): void;
 }
 
 export function addonPath(): string {

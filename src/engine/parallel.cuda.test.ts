@@ -1,0 +1,153 @@
+// Tensor and expert parallelism on GPUs: rank r on GPU r, NCCL between the ranks. Every layout
+// that fits the visible GPUs must give the golden fixtures' greedy tokens and the --tp 1 run's:
+// at the reference precision (f32, which matches the CPU to ~1e-5) every token and logprobs
+// within 1e-3; in bf16 every token whose reference top-2 margin is > 0.5. Also NCCL on its own
+// (exact all-reduce/all-gather checks) and the all-reduce bus bandwidth for docs/PERF.md.
+// Skipped, with the reason, without two CUDA devices and NCCL.
+
+process.env.NCCL_NVLS_ENABLE ??= "0"; // never NVLink multicast (shared hosts: see the device notes)
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { readGolden, type Golden } from "../model/golden.js";
+import { loadModel } from "../model/loader.js";
+import type { ForwardModel } from "../model/llama4.js";
+import { CudaBackend, type Precision, cudaDeviceCount } from "../runtime/cuda/backend.js";
+import { ncclDescription } from "../runtime/cuda/nccl.js";
+import { ncclBench } from "../runtime/cuda/nccl_bench.js";
+import { fixturePath } from "../util/repo.js";
+import { loadParallel } from "./parallel.js";
+import { argmax, logSoftmax } from "./sampling.js";
+import { ContiguousBatch } from "./sequence.js";
+
+const MIB = 2 ** 20;
+const RANK_MEMORY = { memoryBytes: 512 * MIB, stepBytes: 128 * MIB, poison: true };
+
+function gpus(): { count: number; skip: string | false } {
+  try {
+    const count = cudaDeviceCount();
+    if (count < 2) return { count, skip: `needs 2 CUDA devices, ${count} visible` };
+    ncclDescription(); // NCCL must load too
+    return { count, skip: false };
+  } catch (e) {
+    return { count: 0, skip: `no CUDA/NCCL (${(e as Error).message.split("\n")[0].replace(/; tried:$/, "")})` };
+  }
+}
+
+const { count, skip } = gpus();
+
+test("tensor parallelism on GPUs: devices and NCCL, or why skipped", () => {
+  console.log(skip ? `# skipped: ${skip}` : `# ${count} CUDA devices; NCCL ${ncclDescription()}; NCCL_NVLS_ENABLE=${process.env.NCCL_NVLS_ENABLE}`);
+});
+
+describe("NCCL between GPU ranks", { skip }, () => {
+  for (const ranks of [2, 4].filter((r) => r <= count)) {
+    test(`${ranks} ranks: exact all-reduce (fp32, bf16) and all-gather; all-reduce bandwidth of 256 MiB`, async () => {
+      const r = await ncclBench(ranks, 256 * MIB);
+      console.log(
+        `# all-reduce fp32 256 MiB over ${ranks} GPUs: ${r.ms.toFixed(3)} ms, algbw ${(r.algBandwidth / 1e9).toFixed(1)} GB/s, busbw ${(r.busBandwidth / 1e9).toFixed(1)} GB/s`,
+      );
+      assert.deepEqual(r.failures, []);
+    });
+  }
+});
+
+interface Run {
+  /** argmax per prompt per greedy step, with the reference tokens fed back (teacher forcing). */
+  tokens: number[][];
+  /** max |Δ logprob| against the reference over all checked rows and the whole vocabulary. */
+  worst: number;
+}
+
+/** All prompts as one batch: prefill together, then decode the reference tokens together. */
+function run(model: ForwardModel, golden: Golden, vocab: number): Run {
+  const ps = golden.prompts;
+  const maxLen = Math.max(...ps.map((p) => p.prompt_ids.length + p.greedy_ids.length));
+  const batch = new ContiguousBatch(model, ps.length, maxLen);
+  let logits = batch.append(ps.map((p) => p.prompt_ids), 1);
+  const tokens: number[][] = ps.map(() => []);
+  let worst = 0;
+  const steps = Math.max(...ps.map((p) => p.greedy_ids.length));
+  for (let s = 0; s < steps; s++) {
+    const next = ps.map((p, b) => {
+      const row = logits.subarray(b * vocab, (b + 1) * vocab);
+      if (s < p.greedy_ids.length) {
+        tokens[b].push(argmax(row));
+        const lp = logSoftmax(row);
+        const ref = p.logprobs.subarray((p.prompt_ids.length - 1 + s) * vocab);
+        for (let i = 0; i < vocab; i++) worst = Math.max(worst, Math.abs(lp[i] - ref[i]));
+      }
+      return [p.greedy_ids[Math.min(s, p.greedy_ids.length - 1)]];
+    });
+    if (s + 1 < steps) logits = batch.append(next, 1);
+  }
+  return { tokens, worst };
+}
+
+/** "prompt b step s: got x, want y (margin m)" for every token that must match and does not. */
+function mismatches(got: number[][], want: number[][], golden: Golden, minMargin: number): string[] {
+  const bad: string[] = [];
+  golden.prompts.forEach((p, b) =>
+    p.greedy_ids.forEach((_, s) => {
+      const m = p.greedy_top2_margins[s];
+      if (m > minMargin && got[b][s] !== want[b][s]) bad.push(`prompt ${b} step ${s}: ${got[b][s]} ≠ ${want[b][s]} (margin ${m.toFixed(3)})`);
+    }),
+  );
+  return bad;
+}
+
+const layouts = [
+  { tp: 2, ep: 1 },
+  { tp: 2, ep: 2 },
+  { tp: 4, ep: 1 },
+  { tp: 4, ep: 4 },
+];
+
+/** f32: every greedy token (margins here are ≥ 0.02) and logprobs within 1e-3; bf16: clear tokens. */
+const LIMITS: Record<Precision, { minMargin: number; maxLogprob: number }> = {
+  f32: { minMargin: -1, maxLogprob: 1e-3 },
+  bf16: { minMargin: 0.5, maxLogprob: Infinity },
+};
+
+for (const precision of ["f32", "bf16"] as const) {
+  for (const name of ["scout-tiny", "maverick-tiny"]) {
+    describe(`${name} on GPUs (${precision})`, { skip }, () => {
+      const dir = fixturePath(name);
+      const golden = readGolden(dir);
+      const reference = golden.prompts.map((p) => p.greedy_ids);
+      const limits = LIMITS[precision];
+      let single: Run | undefined;
+
+      test("--tp 1 on GPU 0", async () => {
+        const backend = new CudaBackend({ ...RANK_MEMORY, precision });
+        try {
+          const { model, config } = await loadModel(dir, backend, { hybridKv: true });
+          single = run(model, golden, config.vocabSize);
+        } finally {
+          backend.destroy();
+        }
+        console.log(`# ${name} ${precision} tp 1: max |Δ logprob| ${single.worst.toExponential(2)}`);
+        assert.deepEqual(mismatches(single.tokens, reference, golden, limits.minMargin), []);
+        assert.ok(single.worst < limits.maxLogprob, `max |Δ logprob| ${single.worst}`);
+      });
+
+      for (const { tp, ep } of layouts.filter((l) => l.tp <= count)) {
+        test(`--tp ${tp} --ep-size ${ep}: the reference's and --tp 1's greedy tokens`, async () => {
+          const t0 = performance.now();
+          const { model, config } = await loadParallel({ modelPath: dir, tp, ep, hybridKv: true, device: "cuda", cuda: { ...RANK_MEMORY, precision } });
+          const loaded = performance.now();
+          let r: Run;
+          try {
+            r = run(model, golden, config.vocabSize);
+          } finally {
+            await model.close();
+          }
+          console.log(`# ${name} ${precision} tp ${tp} ep ${ep}: max |Δ logprob| ${r.worst.toExponential(2)} (load ${((loaded - t0) / 1000).toFixed(1)} s, run ${((performance.now() - loaded) / 1000).toFixed(1)} s)`);
+          assert.deepEqual(mismatches(r.tokens, reference, golden, limits.minMargin), [], "against the reference");
+          if (single) assert.deepEqual(mismatches(r.tokens, single.tokens, golden, limits.minMargin), [], "against --tp 1");
+          assert.ok(r.worst < limits.maxLogprob, `max |Δ logprob| ${r.worst}`);
+        });
+      }
+    });
+  }
+}
