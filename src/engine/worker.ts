@@ -9,7 +9,7 @@ import { loadModel } from "../model/loader.js";
 import { loadParallel } from "./parallel.js";
 import { planKvPools } from "./kv_budget.js";
 import { shardDims } from "../model/shard.js";
-import { type AttentionBackend, type Device, createBackend, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { type AttentionBackend, type Device, createBackend, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { Scheduler } from "./scheduler.js";
 import type { EngineOptions, ToEngine, FromEngine } from "./engine.js";
 import { EngineBusyError } from "./types.js";
@@ -119,9 +119,11 @@ async function main(opts: EngineOptions): Promise<void> {
 /** Loads the model on the chosen device: one rank here, or tensor/expert-parallel ranks. */
 async function load(opts: EngineOptions, o: { hybridKv: boolean; tp: number; ep: number; device: Device; attention: AttentionBackend }) {
   if (o.tp > 1 || o.ep > 1) {
-    if (o.device === "cuda") throw new Error("--tp > 1 on CUDA needs NCCL ranks, which are not wired into the engine yet; use --device cpu");
-    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat });
-    return { ...r, description: `cpu (TypeScript, fp32) × ${o.tp} ranks` };
+    // Ranks on GPUs when there are GPUs (rank r on GPU r, NCCL), else CPU threads.
+    const gpu = await gpuFor(o.device);
+    const device = gpu ? "cuda" : "cpu";
+    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat, device });
+    return { ...r, description: gpu ? `cuda (bf16, ${gpu.name}) × ${o.tp} ranks, NCCL` : `cpu (TypeScript, fp32) × ${o.tp} ranks` };
   }
   const choice = await createBackend(o.device, o.attention);
   const r = await loadModel(opts.modelPath, choice.backend, { hybridKv: o.hybridKv, loadFormat: opts.loadFormat });
