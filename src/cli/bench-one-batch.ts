@@ -7,7 +7,9 @@ import { parseArgs } from "node:util";
 import { ContiguousBatch } from "../engine/sequence.js";
 import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
-import { createBackend, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { createBackend, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { loadParallel } from "../engine/parallel.js";
+import type { ForwardModel } from "../model/llama4.js";
 import { argmax } from "../engine/sampling.js";
 
 const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
@@ -19,6 +21,7 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
   --output-len N            generated tokens per sequence (default 16)
   --device auto|cuda|cpu    (default auto)
   --attention-backend NAME  auto|fa3|cuda|cpu (default auto)
+  --tp N, --ep-size N       tensor / expert parallel ranks (GPUs with NCCL, else CPU threads)
   --json                    print one JSON object`;
 
 /** Bytes one decode step must read: weights touched by B tokens plus the KV they attend to. */
@@ -73,6 +76,8 @@ export async function main(argv: string[]): Promise<number> {
       "output-len": { type: "string", default: "16" },
       device: { type: "string", default: "auto" },
       "attention-backend": { type: "string", default: "auto" },
+      tp: { type: "string", default: "1" },
+      "ep-size": { type: "string", default: "1" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -93,10 +98,26 @@ export async function main(argv: string[]): Promise<number> {
   const lf = values["load-format"];
   if (lf !== "auto" && lf !== "dummy") throw new Error(`--load-format must be auto or dummy, got '${lf}'`);
 
-  const choice = await createBackend(parseDevice(values.device!), parseAttentionBackend(values["attention-backend"]!));
-  const be = choice.backend;
+  const tp = int("tp", values.tp!, 1);
+  const ep = int("ep-size", values["ep-size"]!, 1);
+  const device = parseDevice(values.device!);
   const t0 = performance.now();
-  const { model, config } = await loadModel(values["model-path"], be, { loadFormat: lf });
+  let model: ForwardModel;
+  let description: string;
+  let close = async () => {};
+  if (tp > 1 || ep > 1) {
+    const gpu = await gpuFor(device);
+    const p = await loadParallel({ modelPath: values["model-path"], tp, ep, loadFormat: lf, device: gpu ? "cuda" : "cpu" });
+    model = p.model;
+    close = () => p.model.close();
+    description = `${gpu ? `cuda (${gpu.name})` : "cpu"} × ${tp} ranks${ep > 1 ? `, ep ${ep}` : ""}`;
+  } else {
+    const choice = await createBackend(device, parseAttentionBackend(values["attention-backend"]!));
+    model = (await loadModel(values["model-path"], choice.backend, { loadFormat: lf })).model;
+    description = choice.description;
+  }
+  const config = model.cfg;
+  const be = model.backend;
   const loadS = (performance.now() - t0) / 1000;
   const seqs = new ContiguousBatch(model, batch, inputLen + outputLen);
 
@@ -121,11 +142,15 @@ export async function main(argv: string[]): Promise<number> {
   const sorted = [...steps].sort((a, b) => a - b);
   const stepS = sorted[Math.floor(sorted.length / 2)];
   const elementBytes = be.elementBytes ?? 2;
-  const bytes = decodeStepBytes(config, batch, inputLen + Math.floor(outputLen / 2), elementBytes);
+  // Each rank reads about 1/tp of the step's bytes, at the same time as the others.
+  const all = decodeStepBytes(config, batch, inputLen + Math.floor(outputLen / 2), elementBytes);
+  const bytes = { weights: all.weights / tp, kv: all.kv / tp };
   const copyBw = be.copyBandwidth ? be.copyBandwidth(1 << 30) : NaN;
   const stepBytes = bytes.weights + bytes.kv;
   const result = {
-    backend: choice.description,
+    backend: description,
+    tp,
+    ep_size: ep,
     model: values["model-path"],
     load_format: lf,
     batch_size: batch,
@@ -145,6 +170,7 @@ export async function main(argv: string[]): Promise<number> {
     bound_tokens_per_s: (batch * copyBw) / stepBytes,
     fraction_of_bound: stepBytes / stepS / copyBw,
   };
+  await close();
   if (values.json) console.log(JSON.stringify(result));
   else {
     for (const [k, v] of Object.entries(result)) console.log(`${k.padEnd(26)} ${typeof v === "number" ? Number(v.toPrecision(5)) : v}`);

@@ -95,6 +95,10 @@ class ParallelModel implements ForwardModel {
     return this.lead.model.attention;
   }
 
+  get backend(): Backend {
+    return this.lead.model.backend;
+  }
+
   get kvElementBytes(): number {
     return this.lead.model.kvElementBytes;
   }

@@ -13,6 +13,8 @@ import { NO_SHARD, type Shard, type ShardDims, shardDims } from "./shard.js";
 /** What the scheduler and the batch drivers need from a model (one rank, or all ranks behind rank 0). */
 export interface ForwardModel {
   readonly cfg: Llama4Config;
+  /** The backend of this rank (rank 0 under tensor parallelism): timing and bandwidth probes. */
+  readonly backend: Backend;
   readonly attention: AttentionSpec[];
   allocKv(sizes: KvPoolSizes): void;
   forward(batch: StepBatch): Float32Array;
