@@ -125,8 +125,16 @@ export async function main(argv: string[]): Promise<number> {
   const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: inputLen }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize));
   const sync = () => be.synchronize?.();
   sync();
+  // Prefill in groups of whole prompts of at most 8192 tokens (like chunked prefill), then
+  // gather each sequence's last-token logits for the first decode step.
+  const group = Math.max(1, Math.floor(8192 / inputLen));
+  const vocabN = config.vocabSize;
+  let logits: Float32Array = new Float32Array(batch * vocabN);
   let t = performance.now();
-  let logits = seqs.append(prompts);
+  for (let g = 0; g < batch; g += group) {
+    const part = prompts.map((p, b) => (b >= g && b < g + group ? p : []));
+    logits.set(seqs.append(part), g * vocabN);
+  }
   sync();
   const prefillS = (performance.now() - t) / 1000;
   const steps: number[] = [];

@@ -25,19 +25,21 @@ export class ContiguousBatch {
   }
 
   /**
-   * Appends tokens[b] to sequence b (all in one forward) and returns logits for the last
-   * `logitsFor` tokens of each sequence, sequences in order, as one [rows, vocab] array.
+   * Appends tokens[b] to sequence b (all in one forward; an empty list skips that sequence) and
+   * returns logits for the last `logitsFor` tokens of each sequence that took part, in order, as
+   * one [rows, vocab] array.
    */
   append(tokens: readonly (readonly number[])[], logitsFor = 1): Float32Array {
     if (tokens.length !== this.batchSize) throw new Error(`expected ${this.batchSize} token lists, got ${tokens.length}`);
     const total = tokens.reduce((a, t) => a + t.length, 0);
+    if (total === 0) throw new Error("append needs at least one token");
     const ids = new Int32Array(total);
     const positions = new Int32Array(total);
     const seqs: SeqSpan[] = [];
     const logitRows: number[] = [];
     let row = 0;
     tokens.forEach((t, b) => {
-      if (t.length === 0) throw new Error("append needs at least one token per sequence");
+      if (t.length === 0) return; // this sequence sits this step out
       const start = this.lens[b];
       if (start + t.length > this.capacity) {
         throw new Error(`sequence of ${start + t.length} tokens exceeds the KV capacity ${this.capacity}`);

@@ -85,8 +85,8 @@ export interface CudaBackendOptions {
   /** The whole device budget, taken at construction (default: 90% of free memory). */
   memoryBytes?: number;
   /**
-   * The part of the budget for one step's activations (default: 1/4 of the budget, at most
-   * 16 GiB). A layer region (7/16 of it) must hold one layer's activations for the step's
+   * The part of the budget for one step's activations (default: 1/8 of the budget, at most
+   * 8 GiB). A layer region (7/16 of it) must hold one layer's activations for the step's
    * tokens: about 200 KB per token for Scout's shapes.
    */
   stepBytes?: number;
@@ -221,7 +221,9 @@ export class CudaBackend implements Backend {
     this.graphSizes = graphsOn ? [...(opts.graphSizes ?? DEFAULT_GRAPH_SIZES)].sort((a, b) => a - b) : [];
     const free = this.native.memGetInfo().free;
     const budget = opts.memoryBytes ?? Math.floor(free * 0.9);
-    const step = opts.stepBytes ?? Math.min(Math.floor(budget / 4), 16384 * MIB);
+    // Prefill runs in chunks (8192 tokens by default), so a step's activations stay a few GiB
+    // even for Scout; the rest of the budget is for weights and KV.
+    const step = opts.stepBytes ?? Math.min(Math.floor(budget / 8), 8192 * MIB);
     this.mem = new DeviceMemory(this.native, budget, step);
     this.k = new Kernels(this.native);
     this.workspace = this.mem.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace");
