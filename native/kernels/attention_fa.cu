@@ -1,0 +1,400 @@
+// Tiled (FlashAttention-2 style) attention over the paged KV pools, bf16 with tensor cores
+// (mma.sync m16n8k16, fp32 accumulation, online softmax in fp32). The `fa3` attention backend.
+//
+// Roofline, prefill (H100 SXM: ~790 TFLOP/s dense bf16 through wgmma, ~3.0 TB/s copy; mma.sync
+// reaches about 2/3 of the wgmma rate): causal GQA 40/8, head_dim 128, 8k tokens is
+// 4·Hq·D·T(T+1)/2 = 0.687 TFLOP, 0.87 ms at 790 TFLOP/s; the bytes are q/out 2·8k·40·128·2 =
+// 168 MB and K/V 34 MB, 0.07 ms: compute-bound by ~13×. Per key tile each warp reads K and V
+// (2 × 16 KB) and Q (8 KB) from shared memory for 2·2·32·64·128 FLOP = 26 FLOP/B, over the
+// ~17 FLOP/B a Hopper SM's 128 B/clk of shared memory needs at mma.sync rate: hence 32 query
+// rows per warp (two m16 tiles sharing each K/V fragment), as FlashAttention-2 does.
+// Measured (H100, bench/attention.sh, docs/PERF.md): 346–351 TFLOP/s, 1.08× torch SDPA flash,
+// 0.55–0.59× its cuDNN backend (the wgmma-class mark); the 8-warp variant 309 TFLOP/s.
+// Roofline, decode (one query row per sequence): memory-bound on K/V, 2·kvLen·Hkv·D·2 bytes per
+// sequence, read once per KV head (the G = Hq/Hkv query heads of a group are packed into the
+// rows of one tile) at copy bandwidth; the FLOPs (G·4·D per key and KV head, ~2.5 FLOP/B) are
+// negligible. Split-KV (flash-decoding) gives enough blocks to fill the GPU; a combine kernel
+// merges the splits' (m, l, O) partials. Measured: 0.76–0.98 of copy bandwidth from batch 8 ×
+// 8k up (batch 1 × 8k, 33 MB in ~33 µs with two launches, is latency-bound: 0.33–0.37).
+//
+// Layout: q/out [n, Hq, D]; the pools [slots, Hkv, D], key u of a sequence at slot
+// slotTable[slotBase + u], so a K/V tile is gathered row by row (each row one 16·D/8-byte run:
+// a contiguous and a scattered slot list cost the same). Allowed keys for a query at position
+// p: [lo(p), p], lo = 0 (global) or p − p mod C (chunked-local, absolute chunk boundaries).
+// Work items ("tiles", built on the host): {first row, rows, position of the first row, slot
+// list offset}; a tile's rows are consecutive positions of one sequence (prefill over a cached
+// prefix: positions [kvLen − qLen, kvLen)).
+//   prefill: block = (query head, tile of 128 rows); 4 warps × 32 rows; K/V tiles of 64 keys,
+//            double-buffered with cp.async (zero-filled past the key range), ldmatrix from a
+//            swizzled layout (16-byte chunk c of row r at c ^ (r & 7): conflict-free).
+//   decode:  block = (KV head, tile of ⌊64/G⌋ rows × G heads, split); 4 warps × 16 rows,
+//            3 stages; a warp whose rows are all padding only helps load.
+// Masks are applied only to key tiles that straddle a row's [lo, p]; fully-masked rows of a
+// tile keep m = −inf and contribute nothing (exp2(−inf) = 0).
+#include <math_constants.h>
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int FA_BN = 64;  // keys per tile
+
+__device__ __forceinline__ uint32_t smemAddr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global → shared, asynchronously; zero-filled when !valid (src must still be a valid address).
+__device__ __forceinline__ void cpAsync16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a·b, m16n8k16, bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t packBf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Byte offset of 16-byte chunk `c` of row `r` in a tile with CH chunks per row (XOR swizzle).
+template <int CH>
+__device__ __forceinline__ int swz(int r, int c) {
+  constexpr int SW = (CH < 8 ? CH : 8) - 1;
+  return (r * CH + (c ^ (r & SW))) * 16;
+}
+
+template <int D, int NW, int MT, int STAGES>
+constexpr int faSmemBytes() {
+  return (NW * 16 * MT + 2 * STAGES * FA_BN) * D * 2;
+}
+
+/**
+ * D: head dim (16..128, multiple of 16). NW: warps. MT: m16 tiles per warp (block rows
+ * BM = 16·NW·MT).
+ * PACKED: a block is one KV head and its rows are (query row, head in group) pairs; else one
+ * query head. partO/partML non-null: write unnormalised split partials instead of out.
+ */
+template <int D, int NW, int MT, bool PACKED, int STAGES>
+__device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const bf16* __restrict__ kPool,
+                                               const bf16* __restrict__ vPool, const int* __restrict__ slotTable,
+                                               const int4* __restrict__ tiles, bf16* __restrict__ out,
+                                               float* __restrict__ partO, float2* __restrict__ partML, int hq, int hkv,
+                                               int chunk, int nSplit, float scaleLog2) {
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+  constexpr int FA_THREADS = NW * 32;
+  constexpr int BM = NW * 16 * MT;
+  constexpr int BN = FA_BN;
+  constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
+  constexpr int DT = D / 8;   // n-tiles of P·V
+  constexpr int NT = BN / 8;  // n-tiles of Q·Kᵀ
+  constexpr int TILE_BYTES = BN * D * 2;
+  static_assert(D % 16 == 0 && D <= 128, "head dim");
+  static_assert((BN * CH) % FA_THREADS == 0 && (BM * CH) % FA_THREADS == 0, "tile loads");
+
+  extern __shared__ __align__(1024) uint8_t smem[];
+  uint8_t* sQ = smem;
+  uint8_t* sK = sQ + BM * D * 2;
+  uint8_t* sV = sK + STAGES * TILE_BYTES;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int G = hq / hkv;
+  const int4 tile = tiles[blockIdx.y];
+  const int rowStart = tile.x, nRows = tile.y, pos0 = tile.z;
+  const int* slots = slotTable + tile.w;
+  const int kvh = PACKED ? (int)blockIdx.x : (int)blockIdx.x / G;
+  const int split = blockIdx.z;
+  const int posLast = pos0 + nRows - 1;
+  const int kLo = chunk > 0 ? pos0 - pos0 % chunk : 0;
+  const int kHi = posLast + 1;
+  const int loLast = chunk > 0 ? posLast - posLast % chunk : 0;
+  const int nKT = (kHi - kLo + BN - 1) / BN;
+  const int per = (nKT + nSplit - 1) / nSplit;
+  const int ktBegin = min(nKT, split * per), ktEnd = min(nKT, ktBegin + per);
+
+  auto rowOf = [&](int m) { return PACKED ? m / G : m; };
+  auto headOf = [&](int m) { return PACKED ? kvh * G + m % G : (int)blockIdx.x; };
+
+  // This thread's rows: m = warp·16·MT + mt·16 + g + 8h.
+  const int wRow0 = warp * 16 * MT;
+  const bool warpActive = rowOf(wRow0) < nRows;
+
+  if (ktBegin >= ktEnd) {  // an empty split: weight zero in the combine
+    if (partO == nullptr) return;
+    for (int c = tid; c < BM * D; c += FA_THREADS) {
+      const int m = c / D, d = c % D;
+      if (rowOf(m) >= nRows) continue;
+      const size_t idx = ((size_t)(rowStart + rowOf(m)) * hq + headOf(m)) * nSplit + split;
+      partO[idx * D + d] = 0.f;
+      if (d == 0) partML[idx] = make_float2(-CUDART_INF_F, 0.f);
+    }
+    return;
+  }
+
+  // Q tile (zero rows past the tile) and the first K/V tiles.
+#pragma unroll
+  for (int it = 0; it < BM * CH / FA_THREADS; it++) {
+    const int c = tid + it * FA_THREADS;
+    const int m = c / CH, ch = c % CH;
+    const int i = rowOf(m);
+    const bool ok = i < nRows;
+    const bf16* src = ok ? q + ((size_t)(rowStart + i) * hq + headOf(m)) * D + ch * 8 : q;
+    cpAsync16(smemAddr(sQ + swz<CH>(m, ch)), src, ok);
+  }
+  // K/V tiles: this thread copies chunk tid % CH of rows tid / CH + it·(128 / CH); that row
+  // step is a multiple of the swizzle period, so the swizzled offset is one base + it·step.
+  constexpr int RSTEP = FA_THREADS / CH;
+  const int ldRow = tid / CH, ldCh = tid % CH;
+  const uint32_t ldK = smemAddr(sK) + swz<CH>(ldRow, ldCh), ldV = smemAddr(sV) + swz<CH>(ldRow, ldCh);
+  const bf16* kSrc = kPool + (size_t)kvh * D + ldCh * 8;
+  const bf16* vSrc = vPool + (size_t)kvh * D + ldCh * 8;
+  const size_t slotStride = (size_t)hkv * D;
+  auto loadKV = [&](int kt, int stage) {
+    const int u0 = kLo + kt * BN + ldRow;
+#pragma unroll
+    for (int it = 0; it < BN / RSTEP; it++) {
+      const int u = u0 + it * RSTEP;
+      const bool ok = u < kHi;
+      const size_t off = ok ? (size_t)slots[u] * slotStride : 0;
+      const uint32_t so = stage * TILE_BYTES + it * RSTEP * CH * 16;
+      cpAsync16(ldK + so, kSrc + off, ok);
+      cpAsync16(ldV + so, vSrc + off, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (ktBegin + s < ktEnd) loadKV(ktBegin + s, s);
+    cpAsyncCommit();
+  }
+
+  float mRow[MT][2], lRow[MT][2];
+  float o[MT][DT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      mRow[mt][h] = -CUDART_INF_F;
+      lRow[mt][h] = 0.f;
+    }
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) o[mt][dt][e] = 0.f;
+  }
+
+  // ldmatrix addresses (byte offsets into smem). Tile bases are multiples of CH·16 bytes, so
+  // the swizzled offset of chunk 2·x + b is (offset of chunk b) ^ (x << 5).
+  constexpr int SW = (CH < 8 ? CH : 8) - 1;
+  constexpr int ROW = CH * 16;  // bytes per tile row
+  const uint32_t sBase = smemAddr(smem);
+  const uint32_t qOff = (wRow0 + (lane & 15)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);
+  const uint32_t kOff = BM * ROW + ((lane & 7) + ((lane >> 4) << 3)) * ROW + ((((lane >> 3) & 1) ^ (lane & SW)) << 4);
+  const uint32_t vOff = BM * ROW + STAGES * TILE_BYTES + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);
+
+  for (int kt = ktBegin; kt < ktEnd; kt++) {
+    const int stage = (kt - ktBegin) % STAGES;
+    cpAsyncWait<STAGES - 2>();  // this thread's copies of tile kt (and Q) have landed
+    __syncthreads();            // everyone's have, and everyone is done with tile kt − 1
+    {
+      const int nk = kt + STAGES - 1;
+      if (nk < ktEnd) loadKV(nk, (nk - ktBegin) % STAGES);
+      cpAsyncCommit();
+    }
+    if (!warpActive) continue;
+    const uint32_t kStage = kOff + stage * TILE_BYTES, vStage = vOff + stage * TILE_BYTES;
+
+    // S = Q·Kᵀ (raw scores, fp32)
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) ldsm4(sBase + (qOff ^ (ks << 5)) + mt * 16 * ROW, a[mt]);
+#pragma unroll
+      for (int np = 0; np < NT / 2; np++) {
+        uint32_t b[4];
+        ldsm4(sBase + (kStage ^ (ks << 5)) + np * 16 * ROW, b);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(s[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+
+    // Mask where the tile straddles some row's allowed range [lo(p), p] (or the key range's end).
+    const int k0 = kLo + kt * BN;
+    if (!(k0 + BN - 1 <= pos0 && k0 >= loLast)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int p = pos0 + min(rowOf(wRow0 + mt * 16 + g + 8 * h), nRows - 1);  // padding rows: the last row's mask
+          const int lo = chunk > 0 ? p - p % chunk : 0;
+#pragma unroll
+          for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+              const int u = k0 + nt * 8 + 2 * t4 + e;
+              if (u > p || u < lo) s[mt][nt][2 * h + e] = -CUDART_INF_F;
+            }
+        }
+    }
+
+    // Online softmax (base 2): running max m (raw score units) and partial row sum l per thread;
+    // P goes straight to bf16 A fragments (the m16n8 C layout is the m16k16 A layout).
+    uint32_t pa[MT][BN / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        float mx = mRow[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mS = (mx == -CUDART_INF_F ? 0.f : mx) * scaleLog2;
+        const float corr = ex2(mRow[mt][h] * scaleLog2 - mS);  // 0 while the row had no key
+        mRow[mt][h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+          const float p0 = ex2(fmaf(s[mt][nt][2 * h], scaleLog2, -mS));
+          const float p1 = ex2(fmaf(s[mt][nt][2 * h + 1], scaleLog2, -mS));
+          sum += p0 + p1;
+          pa[mt][nt >> 1][(nt & 1) * 2 + h] = packBf16(p0, p1);
+        }
+        lRow[mt][h] = lRow[mt][h] * corr + sum;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+          o[mt][dt][2 * h] *= corr;
+          o[mt][dt][2 * h + 1] *= corr;
+        }
+      }
+
+    // O += P·V
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+#pragma unroll
+      for (int dp = 0; dp < DT / 2; dp++) {
+        uint32_t b[4];
+        ldsm4t(sBase + (vStage ^ (dp << 5)) + kk * 16 * ROW, b);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          mma16816(o[mt][2 * dp], pa[mt][kk], b[0], b[1]);
+          mma16816(o[mt][2 * dp + 1], pa[mt][kk], b[2], b[3]);
+        }
+      }
+    }
+  }
+  cpAsyncWait<0>();  // no copy may outlive the block (the trailing groups are empty)
+
+  // Epilogue: O / l, or the split's (O, m, l).
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float l = lRow[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int m = wRow0 + mt * 16 + g + 8 * h;
+      const int i = rowOf(m);
+      if (i >= nRows) continue;
+      const size_t rh = (size_t)(rowStart + i) * hq + headOf(m);
+      if (partO == nullptr) {
+        const float inv = 1.f / l;
+        bf16* dst = out + rh * D + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+          *reinterpret_cast<uint32_t*>(dst + dt * 8) = packBf16(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+      } else {
+        const size_t idx = rh * nSplit + split;
+        float* dst = partO + idx * D + 2 * t4;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+        if (t4 == 0) partML[idx] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
+      }
+    }
+}
+
+}  // namespace
+
+// Shared memory: prefill (4 warps × 2 m-tiles, 2 stages) 96 KB at D = 128 (two blocks per SM),
+// decode (4 warps × 1 m-tile, 3 stages) 112 KB; faSmemBytes in src/runtime/cuda/attention.ts
+// must agree (the static_asserts pin the formulas).
+#define FA_ARGS                                                                                                   \
+  const bf16 *q, const bf16 *kPool, const bf16 *vPool, const int *slotTable, const int4 *tiles, bf16 *out,       \
+      float *partO, float2 *partML, int hq, int hkv, int chunk, int nSplit, float scaleLog2
+#define FA_PASS q, kPool, vPool, slotTable, tiles, out, partO, partML, hq, hkv, chunk, nSplit, scaleLog2
+#define FA_KERNELS(D)                                                                                             \
+  extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_prefill_d##D(FA_ARGS) {                      \
+    flashAttention<D, 4, 2, false, 2>(FA_PASS);                                                                   \
+  }                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_decode_d##D(FA_ARGS) {                       \
+    flashAttention<D, 4, 1, true, 3>(FA_PASS);                                                                    \
+  }                                                                                                              \
+  static_assert(faSmemBytes<D, 4, 2, 2>() == 96 * D * 8 && faSmemBytes<D, 4, 1, 3>() == 112 * D * 8, "smem");
+
+FA_KERNELS(16)
+FA_KERNELS(32)
+FA_KERNELS(64)
+FA_KERNELS(128)
+
+// A prefill variant (TSGLANG_FA_PREFILL=w8): 8 warps × 1 m-tile (128 rows, 16 per warp), fewer
+// registers (≤ 128: 16 warps per SM) for twice the shared-memory reads per FLOP. Same 96 KB.
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_w8_d128(FA_ARGS) {
+  flashAttention<128, 8, 1, false, 2>(FA_PASS);
+}
+static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
+
+// Merges split-KV partials: out = Σ w_s·O_s / Σ w_s·l_s with w_s = 2^(m_s − max m). Block per
+// (row, head), threads over the head dim. Memory-bound and small (n·Hq·splits·(D + 2) floats).
+extern "C" __global__ void attention_fa_combine_bf16(const float* __restrict__ partO, const float2* __restrict__ partML,
+                                                     bf16* __restrict__ out, int hq, int nSplit, int dim) {
+  const size_t rh = (size_t)blockIdx.x * hq + blockIdx.y;
+  const float2* ml = partML + rh * nSplit;
+  float mMax = -CUDART_INF_F;
+  for (int s = 0; s < nSplit; s++) mMax = fmaxf(mMax, ml[s].x);
+  float lSum = 0.f;
+  for (int s = 0; s < nSplit; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
+  const float inv = 1.f / lSum;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < nSplit; s++) {
+      if (ml[s].x == -CUDART_INF_F) continue;
+      acc += ex2(ml[s].x - mMax) * partO[(rh * nSplit + s) * dim + d];
+    }
+    out[rh * dim + d] = fromF<bf16>(acc * inv);
+  }
+}
