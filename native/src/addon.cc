@@ -555,6 +555,36 @@ napi_value GraphDestroy(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// hostRegister(view): page-locks the memory under a typed array (its ArrayBuffer must stay alive
+// until hostUnregister), so device→host copies into it run at full PCIe speed.
+napi_value HostRegister(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  void* data;
+  size_t bytes;
+  if (!getBytes(env, argv[0], data, bytes)) return nullptr;
+  if (!drv.cuMemHostRegister) {
+    throwError(env, "the CUDA driver has no cuMemHostRegister");
+    return nullptr;
+  }
+  CHECK("cuMemHostRegister", drv.cuMemHostRegister(data, bytes, 0));
+  return undefined(env);
+}
+
+napi_value HostUnregister(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  void* data;
+  size_t bytes;
+  if (!getBytes(env, argv[0], data, bytes)) return nullptr;
+  if (!drv.cuMemHostUnregister) {
+    throwError(env, "the CUDA driver has no cuMemHostUnregister");
+    return nullptr;
+  }
+  CHECK("cuMemHostUnregister", drv.cuMemHostUnregister(data));
+  return undefined(env);
+}
+
 }  // namespace
 
 NAPI_MODULE_INIT() {
@@ -568,7 +598,7 @@ NAPI_MODULE_INIT() {
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
       {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
-      {"graphDestroy", GraphDestroy},
+      {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},
   };
   for (const auto& f : fns) {
     napi_value v;

@@ -62,6 +62,8 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuGraphLaunch", d.cuGraphLaunch, ignore);
     sym(lib, "cuGraphExecDestroy", d.cuGraphExecDestroy, ignore);
     sym(lib, "cuGraphDestroy", d.cuGraphDestroy, ignore);
+    sym(lib, "cuMemHostRegister_v2", d.cuMemHostRegister, ignore);
+    sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, ignore);
     if (!missing.empty()) {
       errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
       dlclose(lib);

@@ -42,6 +42,9 @@ struct Driver {
   CUresult (*cuGraphLaunch)(CUgraphExec, CUstream);
   CUresult (*cuGraphExecDestroy)(CUgraphExec);
   CUresult (*cuGraphDestroy)(CUgraph);
+  // Page-locking host memory (fast device→host copies of logits); optional like the graph calls.
+  CUresult (*cuMemHostRegister)(void*, size_t, unsigned);
+  CUresult (*cuMemHostUnregister)(void*);
 };
 
 /** Opens the first library of `paths` that loads and resolves every entry point; "" on success, else why not. */

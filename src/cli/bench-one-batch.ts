@@ -22,6 +22,9 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
   --device auto|cuda|cpu    (default auto)
   --attention-backend NAME  auto|fa3|cuda|cpu (default auto)
   --tp N, --ep-size N       tensor / expert parallel ranks (GPUs with NCCL, else CPU threads)
+  --host-logits             decode steps download every logit row and take the argmax on the host
+                            (default: greedy on the device where the model can, as SGLang samples
+                            on the GPU; the next tokens are the same)
   --json                    print one JSON object`;
 
 /** Bytes one decode step must read: weights touched by B tokens plus the KV they attend to. */
@@ -79,6 +82,7 @@ export async function main(argv: string[]): Promise<number> {
       tp: { type: "string", default: "1" },
       "ep-size": { type: "string", default: "1" },
       json: { type: "boolean" },
+      "host-logits": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -139,12 +143,21 @@ export async function main(argv: string[]): Promise<number> {
   const prefillS = (performance.now() - t) / 1000;
   const steps: number[] = [];
   const vocab = config.vocabSize;
+  const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
+  let next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
   for (let s = 1; s < outputLen; s++) {
-    const next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
     t = performance.now();
-    logits = seqs.append(next);
-    sync();
-    steps.push((performance.now() - t) / 1000);
+    if (deviceGreedy) {
+      const ids = seqs.appendGreedy(next);
+      sync();
+      steps.push((performance.now() - t) / 1000);
+      next = Array.from(ids, (id) => [id]);
+    } else {
+      logits = seqs.append(next);
+      sync();
+      steps.push((performance.now() - t) / 1000);
+      next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
+    }
   }
   // The first decode steps warm caches; report the median.
   const sorted = [...steps].sort((a, b) => a - b);
@@ -168,6 +181,7 @@ export async function main(argv: string[]): Promise<number> {
     prefill_s: prefillS,
     prefill_tokens_per_s: (batch * inputLen) / prefillS,
     prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,
+    decode_sampling: deviceGreedy ? "greedy on the device" : "logits to the host",
     decode_step_s_median: stepS,
     decode_tokens_per_s: batch / stepS,
     decode_step_bytes: stepBytes,

@@ -30,6 +30,34 @@ export class ContiguousBatch {
    * one [rows, vocab] array.
    */
   append(tokens: readonly (readonly number[])[], logitsFor = 1): Float32Array {
+    const batch = this.batchFor(tokens, logitsFor);
+    const logits = this.model.forward(batch);
+    tokens.forEach((t, b) => (this.lens[b] += t.length));
+    return logits;
+  }
+
+  /**
+   * append() with greedy sampling: the argmax token after each taking-part sequence's last token,
+   * chosen on the device where the model can (forwardArgmax: no logits download).
+   */
+  appendGreedy(tokens: readonly (readonly number[])[]): Int32Array {
+    const batch = this.batchFor(tokens, 1);
+    let ids: Int32Array;
+    if (this.model.forwardArgmax) ids = this.model.forwardArgmax(batch);
+    else {
+      const logits = this.model.forward(batch);
+      const vocab = logits.length / batch.logitRows.length;
+      ids = Int32Array.from(batch.logitRows, (_, r) => {
+        let best = 0;
+        for (let i = 1; i < vocab; i++) if (logits[r * vocab + i] > logits[r * vocab + best]) best = i;
+        return best;
+      });
+    }
+    tokens.forEach((t, b) => (this.lens[b] += t.length));
+    return ids;
+  }
+
+  private batchFor(tokens: readonly (readonly number[])[], logitsFor: number): StepBatch {
     if (tokens.length !== this.batchSize) throw new Error(`expected ${this.batchSize} token lists, got ${tokens.length}`);
     const total = tokens.reduce((a, t) => a + t.length, 0);
     if (total === 0) throw new Error("append needs at least one token");
@@ -52,10 +80,7 @@ export class ContiguousBatch {
       for (let i = Math.max(0, t.length - logitsFor); i < t.length; i++) logitRows.push(row + i);
       row += t.length;
     });
-    const batch: StepBatch = { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
-    const logits = this.model.forward(batch);
-    tokens.forEach((t, b) => (this.lens[b] += t.length));
-    return logits;
+    return { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
   }
 }
 

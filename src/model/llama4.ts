@@ -18,6 +18,11 @@ export interface ForwardModel {
   readonly attention: AttentionSpec[];
   allocKv(sizes: KvPoolSizes): void;
   forward(batch: StepBatch): Float32Array;
+  /**
+   * Greedy decoding: each logit row's argmax (lowest index among equal maxima), chosen on the
+   * device where the backend can (no logits download). Optional: callers fall back to forward().
+   */
+  forwardArgmax?(batch: StepBatch): Int32Array;
   /** Bytes per element of stored KV, and device memory left for KV pools (none on the host). */
   readonly kvElementBytes: number;
   kvMemoryBytes(): number | undefined;
@@ -83,6 +88,23 @@ export class Llama4Model implements ForwardModel {
     return be.toHost(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
   }
 
+  forwardArgmax(batch: StepBatch): Int32Array {
+    const be = this.backend;
+    if (be.argmaxRows && this.shard.tp === 1) {
+      const ids = be.decodeGraphArgmax?.(this, batch, (b) => this.logits(b));
+      return ids ?? be.argmaxRows(this.logits(batch));
+    }
+    const logits = this.forward(batch);
+    const vocab = this.cfg.vocabSize;
+    const ids = new Int32Array(batch.logitRows.length);
+    for (let r = 0; r < ids.length; r++) {
+      let best = 0;
+      for (let i = 1; i < vocab; i++) if (logits[r * vocab + i] > logits[r * vocab + best]) best = i;
+      ids[r] = best;
+    }
+    return ids;
+  }
+
   /** One step on the backend, up to this rank's logits [logitRows, vocab] (fp32 on one rank). */
   logits(batch: StepBatch): Tensor {
     const be = this.backend;
@@ -94,10 +116,8 @@ export class Llama4Model implements ForwardModel {
     let h = be.rmsNorm(x, w.layers[0].inputNorm, eps);
     for (let i = 0; i < this.cfg.numLayers; i++) {
       const lw = w.layers[i];
-      const attn = be.linear(
-        be.attention(i, this.attention[i], be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v), batch),
-        lw.o,
-      );
+      const [q, k, v] = be.linearMany ? be.linearMany(h, [lw.q, lw.k, lw.v]) : [be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v)];
+      const attn = be.linear(be.attention(i, this.attention[i], q, k, v, batch), lw.o);
       if (tp) be.allReduce!(attn); // o_proj is row-parallel: each rank holds a partial sum
       h = be.addRmsNorm(x, attn, lw.postAttnNorm, eps);
       const ffn = this.cfg.layers[i].moe

@@ -79,6 +79,8 @@ export interface Backend {
   add(residual: Tensor, x: Tensor): void;
   /** y = x · wᵀ with x [n, in] and w [out, in]. */
   linear(x: Tensor, w: Tensor, opts?: { outF32?: boolean }): Tensor;
+  /** linear() of one input by each weight (q, k, v), where a backend can do them in one pass. */
+  linearMany?(x: Tensor, ws: Tensor[]): Tensor[];
   /** SiLU(gate) ⊙ up for the concatenated [n, 2F] input (gate first). */
   siluMul(gateUp: Tensor): Tensor;
 
@@ -126,6 +128,10 @@ export interface Backend {
    * qualify (the caller then runs it directly).
    */
   decodeGraph?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Float32Array | null;
+  /** decodeGraph returning each row's argmax (greedy sampling on the device) instead of logits. */
+  decodeGraphArgmax?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Int32Array | null;
+  /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
+  argmaxRows?(x: Tensor): Int32Array;
   /** Rows of x (e.g. the last token of each sequence). */
   gatherRows(x: Tensor, rows: Int32Array): Tensor;
 }

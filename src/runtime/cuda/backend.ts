@@ -19,8 +19,13 @@
 // size and replays them. Weights are all stored [out, in] (checkpoint [in, out] tensors are
 // transposed once at load).
 //
+// Greedy decoding can pick tokens on the device (argmaxRows, decodeGraphArgmax): a step then
+// downloads n ids, not n × vocab logits.
+//
 // Known gaps (next steps): MoE routing of larger batches (prefill) still reads the expert ids
-// back to the host (one sync per MoE layer; a device-offset grouped GEMM would remove it); attention
+// back to the host (one sync per MoE layer; a device-offset grouped GEMM would remove it); the
+// grouped expert kernels reach ~70% of copy bandwidth at 64 tokens (cuBLASLt per expert: ~80%);
+// attention
 // is the simple reference kernel unless `attention: "fa3"` (attention.ts: mma.sync, not yet
 // wgmma); the per-step slot tables are uploaded whole.
 
@@ -94,7 +99,7 @@ export interface CudaBackendOptions {
   poison?: boolean;
   /** Always use the fallback GEMM kernel instead of cuBLASLt (cross-checks). */
   fallbackGemm?: boolean;
-  /** Linears of at most this many rows use the GEMV kernels (default 8, the most they take; 0 = always cuBLASLt; env TSGLANG_GEMV_MAX_N). */
+  /** Linears of at most this many rows use the GEMV kernels (default 4; at most 8; 0 = always cuBLASLt; env TSGLANG_GEMV_MAX_N). */
   gemvMaxTokens?: number;
   /** MoE layers of at most this many tokens run on the device alone (default 64, at most 1024; 0 = the host-sorted path; env TSGLANG_MOE_DEVICE_MAX_N). */
   moeDeviceMaxTokens?: number;
@@ -151,8 +156,19 @@ interface GraphEntry {
 /** Padded decode batch sizes captured as CUDA graphs by default (SGLang's set up to 64). */
 const DEFAULT_GRAPH_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64];
 const GEMV_THREADS = 256;
+/** Downloads at least this large use the page-locked staging buffer. */
+const PINNED_MIN_BYTES = 256 * 1024;
 /** The most rows the GEMV kernels take in one pass over the weights (gemv.cuh). */
 const GEMV_MAX_TOKENS = 8;
+/**
+ * Dense linears use the GEMV kernels up to this many rows. Measured on H100 (bench/decode_check.ts,
+ * 2026-11-27): at 1 row GEMV beats cuBLASLt everywhere (lm_head 97% vs 81% of copy bandwidth,
+ * q_proj 59% vs 52%); at 8 rows the 8-token pass is instruction-bound and cuBLASLt wins (lm_head
+ * 92% vs 68%). 4-token passes issue about half as much; rows 5–8 go to cuBLASLt.
+ */
+const GEMV_DEFAULT_MAX_TOKENS = 4;
+/** The device MoE runs the shared expert inside its kernels up to this many tokens (measured: 8 tokens 73% of copy, vs 68% host-sorted). */
+const MOE_SHARED_IN_KERNEL_MAX = 8;
 
 const PREP_ROPE = 1;
 const PREP_QK_NORM = 2;
@@ -200,8 +216,12 @@ export class CudaBackend implements Backend {
   private kvLayers: AttentionSpec[] = [];
   /** The spare slot of each pool that padding rows of a graph step write and read. */
   private padSlot = { full: -1, swa: -1 };
-  /** CUDA-graph counters; `off` says why graphs were turned off, if they were. */
-  graphStats = { captures: 0, replays: 0, off: "" };
+  /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
+  graphStats = { captures: 0, replays: 0, gpuMs: 0, off: "" };
+  private graphEvents: [DevicePtr, DevicePtr] | null = null;
+  /** Page-locked staging for large downloads (toHost). */
+  private pinned: Uint8Array | null = null;
+  private pinnedOff = false;
 
   constructor(opts: CudaBackendOptions = {}) {
     this.native = loadNative();
@@ -215,7 +235,7 @@ export class CudaBackend implements Backend {
     this.fallbackGemm = opts.fallbackGemm ?? false;
     this.comm = opts.nccl ?? null;
     const envInt = (name: string) => (process.env[name] !== undefined && process.env[name] !== "" ? Number(process.env[name]) : undefined);
-    this.gemvMax = Math.min(GEMV_MAX_TOKENS, opts.gemvMaxTokens ?? envInt("TSGLANG_GEMV_MAX_N") ?? GEMV_MAX_TOKENS);
+    this.gemvMax = Math.min(GEMV_MAX_TOKENS, opts.gemvMaxTokens ?? envInt("TSGLANG_GEMV_MAX_N") ?? GEMV_DEFAULT_MAX_TOKENS);
     this.moeDeviceMax = Math.min(1024, opts.moeDeviceMaxTokens ?? envInt("TSGLANG_MOE_DEVICE_MAX_N") ?? 64);
     const graphsOn = process.env.TSGLANG_CUDA_GRAPHS !== "0" && this.native.graphBeginCapture !== undefined;
     this.graphSizes = graphsOn ? [...(opts.graphSizes ?? DEFAULT_GRAPH_SIZES)].sort((a, b) => a - b) : [];
@@ -365,6 +385,15 @@ export class CudaBackend implements Backend {
 
   toHost(x: Tensor): Float32Array {
     const xt = this.tensor(x);
+    // Large downloads (logits: batch × vocab) go through a page-locked staging buffer: pageable
+    // copies ran at ~1.2 GB/s on the H100 machines (52 MB of batch-64 logits: ~44 ms).
+    const bytes = xt.numel * BYTES[xt.dtype];
+    const staged = this.staging(bytes);
+    if (staged) {
+      this.native.dtoh(staged, xt.ptr);
+      if (xt.dtype === "f32") return new Float32Array(staged.buffer.slice(0, bytes));
+      return bf16ToFloat32(new Uint16Array(staged.buffer, 0, xt.numel));
+    }
     if (xt.dtype === "f32") {
       const out = new Float32Array(xt.numel);
       this.native.dtoh(out, xt.ptr);
@@ -373,6 +402,47 @@ export class CudaBackend implements Backend {
     const raw = new Uint16Array(xt.numel);
     this.native.dtoh(raw, xt.ptr);
     return bf16ToFloat32(raw);
+  }
+
+  /** A page-locked view of `bytes` for a download, or null (small, or page-locking unavailable). */
+  private staging(bytes: number): Uint8Array | null {
+    if (bytes < PINNED_MIN_BYTES || this.pinnedOff || !this.native.hostRegister) return null;
+    if (!this.pinned || this.pinned.byteLength < bytes) {
+      const size = Math.ceil(Math.max(bytes, 2 * (this.pinned?.byteLength ?? 0)) / 65536) * 65536;
+      this.releasePinned();
+      const buf = new Uint8Array(size);
+      try {
+        this.native.hostRegister(buf);
+      } catch (e) {
+        this.pinnedOff = true;
+        console.warn(`tsglang cuda: downloads stay pageable: ${(e as Error).message}`);
+        return null;
+      }
+      this.pinned = buf;
+    }
+    return this.pinned.subarray(0, bytes);
+  }
+
+  private releasePinned(): void {
+    if (!this.pinned) return;
+    try {
+      this.native.hostUnregister?.(this.pinned);
+    } catch {
+      // the context is going away
+    }
+    this.pinned = null;
+  }
+
+  /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
+  argmaxRows(x: Tensor): Int32Array {
+    const xt = this.tensor(x);
+    const [n, cols] = rows(xt, "argmaxRows");
+    const out = new Int32Array(n);
+    if (n === 0) return out;
+    const ids = this.mem.stepAlloc(n * 4).ptr;
+    this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(ids));
+    this.native.dtoh(out, ids);
+    return out;
   }
 
   synchronize(): void {
@@ -402,6 +472,7 @@ export class CudaBackend implements Backend {
   destroy(): void {
     this.native.synchronize();
     this.dropGraphs();
+    this.releasePinned();
     this.mem.destroy();
   }
 
@@ -516,6 +587,34 @@ export class CudaBackend implements Backend {
     this.k.launch(`gemm_fallback_${this.t}_${yType}`, [Math.ceil(out / 16), Math.ceil(n / 16)], [16, 16], (a) =>
       a.ptr(x).ptr(wPtr).ptr(y).i32(n).i32(out).i32(inDim).i32(w.transposed ? 1 : 0),
     );
+  }
+
+  /**
+   * Several linears of the same input (q, k and v): one GEMV launch over their rows together when
+   * the GEMV kernels take the input (few rows), else one linear each. The small k/v projections
+   * then ride in q's grid instead of under-filling the GPU in launches of their own.
+   */
+  linearMany(x: Tensor, ws: Tensor[]): CudaTensor[] {
+    const xt = this.as(this.tensor(x), this.t);
+    const wts = ws.map((w) => this.tensor(w));
+    const [n, inDim] = rows(xt, "linearMany");
+    const fits =
+      wts.length >= 1 && wts.length <= 3 && n >= 1 && n <= this.gemvMax && !this.fallbackGemm && inDim % (16 / BYTES[this.t]) === 0 && xt.ptr % 16n === 0n &&
+      wts.every((w) => w.shape.length === 2 && w.shape[1] === inDim && !w.transposed && w.dtype === this.t && w.ptr % 16n === 0n);
+    if (!fits) return wts.map((w) => this.linear(xt, w));
+    const outs = wts.map((w) => this.stepTensor([n, w.shape[0]], this.t));
+    const total = wts.reduce((a, w) => a + w.shape[0], 0);
+    const rb = this.rowsPerBlock(total);
+    const part = (i: number) => (i < wts.length ? [wts[i].ptr, outs[i].ptr, wts[i].shape[0]] as const : [0n, 0n, 0] as const);
+    this.k.launch(`gemv3_${tokensPerPass(n)}_${this.t}`, [Math.ceil(total / rb)], [GEMV_THREADS], (a) => {
+      a.ptr(xt.ptr).i32(n).i32(inDim).i32(rb);
+      for (let i = 0; i < 3; i++) {
+        const [w, y, o] = part(i);
+        a.ptr(w).ptr(y).i32(o);
+      }
+      return a;
+    });
+    return outs;
   }
 
   /** Output rows per GEMV block: as many as keep ≥ 2 blocks per SM (the rest split K within the block). */
@@ -818,7 +917,7 @@ export class CudaBackend implements Backend {
     const xin = this.stepTensor([n, d], this.t);
     this.k.launch(`moe_gather_dev_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
 
-    const withShared = n <= this.gemvMax;
+    const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
     // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
     const out = withShared ? this.stepTensor([n, d], this.t) : this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown);
     const act = this.stepTensor([n, f], this.t);
@@ -826,12 +925,14 @@ export class CudaBackend implements Backend {
     const nt = tokensPerPass(n);
     const cols = Math.max(f, withShared ? fs : 0);
     const rbUp = this.rowsPerBlock(cols);
-    this.k.launch(`moe_gate_up${nt}_${this.t}`, [Math.ceil(cols / rbUp)], [GEMV_THREADS], (a) =>
+    // Many tokens (no shared group): one expert per grid row instead of each block walking them all.
+    const ys = withShared ? 1 : local;
+    this.k.launch(`moe_gate_up${nt}_${this.t}`, [Math.ceil(cols / rbUp), ys], [GEMV_THREADS], (a) =>
       a.ptr(xt.ptr).ptr(xin.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
         .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbUp),
     );
     const rbDown = this.rowsPerBlock(d);
-    this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown)], [GEMV_THREADS], (a) =>
+    this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown), ys], [GEMV_THREADS], (a) =>
       a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
         .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown),
     );
@@ -854,6 +955,24 @@ export class CudaBackend implements Backend {
    * shapes alone; a host upload during capture is an error, and turns graphs off.
    */
   decodeGraph(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Float32Array | null {
+    const logits = this.replayStep(key, batch, run);
+    if (!logits) return null;
+    const out = this.toHost(logits);
+    this.graphStats.gpuMs = this.native.eventElapsed(...this.graphEvents!); // done: the download waited for the stream
+    return out;
+  }
+
+  /** decodeGraph with greedy sampling on the device: each real row's argmax instead of its logits. */
+  decodeGraphArgmax(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Int32Array | null {
+    const logits = this.replayStep(key, batch, run);
+    if (!logits) return null;
+    const ids = this.argmaxRows(logits);
+    this.graphStats.gpuMs = this.native.eventElapsed(...this.graphEvents!);
+    return ids;
+  }
+
+  /** Prepares, captures if new, and launches the step's graph; its logits for the real rows, or null. */
+  private replayStep(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): CudaTensor | null {
     if (this.graphSizes.length === 0 || this.graphStats.off !== "" || !this.params || this.kvLayers.length === 0) return null;
     const n = batch.ids.length;
     const size = this.graphSizes.find((s) => s >= n);
@@ -889,10 +1008,13 @@ export class CudaBackend implements Backend {
       this.graph = null;
     }
     if (!entry) return null;
+    const [t0, t1] = (this.graphEvents ??= [this.native.eventCreate(), this.native.eventCreate()]);
+    this.native.eventRecord(t0);
     this.native.graphLaunch!(entry.exec);
+    this.native.eventRecord(t1);
     this.graphStats.replays++;
-    this.mem.restore(entry.mark);
-    return this.toHost(new CudaTensor([n, entry.cols], entry.ptr, entry.dtype, PERSISTENT, 0));
+    this.mem.restore(entry.mark); // what comes after (argmax, downloads) allocates past the graph's memory
+    return new CudaTensor([n, entry.cols], entry.ptr, entry.dtype, PERSISTENT, 0);
   }
 
   /** The batch with padding rows up to `size` (each its own one-token sequence in the spare slots). */

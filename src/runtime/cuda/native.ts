@@ -70,6 +70,9 @@ export interface NativeCuda {
   /** Replays an executable graph on the stream. */
   graphLaunch?(exec: DevicePtr): void;
   graphDestroy?(exec: DevicePtr): void;
+  /** Page-locks the memory under `view` (keep its buffer alive until hostUnregister): fast dtoh into it. */
+  hostRegister?(view: ArrayBufferView): void;
+  hostUnregister?(view: ArrayBufferView): void;
 }
 
 export function addonPath(): string {

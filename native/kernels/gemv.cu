@@ -1,0 +1,83 @@
+// Small-batch linear layers: y[n, out] = x[n, in] · W[out, in]ᵀ for n ≤ 8 (decode), the GEMV
+// core of gemv.cuh. Grid: ceil(out / rb) blocks of 256 threads; rb rows per block (host choice).
+// Kernels gemv<NT>_<T>_<O>, NT = n rounded up to 1, 2, 4 or 8.
+//
+// Roofline: pure weight streaming. Bytes = out·in·sizeof T (+ n·in activations, from L1/L2),
+// FLOPs = 2·n·out·in, i.e. n FLOP per weight byte at bf16 — far under H100's ~260 FLOP/byte
+// ridge, so the floor is out·in·2 B ÷ ~3.0 TB/s (copy bandwidth, read + write counted; a
+// read-only stream can go slightly above it): Scout's lm_head (202048 × 5120, 2.07 GB) 0.69 ms,
+// q_proj (5120²) 17.5 µs, k/v_proj (1024 × 5120) 3.5 µs. Target ≥ 85% of copy bandwidth for
+// the large shapes; the small ones are launch/tail-bound (CUDA graphs).
+// Measured (H100, bench/decode_check.ts, 2026-11-27; CUDA-event medians that include the host's
+// launch): 1 row — lm_head 0.71–0.74 ms = 96–99% of copy (cuBLASLt: 80–82%), shared gate_up
+// 16384 × 5120 77–81% (cuBLASLt 76–81%), down 5120 × 8192 69–73% (59–64%), q_proj 59–60% (49–55%);
+// 8 rows — instruction-bound as predicted: lm_head 68–70% vs cuBLASLt's 92–96%, so the host sends
+// 5–8 rows to cuBLASLt. gemv3_*: q, k and v of one input in one grid (the 1024-row k/v alone
+// reach ~20–28%).
+#include "gemv.cuh"
+
+template <typename T, typename O, int MAXNT>
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb) {
+  const GemvSlot s(rb);
+  const int row = blockIdx.x * rb + s.rib;
+  const bool active = row < out;
+  const T* wr[1] = {w + (size_t)min(row, out - 1) * in};
+  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<O>(v[0]); });
+}
+
+// Up to three linears of one input in one launch (q, k, v): their rows concatenated, each warp's
+// row looked up in the matrix it falls in; T output. Unused slots have out = 0.
+template <typename T, int MAXNT>
+__device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,
+                      int out1, const T* w2, T* y2, int out2) {
+  const GemvSlot s(rb);
+  int row = blockIdx.x * rb + s.rib;
+  const bool active = row < out0 + out1 + out2;
+  const T* w = w0;
+  T* y = y0;
+  int out = out0;
+  if (row >= out0 + out1) {
+    row -= out0 + out1;
+    w = w2;
+    y = y2;
+    out = out2;
+  } else if (row >= out0) {
+    row -= out0;
+    w = w1;
+    y = y1;
+    out = out1;
+  }
+  const T* wr[1] = {active ? w + (size_t)row * in : w0};
+  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<T>(v[0]); });
+}
+
+// gemv<NT>_<T>_<O>: NT = the batch size rounded up to 1, 2, 4 or 8 (the host's choice).
+#define GEMV_KERNEL(NT, TN, T, ON, O)                                                                          \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                   \
+      gemv##NT##_##TN##_##ON(const T* x, const T* w, O* y, int n, int in, int out, int rb) {                  \
+    gemv<T, O, NT>(x, w, y, n, in, out, rb);                                                                   \
+  }
+#define GEMV_KERNELS(NT)                    \
+  GEMV_KERNEL(NT, bf16, bf16, bf16, bf16)   \
+  GEMV_KERNEL(NT, bf16, bf16, f32, float)   \
+  GEMV_KERNEL(NT, f32, float, f32, float)
+
+GEMV_KERNELS(1)
+GEMV_KERNELS(2)
+GEMV_KERNELS(4)
+GEMV_KERNELS(8)
+
+#define GEMV3_KERNEL(NT, TN, T)                                                                                \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                   \
+      gemv3_##NT##_##TN(const T* x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,   \
+                        int out1, const T* w2, T* y2, int out2) {                                               \
+    gemv3<T, NT>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);                                       \
+  }
+GEMV3_KERNEL(1, bf16, bf16)
+GEMV3_KERNEL(2, bf16, bf16)
+GEMV3_KERNEL(4, bf16, bf16)
+GEMV3_KERNEL(8, bf16, bf16)
+GEMV3_KERNEL(1, f32, float)
+GEMV3_KERNEL(2, f32, float)
+GEMV3_KERNEL(4, f32, float)
+GEMV3_KERNEL(8, f32, float)

@@ -1,0 +1,203 @@
+// The small-batch GEMV core shared by gemv.cu and moe_decode.cu: a block of 8 warps computes
+// RB output rows (RB = 8, 4, 2 or 1, chosen by the host so the grid fills the GPU); the 8/RB
+// warps of a row split its K range, each lane streams 16-byte weight vectors (GEMV_UNROLL in
+// flight, L1 bypassed, 256-byte L2 prefetch) and multiplies each by up to 8 activation rows
+// (16-byte loads through L1, where they stay: every warp of the block reads the same rows).
+// Weights are [rows, in] row-major ("[out, in]"), activations [tokens, in], in % (16 / sizeof T) == 0,
+// every row start 16-byte aligned (the host checks and otherwise uses cuBLASLt).
+//
+// Determinism: a token's sum is accumulated in an order fixed by (in, RB) alone — lane-strided
+// vectors in increasing order, elements in order, xor-butterfly over lanes, K parts in order —
+// never by how many tokens share the pass, so a row gives bit-identical results whatever the
+// batch (CUDA-graph padding relies on it).
+//
+// Roofline (bf16, d = 5120): a weight element is loaded once and used by NT ≤ 8 tokens; per
+// 16-byte vector that is 8·NT FMAs plus 8·NT bf16→fp32 shifts for the activations (INT pipe).
+// At H100's ~13 B/clk/SM of DRAM bandwidth (0.8 vectors/clk/SM) NT = 8 needs ~51 FMA/clk of 128
+// and ~51 INT ops/clk of 64 and ~100 B/clk of L1 for the activations: still memory-bound, with
+// little slack, so the host hands larger batches to cuBLASLt (tensor cores).
+#pragma once
+#include "common.cuh"
+
+constexpr int GEMV_THREADS = 256;
+constexpr int GEMV_WARPS = GEMV_THREADS / 32;
+constexpr int GEMV_MAX_NT = 8;  // tokens per pass over the weights
+constexpr int GEMV_UNROLL = 4;  // independent 16-byte weight loads per lane and row
+
+template <typename T> struct Vec;  // elements per 16 bytes
+template <> struct Vec<bf16> { static constexpr int N = 8; };
+template <> struct Vec<float> { static constexpr int N = 4; };
+
+// Weights are read once: bypass L1 (keeps it for the activations) and prefetch 256 B into L2.
+__device__ __forceinline__ uint4 ldWeight(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// Activations: read-only for the kernel's lifetime, shared by the block's warps through L1.
+__device__ __forceinline__ uint4 ldAct(const uint4* p) { return __ldg(p); }
+
+__device__ __forceinline__ void unpack(const uint4& v, float (&f)[8]) {  // 8 bf16 (little-endian pairs)
+  f[0] = __uint_as_float(v.x << 16);
+  f[1] = __uint_as_float(v.x & 0xffff0000u);
+  f[2] = __uint_as_float(v.y << 16);
+  f[3] = __uint_as_float(v.y & 0xffff0000u);
+  f[4] = __uint_as_float(v.z << 16);
+  f[5] = __uint_as_float(v.z & 0xffff0000u);
+  f[6] = __uint_as_float(v.w << 16);
+  f[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+__device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {  // 4 fp32
+  f[0] = __uint_as_float(v.x);
+  f[1] = __uint_as_float(v.y);
+  f[2] = __uint_as_float(v.z);
+  f[3] = __uint_as_float(v.w);
+}
+
+// acc[r][t] += Σ W_r[v]·X_t[v] over this lane's vectors v = v0 + lane + 32·i < v1.
+// x rows are xb + xo[t] (in 16-byte vectors).
+template <typename T, int ROWS, int NT>
+__device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], int v0,
+                                        int v1, int lane, float (&acc)[ROWS][NT]) {
+  constexpr int E = Vec<T>::N;
+  int v = v0 + lane;
+  for (; v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
+    uint4 wv[ROWS][GEMV_UNROLL];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+      for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = ldWeight(w[r] + v + 32 * u);
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      float wf[ROWS][E];
+#pragma unroll
+      for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        float xf[E];
+        unpack(ldAct(xb + xo[t] + v + 32 * u), xf);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+          for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
+      }
+    }
+  }
+  for (; v < v1; v += 32) {
+    float wf[ROWS][E];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) unpack(ldWeight(w[r] + v), wf[r]);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      float xf[E];
+      unpack(ldAct(xb + xo[t] + v), xf);
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
+    }
+  }
+}
+
+// Where this thread sits in the block's RB rows × (8/RB) K parts.
+struct GemvSlot {
+  int warp, lane, rb, rib, part, parts;
+  __device__ GemvSlot(int rowsPerBlock) {
+    warp = threadIdx.x >> 5;
+    lane = threadIdx.x & 31;
+    rb = rowsPerBlock;
+    rib = warp % rb;
+    part = warp / rb;
+    parts = GEMV_WARPS / rb;
+  }
+  // This warp's vector range [v0, v1) of a row of `vectors` 16-byte vectors.
+  __device__ void range(int vectors, int& v0, int& v1) const {
+    const int per = (vectors + parts - 1) / parts;
+    v0 = min(vectors, part * per);
+    v1 = min(vectors, v0 + per);
+  }
+};
+
+// One pass: NT tokens (the first `cnt` real; the rest repeat the last) of activation rows
+// x + (tok0 + t)·in against ROWS weight rows per warp (wRow[r], or none when `active` is false).
+// Then epi(t, sums) runs once per (row, real token), in lane t of the warp with part 0.
+// Every thread of the block must call it (it synchronises).
+template <typename T, int ROWS, int NT, typename Epi>
+__device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
+                                         int in, int tok0, int cnt, Epi epi) {
+  __shared__ float red[GEMV_WARPS][2][GEMV_MAX_NT];
+  const int vectors = in / Vec<T>::N;
+  float acc[ROWS][NT];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[r][t] = 0.f;
+  if (active) {
+    int v0, v1;
+    s.range(vectors, v0, v1);
+    const uint4* wp[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) wp[r] = reinterpret_cast<const uint4*>(wRow[r]);
+    const uint4* xb = reinterpret_cast<const uint4*>(x + (size_t)tok0 * in);
+    int xo[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) xo[t] = min(t, cnt - 1) * vectors;
+    laneDot<T, ROWS, NT>(wp, xb, xo, v0, v1, s.lane, acc);
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[r][t] = warpSum(acc[r][t]);
+  if (s.parts == 1) {
+    if (active && s.lane < cnt) {
+      float out[ROWS];
+#pragma unroll
+      for (int r = 0; r < ROWS; r++) {
+        out[r] = 0.f;
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+          if (t == s.lane) out[r] = acc[r][t];
+      }
+      epi(s.lane, out);
+    }
+    return;
+  }
+  if (s.lane == 0) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+      for (int t = 0; t < NT; t++) red[s.warp][r][t] = acc[r][t];
+  }
+  __syncthreads();
+  if (s.part == 0 && active && s.lane < cnt) {
+    float out[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+      out[r] = 0.f;
+      for (int p = 0; p < s.parts; p++) out[r] += red[p * s.rb + s.rib][r][s.lane];
+    }
+    epi(s.lane, out);
+  }
+  __syncthreads();  // red[] is reused by the next pass
+}
+
+// All `cnt` tokens in passes of up to MAXNT (each pass sized to its tokens, so no FMA is wasted
+// on padding); epi gets the token index relative to tok0. Block-uniform cnt. MAXNT (1, 2, 4 or
+// 8) is the kernel variant the host picked from the batch size: small batches get the small
+// register footprint (more warps per SM, more loads in flight).
+template <typename T, int ROWS, int MAXNT, typename Epi>
+__device__ __forceinline__ void gemvTokens(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
+                                           int in, int tok0, int cnt, Epi epi) {
+  for (int c0 = 0; c0 < cnt; c0 += MAXNT) {
+    const int c = min(MAXNT, cnt - c0);
+    auto at = [&](int t, const float (&v)[ROWS]) { epi(c0 + t, v); };
+    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
+    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
+    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
+    else gemvPass<T, ROWS, 1>(s, wRow, active, x, in, tok0 + c0, c, at);
+  }
+}

@@ -1,0 +1,174 @@
+// Llama 4 MoE for small batches (decode, n ≤ 64 by default) with no host round trip: routing,
+// the sort by expert and every expert's row range stay on the device, so the layer is four
+// launches after the router GEMM and CUDA graphs can capture it (spec §1.6: top-1, the sigmoid
+// score scales the expert INPUT, shared expert added).
+//   moe_route_sort   1 block: argmax/sigmoid per row, stable counting sort of this rank's
+//                    experts → perm (sorted row → token), offsets[local + 1], score per token
+//   moe_gather_dev   xin[i] = x[perm[i]]·score[perm[i]] for the routed rows (i < offsets[local])
+//   moe_gate_up      per block a slab of rb FFN columns: the shared expert over all n tokens
+//                    (withShared), then every local expert over its rows; gate and up rows dotted
+//                    together and SiLU(gate)·up written directly (no [n, 2F] intermediate)
+//   moe_down         per block a slab of rb output features: out = shared down (withShared; else
+//                    out already holds it), then (same block, after a barrier) out[perm[i]] +=
+//                    routed down — the combine is fused
+// withShared is for n ≤ 8: the shared expert is then one pass over its weights. Beyond that the
+// host runs it through cuBLASLt (one read of the weights) rather than ⌈n/8⌉ passes.
+// Grid: (slabs, 1) — each block walks every expert (few tokens: most experts are empty, and
+// empty blocks would cost more than the walk) — or, without the shared group, (slabs, local):
+// one expert per blockIdx.y (many tokens: every expert busy, no serial walk).
+// Rounding follows the unfused path (per-expert GEMMs + silu_mul + moe_combine) step by step:
+// gate/up rounded to T before SiLU, each down product rounded to T before the add.
+//
+// Roofline: weight streaming, like gemv.cu. Bytes per layer = (1 + touched experts)·3·F·d·sizeof T
+// (Scout bf16: 252 MB per expert; batch 1 → 503 MB ≈ 168 µs at 3.0 TB/s; batch 64 touches all
+// 16 → 4.28 GB ≈ 1.43 ms). Each expert's weights are read once per pass of ≤ 8 of its tokens.
+// The sort is O(n²) in one block (n ≤ 1024): ~1 µs at n = 64; the gather moves n·d·2 B.
+// Measured (H100, bench/decode_check.ts, 2026-11-27, whole layer incl. router and shared expert,
+// % of copy bandwidth over the touched weights): 1 token 0.22–0.25 ms 68–77% (host-sorted path:
+// 0.27–0.30 ms, 58–63%); 8 tokens 70–73% (65–68%); 16 tokens 84–87% (76–78%); 32 tokens 79–80%
+// (75–77%); 64 tokens 69–71% — behind the host-sorted per-expert cuBLASLt path (80–82%), which
+// cannot be captured in a graph; the grouped kernels at ~4 tokens per expert are the next target.
+#include "gemv.cuh"
+
+constexpr int MOE_SORT_MAX = 1024;
+
+template <typename T>
+__device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int first, int local, int* __restrict__ perm,
+                             float* __restrict__ score, int* __restrict__ offsets) {
+  __shared__ int le[MOE_SORT_MAX];  // local expert of each row, -1 when another rank holds it
+  for (int r = threadIdx.x; r < n; r += blockDim.x) {
+    const T* row = logits + (size_t)r * e;
+    int best = 0;
+    float bestV = toF(row[0]);
+    for (int j = 1; j < e; j++) {
+      const float v = toF(row[j]);
+      if (v > bestV) {  // lowest index wins ties, as moe_route and the CPU backend
+        bestV = v;
+        best = j;
+      }
+    }
+    score[r] = 1.0f / (1.0f + expf(-bestV));
+    const int j = best - first;
+    le[r] = (j >= 0 && j < local) ? j : -1;
+  }
+  __syncthreads();
+  // Sorted position of row r: rows of lower experts, then earlier rows of the same expert.
+  for (int r = threadIdx.x; r < n; r += blockDim.x) {
+    const int j = le[r];
+    if (j < 0) continue;
+    int pos = 0;
+    for (int q = 0; q < n; q++) {
+      const int k = le[q];
+      pos += (k >= 0 && k < j) || (k == j && q < r);
+    }
+    perm[pos] = r;
+  }
+  for (int j = threadIdx.x; j <= local; j += blockDim.x) {
+    int c = 0;
+    for (int q = 0; q < n; q++) {
+      const int k = le[q];
+      c += k >= 0 && k < j;
+    }
+    offsets[j] = c;
+  }
+}
+
+template <typename T>
+__device__ void moeGatherDev(const T* __restrict__ x, const int* __restrict__ perm, const float* __restrict__ score,
+                             const int* __restrict__ offsets, int local, T* __restrict__ xin, int d) {
+  const int i = blockIdx.x;
+  if (i >= offsets[local]) return;
+  const int row = perm[i];
+  const float s = score[row];
+  const T* src = x + (size_t)row * d;
+  T* dst = xin + (size_t)i * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) dst[c] = fromF<T>(toF(src[c]) * s);
+}
+
+// Group g = -1 is the shared expert (x, all n tokens, width fs); g ≥ 0 local expert g (xin rows
+// offsets[g]..offsets[g+1], width f). Columns of the block: [blockIdx.x·rb, +rb).
+template <typename T, int MAXNT>
+__device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, const T* __restrict__ sharedGateUp,
+                          const T* __restrict__ gateUp, const int* __restrict__ offsets, T* __restrict__ actShared,
+                          T* __restrict__ act, int n, int d, int fs, int f, int local, int withShared, int rb) {
+  const GemvSlot s(rb);
+  const int col = blockIdx.x * rb + s.rib;
+  const bool perExpert = gridDim.y > 1;  // the host sets this only without the shared group
+  const int gEnd = perExpert ? (int)blockIdx.y + 1 : local;
+  for (int g = perExpert ? (int)blockIdx.y : (withShared ? -1 : 0); g < gEnd; g++) {
+    const int width = g < 0 ? fs : f;
+    const int tok0 = g < 0 ? 0 : offsets[g];
+    const int cnt = g < 0 ? n : offsets[g + 1] - tok0;
+    if (cnt == 0 || blockIdx.x * rb >= width) continue;  // block-uniform
+    const T* w = g < 0 ? sharedGateUp : gateUp + (size_t)g * 2 * f * d;
+    const bool active = col < width;
+    const int c = min(col, width - 1);
+    const T* rowsGU[2] = {w + (size_t)c * d, w + (size_t)(width + c) * d};
+    T* out = g < 0 ? actShared : act;
+    gemvTokens<T, 2, MAXNT>(s, rowsGU, active, g < 0 ? x : xin, d, tok0, cnt, [&](int t, const float (&v)[2]) {
+      const float gate = toF(fromF<T>(v[0]));
+      const float up = toF(fromF<T>(v[1]));
+      out[(size_t)(tok0 + t) * width + col] = fromF<T>(gate / (1.0f + expf(-gate)) * up);
+    });
+  }
+}
+
+template <typename T, int MAXNT>
+__device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
+                        const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm,
+                        T* out, int n, int d, int fs, int f, int local, int withShared, int rb) {
+  const GemvSlot s(rb);
+  const int row = blockIdx.x * rb + s.rib;
+  const bool active = row < d;
+  const int r = min(row, d - 1);
+  if (withShared) {
+    const T* w[1] = {sharedDown + (size_t)r * fs};
+    gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, [&](int t, const float (&v)[1]) { out[(size_t)t * d + row] = fromF<T>(v[0]); });
+  }
+  // The routed adds below read what other threads of this block wrote above: the barrier makes
+  // those global writes visible within the block (plain loads, not the read-only path).
+  __syncthreads();
+  const bool perExpert = gridDim.y > 1;  // only without the shared phase: blocks of different experts touch different rows
+  const int gEnd = perExpert ? (int)blockIdx.y + 1 : local;
+  for (int g = perExpert ? (int)blockIdx.y : 0; g < gEnd; g++) {
+    const int tok0 = offsets[g];
+    const int cnt = offsets[g + 1] - tok0;
+    if (cnt == 0) continue;
+    const T* w[1] = {down + ((size_t)g * d + r) * f};
+    gemvTokens<T, 1, MAXNT>(s, w, active, act, f, tok0, cnt, [&](int t, const float (&v)[1]) {
+      T* o = out + (size_t)perm[tok0 + t] * d + row;
+      *o = fromF<T>(toF(*o) + toF(fromF<T>(v[0])));
+    });
+  }
+}
+
+// moe_gate_up<NT>_<T> / moe_down<NT>_<T>: NT = the batch size rounded up to 1, 2, 4 or 8
+// (the most tokens one expert can have in a pass).
+#define MOE_GEMV_KERNELS(NT, TN, T)                                                                                 \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
+      moe_gate_up##NT##_##TN(const T* x, const T* xin, const T* sharedGateUp, const T* gateUp, const int* offsets,   \
+                             T* actShared, T* act, int n, int d, int fs, int f, int local, int withShared, int rb) { \
+    moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, withShared, rb);     \
+  }                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
+      moe_down##NT##_##TN(const T* actShared, const T* act, const T* sharedDown, const T* down, const int* offsets,   \
+                          const int* perm, T* out, int n, int d, int fs, int f, int local, int withShared, int rb) { \
+    moeDown<T, NT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared, rb);        \
+  }
+
+#define MOE_DECODE_KERNELS(TN, T)                                                                                   \
+  extern "C" __global__ void moe_route_sort_##TN(const T* logits, int n, int e, int first, int local, int* perm,   \
+                                                 float* score, int* offsets) {                                       \
+    moeRouteSort<T>(logits, n, e, first, local, perm, score, offsets);                                               \
+  }                                                                                                                  \
+  extern "C" __global__ void moe_gather_dev_##TN(const T* x, const int* perm, const float* score, const int* offsets, \
+                                                 int local, T* xin, int d) {                                         \
+    moeGatherDev<T>(x, perm, score, offsets, local, xin, d);                                                         \
+  }                                                                                                                  \
+  MOE_GEMV_KERNELS(1, TN, T)                                                                                         \
+  MOE_GEMV_KERNELS(2, TN, T)                                                                                         \
+  MOE_GEMV_KERNELS(4, TN, T)                                                                                         \
+  MOE_GEMV_KERNELS(8, TN, T)
+
+MOE_DECODE_KERNELS(bf16, bf16)
+MOE_DECODE_KERNELS(f32, float)

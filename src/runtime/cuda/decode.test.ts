@@ -1,0 +1,272 @@
+// The decode path of the CUDA backend: the GEMV kernels (gemv.cu) against the CPU backend and
+// batch-invariant to the bit, the device-side MoE (moe_decode.cu) against the CPU backend and
+// the host-sorted path, and CUDA-graph decode steps identical to direct ones. Skipped without a
+// CUDA device, like backend.test.ts.
+
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { CpuBackend, CpuTensor } from "../cpu.js";
+import type { HostTensor } from "../backend.js";
+import { float32ToBf16 } from "../dtype.js";
+import { Rng } from "../../engine/sampling.js";
+import { ContiguousBatch } from "../../engine/sequence.js";
+import { loadModel } from "../../model/loader.js";
+import { fixturePath } from "../../util/repo.js";
+import { CudaBackend, type CudaBackendOptions, type Precision } from "./backend.js";
+import { probeCuda } from "./native.js";
+
+const probe = probeCuda();
+const skip = probe.ok ? false : `no CUDA device (${probe.reason.split("\n")[0].replace(/; tried:$/, "")})`;
+const MIB = 2 ** 20;
+const TOL: Record<Precision, number> = { bf16: 1.5e-2, f32: 2e-5 };
+
+/** Values rounded to bf16, so both backends start from identical inputs. */
+function randn(rng: Rng, n: number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = Math.max(rng.next(), 1e-12);
+    out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
+  }
+  return new Float32Array(Uint32Array.from(float32ToBf16(out), (x) => x << 16).buffer);
+}
+
+function host(data: Float32Array, shape: number[]): HostTensor {
+  return { dtype: "BF16", shape, data: new Uint8Array(float32ToBf16(data).buffer) };
+}
+
+function close(a: Float32Array, b: Float32Array, tol: number, what: string): void {
+  assert.equal(a.length, b.length, `${what}: length`);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (!Number.isFinite(a[i])) assert.fail(`${what}: element ${i} is ${a[i]} (unwritten or overflow)`);
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  const e = Math.sqrt(num / Math.max(den, 1e-30));
+  assert.ok(e < tol, `${what}: relative error ${e.toExponential(2)} ≥ ${tol}`);
+}
+
+function identical(a: Float32Array, b: Float32Array, what: string): void {
+  assert.equal(a.length, b.length, `${what}: length`);
+  for (let i = 0; i < a.length; i++) {
+    if (!(Object.is(a[i], b[i]) || a[i] === b[i])) assert.fail(`${what}: element ${i}: ${a[i]} ≠ ${b[i]}`);
+  }
+}
+
+function backend(precision: Precision, opts: CudaBackendOptions = {}): CudaBackend {
+  return new CudaBackend({ precision, memoryBytes: 768 * MIB, stepBytes: 192 * MIB, poison: true, ...opts });
+}
+
+for (const precision of ["f32", "bf16"] as const) {
+  describe(`cuda decode kernels (${precision})`, { skip }, () => {
+    const rng = new Rng(4321);
+    const cpu = new CpuBackend();
+    const tol = TOL[precision];
+    let gpu: CudaBackend | undefined;
+    let hostMoe: CudaBackend | undefined;
+    let gemv8: CudaBackend | undefined;
+    const g = () => (gpu ??= backend(precision));
+    after(() => {
+      gpu?.destroy();
+      hostMoe?.destroy();
+      gemv8?.destroy();
+    });
+
+    // out sizes pick every rows-per-block (1 with an 8-way K split, 2, 4, 8 on a 132-SM H100).
+    test("GEMV linear (n ≤ 8): vs the CPU, fp32 out, every rows-per-block; batch-invariant to the bit", () => {
+      const be = (gemv8 ??= backend(precision, { gemvMaxTokens: 8 })); // every pass width, 1 to 8 rows
+      const g = () => be;
+      for (const [inDim, out] of [[64, 40], [136, 600], [1024, 1100], [264, 2200]]) {
+        const w = randn(rng, out * inDim, 0.1);
+        const wc = cpu.weight(host(w, [out, inDim]));
+        const wg = g().weight(host(w, [out, inDim]));
+        const x = randn(rng, 8 * inDim);
+        const single: Float32Array[] = [];
+        for (const n of [1, 2, 3, 5, 8]) {
+          g().beginStep();
+          const xs = x.subarray(0, n * inDim);
+          const want = cpu.linear(new CpuTensor([n, inDim], xs.slice()), wc).data;
+          const xg = g().upload(xs, [n, inDim], precision);
+          const got = g().toHost(g().linear(xg, wg));
+          close(got, want, tol, `gemv ${n}×${inDim}→${out}`);
+          const got32 = g().toHost(g().linear(xg, wg, { outF32: true }));
+          close(got32, want, tol, `gemv fp32 out ${n}×${inDim}→${out}`);
+          single.push(got32.slice(0, out));
+        }
+        // Row 0 is the same computation in every batch: the same bits (CUDA-graph padding relies on it).
+        for (const [i, s] of single.entries()) identical(s, single[0], `gemv row 0, batch #${i} vs batch 1 (${inDim}→${out})`);
+      }
+      assert.equal(g().stats().fallbackGemms, 0);
+    });
+
+    test("linearMany (q, k, v in one GEMV launch) matches separate linears", () => {
+      const inDim = 256;
+      const sizes = [600, 136, 72];
+      const ws = sizes.map((o) => randn(rng, o * inDim, 0.1));
+      const wg = ws.map((w, i) => g().weight(host(w, [sizes[i], inDim])));
+      for (const n of [1, 3, 4, 6]) {
+        for (const count of [3, 2]) {
+          g().beginStep();
+          const x = randn(rng, n * inDim);
+          const xg = g().upload(x, [n, inDim], precision);
+          const got = g().linearMany(xg, wg.slice(0, count));
+          assert.equal(got.length, count);
+          for (let i = 0; i < count; i++) {
+            const want = cpu.linear(new CpuTensor([n, inDim], x.slice()), cpu.weight(host(ws[i], [sizes[i], inDim]))).data;
+            close(g().toHost(got[i]), want, tol, `linearMany ${n} rows, weight ${i} of ${count}`);
+          }
+        }
+      }
+    });
+
+    test("argmaxRows (greedy on the device): the host argmax, lowest index on ties; large downloads through pinned staging", () => {
+      const n = 5, cols = 3001;
+      const x = randn(rng, n * cols);
+      x[1 * cols + 7] = 9;
+      x[1 * cols + 2000] = 9; // a tie: the lower index wins
+      x[3 * cols + cols - 1] = 10;
+      g().beginStep();
+      const xg = g().upload(x, [n, cols], precision);
+      const want = Array.from({ length: n }, (_, r) => {
+        let best = 0;
+        for (let i = 1; i < cols; i++) if (x[r * cols + i] > x[r * cols + best]) best = i;
+        return best;
+      });
+      assert.deepEqual(Array.from(g().argmaxRows(xg)), want);
+      // ≥ 256 KiB: the page-locked staging path of toHost, both storage types.
+      const big = randn(rng, 300 * 1024);
+      for (const dtype of ["f32", "bf16"] as const) {
+        g().beginStep();
+        const got = g().toHost(g().upload(big, [300, 1024], dtype));
+        identical(got, big, `toHost ${dtype} through pinned staging`);
+        const again = g().toHost(g().upload(big.subarray(0, 200 * 1024), [200, 1024], dtype));
+        identical(again, big.subarray(0, 200 * 1024), `toHost ${dtype} reusing the staging buffer`);
+      }
+    });
+
+    for (const [n, e, slice] of [[1, 4, false], [3, 4, false], [8, 16, false], [5, 4, true], [13, 16, false], [64, 16, false], [64, 4, true]] as const) {
+      test(`device MoE, ${n} tokens, ${e} experts${slice ? ", experts 1–2 on this rank" : ""}: vs the CPU and the host-sorted path`, () => {
+        const d = 128, f = 64, fs = 96; // the shared expert narrower than the routed ones (as under TP with EP)
+        const x = randn(rng, n * d);
+        const router = randn(rng, e * d, 0.5);
+        const gateUp = randn(rng, e * 2 * f * d, 0.15);
+        const down = randn(rng, e * d * f, 0.15);
+        const sGateUp = randn(rng, 2 * fs * d, 0.15);
+        const sDown = randn(rng, d * fs, 0.15);
+        const [first, local] = slice ? [1, 2] : [0, e];
+        const part = (a: Float32Array, per: number) => a.slice(first * per, (first + local) * per);
+        const load = (be: CpuBackend | CudaBackend) => ({
+          router: be.weight(host(router, [e, d])),
+          gateUp: be.weight(host(part(gateUp, 2 * f * d), [local, 2 * f, d])),
+          down: be.weight(host(part(down, d * f), [local, d, f])),
+          sharedGateUp: be.weight(host(sGateUp, [2 * fs, d])),
+          sharedDown: be.weight(host(sDown, [d, fs])),
+          numExperts: e,
+          expertStart: first,
+        });
+        const want = cpu.moe(new CpuTensor([n, d], x.slice()), load(cpu)).data;
+        g().beginStep();
+        const got = g().toHost(g().moe(g().upload(x, [n, d], precision), load(g())));
+        hostMoe ??= backend(precision, { moeDeviceMaxTokens: 0 });
+        hostMoe.beginStep();
+        const ref = hostMoe.toHost(hostMoe.moe(hostMoe.upload(x, [n, d], precision), load(hostMoe)));
+        // Rows whose top-2 router logits nearly tie may route differently under bf16; compare the clear ones.
+        const logits = cpu.linear(new CpuTensor([n, d], x.slice()), cpu.weight(host(router, [e, d]))).data;
+        const keep: number[] = [];
+        for (let r = 0; r < n; r++) {
+          const l = Array.from(logits.subarray(r * e, (r + 1) * e)).sort((a, b) => b - a);
+          if (precision === "f32" || l[0] - l[1] > 0.05) keep.push(r);
+        }
+        const pick = (a: Float32Array) => Float32Array.from(keep.flatMap((r) => Array.from(a.subarray(r * d, (r + 1) * d))));
+        assert.ok(keep.length >= Math.ceil(n / 2), `only ${keep.length} of ${n} rows have a clear routing`);
+        close(pick(got), pick(want), tol, `device moe vs cpu (${keep.length}/${n} rows)`);
+        close(pick(got), pick(ref), tol, `device moe vs host-sorted moe (${keep.length}/${n} rows)`);
+        close(got, got, 1, "device moe: every element written"); // NaN check (poisoned arena)
+      });
+    }
+  });
+}
+
+// ---- CUDA graphs: decode steps replayed from a graph give the same logits as direct ones ----
+
+for (const precision of ["f32", "bf16"] as const) {
+  for (const [name, hybridKv] of [["scout-tiny", false], ["maverick-tiny", true]] as const) {
+    describe(`CUDA-graph decode, ${name}${hybridKv ? " (hybrid KV pools)" : ""} (${precision})`, { skip }, () => {
+      const dir = fixturePath(name);
+      let made: CudaBackend[] = [];
+      const cleanup = () => {
+        made.forEach((b) => b.destroy());
+        made = [];
+      };
+      after(cleanup);
+
+      /** Prefill `batch` prompts, then `steps` decode steps on fixed tokens; every step's logits. */
+      async function run(opts: CudaBackendOptions, batch: number, steps: number): Promise<{ logits: Float32Array[]; be: CudaBackend }> {
+        const be = backend(precision, opts);
+        made.push(be);
+        const { model, config } = await loadModel(dir, be, { hybridKv });
+        const seqs = new ContiguousBatch(model, batch, 64);
+        const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: 9 + 3 * b }, (_, i) => (b * 31 + i * 17 + 5) % config.vocabSize));
+        const logits = [seqs.append(prompts)];
+        for (let s = 0; s < steps; s++) logits.push(seqs.append(Array.from({ length: batch }, (_, b) => [(s * 13 + b * 7 + 1) % config.vocabSize])));
+        return { logits, be };
+      }
+
+      for (const batch of [1, 3]) {
+        test(`batch ${batch}${batch === 3 ? " (padded to 4)" : ""}: graph replays identical to direct steps`, async () => {
+          const steps = 6;
+          const direct = await run({ graphSizes: [] }, batch, steps);
+          const graphed = await run({ graphSizes: [1, 2, 4, 8] }, batch, steps);
+          const st = graphed.be.graphStats;
+          assert.equal(st.off, "", `graphs were turned off: ${st.off}`);
+          assert.equal(st.captures, 1, "one capture for the one batch size");
+          assert.equal(st.replays, steps);
+          assert.equal(direct.be.graphStats.replays, 0);
+          for (let s = 0; s <= steps; s++) identical(graphed.logits[s], direct.logits[s], `${s === 0 ? "prefill" : `decode step ${s}`}`);
+          cleanup();
+        });
+      }
+
+      test("greedy on the device (forwardArgmax) picks the host argmax of the same logits, graphs on and off", async () => {
+        for (const graphSizes of [[], [1, 2, 4, 8]]) {
+          const be = backend(precision, { graphSizes });
+          made.push(be);
+          const { model, config } = await loadModel(dir, be, { hybridKv });
+          const vocab = config.vocabSize;
+          const prompts = [0, 1, 2].map((b) => Array.from({ length: 7 + 2 * b }, (_, i) => (b * 29 + i * 13 + 3) % vocab));
+          const step = (s: number) => [0, 1, 2].map((b) => [(s * 11 + b * 5 + 2) % vocab]);
+          const host = new ContiguousBatch(model, 3, 32);
+          host.append(prompts);
+          const want: number[][] = [];
+          for (let s = 0; s < 4; s++) {
+            const l = host.append(step(s));
+            want.push([0, 1, 2].map((r) => {
+              let best = 0;
+              for (let i = 1; i < vocab; i++) if (l[r * vocab + i] > l[r * vocab + best]) best = i;
+              return best;
+            }));
+          }
+          const dev = new ContiguousBatch(model, 3, 32);
+          dev.append(prompts);
+          for (let s = 0; s < 4; s++) assert.deepEqual(Array.from(dev.appendGreedy(step(s))), want[s], `step ${s}, graph sizes [${graphSizes}]`);
+          if (graphSizes.length > 0) assert.equal(be.graphStats.off, "");
+        }
+        cleanup();
+      });
+
+      if (precision === "bf16") {
+        test("fa3 attention under graphs: replays match direct steps (split counts may differ: close, not identical)", async (t) => {
+          if (!probe.ok || probe.info.ccMajor < 8) return t.skip("fa3 needs sm_80+");
+          const steps = 5;
+          const direct = await run({ graphSizes: [], attention: "fa3" }, 3, steps);
+          const graphed = await run({ graphSizes: [4], attention: "fa3" }, 3, steps);
+          assert.equal(graphed.be.graphStats.off, "", `graphs were turned off: ${graphed.be.graphStats.off}`);
+          assert.equal(graphed.be.graphStats.replays, steps);
+          for (let s = 0; s <= steps; s++) close(graphed.logits[s], direct.logits[s], 1e-2, `fa3 step ${s}`);
+          cleanup();
+        });
+      }
+    });
+  }
+}
