@@ -58,6 +58,19 @@ interface Req {
   aborted: boolean;
 }
 
+/** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
+function onlyNeedsArgmax(req: Req): boolean {
+  const p = req.r.sampling;
+  return (
+    !req.r.returnLogprob &&
+    (p.temperature <= 0 || p.topK === 1) &&
+    p.repetitionPenalty === 1 &&
+    p.frequencyPenalty === 0 &&
+    p.presencePenalty === 0 &&
+    req.output.length >= (req.r.minNewTokens ?? 0)
+  );
+}
+
 export class Scheduler {
   private waiting: Req[] = [];
   private running: Req[] = [];
@@ -281,8 +294,18 @@ export class Scheduler {
       row += n;
     }
     const batch: StepBatch = { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
-    const logits = this.model.forward(batch);
     this.counters.forwardTokens += total;
+    // Greedy steps with nothing to report but the token pick it where the logits are (on a GPU:
+    // an argmax kernel), instead of bringing every row of logits to the host.
+    if (this.model.forwardArgmax && work.every(({ req }) => onlyNeedsArgmax(req))) {
+      const ids = this.model.forwardArgmax(batch);
+      work.forEach(({ req, n }, wi) => {
+        req.kvLen += n;
+        if (req.kvLen === req.ids.length && !req.aborted) this.accept(req, ids[rowInfo[wi].first], null);
+      });
+      return;
+    }
+    const logits = this.model.forward(batch);
     const vocab = this.model.cfg.vocabSize;
 
     work.forEach(({ req, n }, wi) => {
@@ -312,21 +335,24 @@ export class Scheduler {
   }
 
   private sampleNext(req: Req, row: Float32Array): void {
+    const p = req.r.sampling;
+    const logits = new Float32Array(row);
+    applyPenalties(logits, p, req.r.inputIds, req.output);
+    if (req.output.length < (req.r.minNewTokens ?? 0)) for (const s of req.r.stopTokenIds) logits[s] = -Infinity;
+    this.accept(req, sampleToken(logits, p, req.rng), row);
+  }
+
+  /** Appends the chosen token, emits it (with logprobs from `row` when asked) and checks stops. */
+  private accept(req: Req, tok: number, row: Float32Array | null): void {
     if (req.r.maxNewTokens <= 0) {
       // Prompt-only requests (echo + logprobs with max_tokens 0): the prefill was the work.
       this.emit({ rid: req.r.rid, tokens: [], cachedTokens: req.cachedLen, promptLogprobs: req.promptLogprobs ?? undefined, finish: { reason: "length" } });
       this.retire(req, null);
       return;
     }
-    const p = req.r.sampling;
-    const logits = new Float32Array(row);
-    applyPenalties(logits, p, req.r.inputIds, req.output);
-    const minNew = req.r.minNewTokens ?? 0;
-    if (req.output.length < minNew) for (const s of req.r.stopTokenIds) logits[s] = -Infinity;
-    const tok = sampleToken(logits, p, req.rng);
     const out: EngineOutput = { rid: req.r.rid, tokens: [tok] };
     // Logprobs are of the model's distribution (before penalties), as SGLang and OpenAI report them.
-    if (req.r.returnLogprob) out.logprobs = [this.tokenLogprob(row, tok, req.r.topLogprobsNum)];
+    if (req.r.returnLogprob && row) out.logprobs = [this.tokenLogprob(row, tok, req.r.topLogprobsNum)];
     if (!req.sentFirst) {
       out.cachedTokens = req.cachedLen;
       if (req.promptLogprobs) out.promptLogprobs = req.promptLogprobs;
@@ -335,17 +361,13 @@ export class Scheduler {
     req.ids.push(tok);
     req.output.push(tok);
     this.counters.generatedTokens++;
-    if (req.output.length >= minNew && req.r.stopTokenIds.includes(tok)) {
+    if (req.output.length >= (req.r.minNewTokens ?? 0) && req.r.stopTokenIds.includes(tok)) {
       out.finish = { reason: "stop", matchedStop: tok };
     } else if (req.output.length >= req.r.maxNewTokens || req.ids.length >= this.opts.contextLength) {
       out.finish = { reason: "length" };
     }
-    if (out.finish) {
-      this.emit(out);
-      this.retire(req, null);
-    } else {
-      this.emit(out);
-    }
+    this.emit(out);
+    if (out.finish) this.retire(req, null);
   }
 
   /** Local layers only look back to the chunk start: free this request's SWA slots before it. */
