@@ -5,6 +5,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { startEngine, type EngineOptions } from "../engine/engine.js";
+import type { LoadProgress } from "../model/weights.js";
 import type { SamplingParams } from "../engine/sampling.js";
 import { loadConfig } from "../model/config.js";
 import { listen } from "../server/app.js";
@@ -92,6 +93,22 @@ function samplingDefaults(dir: string): Partial<SamplingParams> {
   return out;
 }
 
+/** Weight loading progress on stderr: layers, GB read by rank 0 and GB/s; redrawn in place on a terminal. */
+function loadProgressPrinter(t0: number): (p: LoadProgress) => void {
+  let lastPct = -1;
+  return (p) => {
+    const pct = Math.floor((100 * p.layers) / p.totalLayers);
+    const s = (performance.now() - t0) / 1000;
+    const gb = p.bytes / 1e9;
+    const line = `loading weights: ${p.layers}/${p.totalLayers} layers, ${gb.toFixed(2)} GB, ${(gb / Math.max(s, 1e-3)).toFixed(2)} GB/s`;
+    if (process.stderr.isTTY) process.stderr.write(`\r${line}${p.layers === p.totalLayers ? "\n" : ""}`);
+    else if (pct >= lastPct + 25 || p.layers === p.totalLayers) {
+      lastPct = pct;
+      process.stderr.write(`${line}\n`);
+    }
+  };
+}
+
 export async function main(argv: string[]): Promise<number> {
   let a: LaunchArgs;
   try {
@@ -162,7 +179,9 @@ export async function main(argv: string[]): Promise<number> {
     log.info(`memory plan on ${gpu.name}: max context ${plan.maxContextLength}, weights ${(plan.weightsBytesPerGpu / 2 ** 30).toFixed(1)} GiB per GPU`);
   }
   log.info(`loading ${modelPath}`);
-  const { engine, info } = await startEngine(opts);
+  const t0 = performance.now();
+  const { engine, info } = await startEngine(opts, loadProgressPrinter(t0));
+  log.info(`weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   log.info(
     `engine ready: context ${info.contextLength}, KV ${info.fullPoolTokens} full / ${info.swaPoolTokens} SWA tokens, ` +
       `max running ${info.maxRunningRequests}${info.hybridSwa ? ", hybrid SWA" : ""}`,

@@ -2,6 +2,7 @@
 // passing, routing per-request outputs to their callbacks.
 
 import { Worker } from "node:worker_threads";
+import type { LoadProgress } from "../model/weights.js";
 import { EngineBusyError, type Engine, type EngineOutput, type EngineRequest, type EngineStats } from "./types.js";
 
 export interface EngineOptions {
@@ -50,7 +51,8 @@ export type FromEngine =
   | { type: "output"; o: EngineOutput }
   | { type: "rejected"; rid: string; message: string; busy: boolean }
   | { type: "reply"; id: number; value: unknown }
-  | { type: "fatal"; message: string };
+  | { type: "fatal"; message: string }
+  | { type: "progress"; progress: LoadProgress };
 
 class WorkerEngine implements Engine {
   private readonly listeners = new Map<string, (o: EngineOutput) => void>();
@@ -122,13 +124,16 @@ class WorkerEngine implements Engine {
 }
 
 /** Starts the worker, loads the model there, and resolves once it is ready to serve. */
-export async function startEngine(opts: EngineOptions): Promise<{ engine: Engine; info: EngineInfo }> {
+export async function startEngine(opts: EngineOptions, onProgress?: (p: LoadProgress) => void): Promise<{ engine: Engine; info: EngineInfo }> {
   const worker = new Worker(new URL("./worker.js", import.meta.url), { workerData: opts });
   const info = await new Promise<EngineInfo>((resolve, reject) => {
     const onMsg = (m: FromEngine) => {
       if (m.type === "ready") resolve(m.info);
       else if (m.type === "fatal") reject(new Error(m.message));
-      else return;
+      else {
+        if (m.type === "progress") onProgress?.(m.progress);
+        return;
+      }
       worker.off("message", onMsg);
     };
     worker.on("message", onMsg);

@@ -42,7 +42,11 @@ interface RankData {
   link: Link;
 }
 
-type RankMessage = { type: "allocKv"; sizes: KvPoolSizes } | { type: "forward"; batch: StepBatch } | { type: "close" };
+type RankMessage =
+  | { type: "allocKv"; sizes: KvPoolSizes }
+  | { type: "forward"; batch: StepBatch }
+  | { type: "forwardArgmax"; batch: StepBatch }
+  | { type: "close" };
 type RankReply = { type: "joining" } | { type: "ready" } | { type: "closed" } | { type: "error"; message: string };
 
 interface LoadedRank {
@@ -56,9 +60,9 @@ interface LoadedRank {
  * Loads one rank's shard. `beforeJoin` runs once the rank has its device and before it joins
  * the NCCL communicator (which blocks until all ranks have joined).
  */
-async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJoin: () => void | Promise<void>): Promise<LoadedRank> {
+async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJoin: () => void | Promise<void>, onProgress?: LoadOptions["onProgress"]): Promise<LoadedRank> {
   const load = (backend: Backend) =>
-    loadModel(opts.modelPath, backend, { hybridKv: opts.hybridKv, loadFormat: opts.loadFormat, shard: { rank, tp: opts.tp, ep: opts.ep } });
+    loadModel(opts.modelPath, backend, { hybridKv: opts.hybridKv, loadFormat: opts.loadFormat, shard: { rank, tp: opts.tp, ep: opts.ep }, onProgress });
   if (link.device === "cpu") {
     await beforeJoin();
     const r = await load(new CpuBackend(new SharedMemoryCollective(link.collective, rank)));
@@ -118,6 +122,12 @@ class ParallelModel implements ForwardModel {
     return this.lead.model.forward(batch);
   }
 
+  /** Greedy steps: every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks (CUDA). */
+  forwardArgmax(batch: StepBatch): Int32Array {
+    for (const w of this.workers) w.postMessage({ type: "forwardArgmax", batch } satisfies RankMessage);
+    return this.lead.model.forwardArgmax!(batch);
+  }
+
   /** Every rank frees its device memory and communicator, then the threads end. */
   async close(): Promise<void> {
     const closed = this.workers.map((w) => new Promise<void>((resolve) => {
@@ -132,7 +142,8 @@ class ParallelModel implements ForwardModel {
 }
 
 /** Loads every rank's shard; resolves to rank 0's view once all ranks are ready. */
-export async function loadParallel(opts: ParallelOptions): Promise<{ model: ForwardModel & { close(): Promise<void> }; config: Llama4Config }> {
+/** `onProgress` reports rank 0's loading (every rank reads a similar share). */
+export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptions["onProgress"]): Promise<{ model: ForwardModel & { close(): Promise<void> }; config: Llama4Config }> {
   const device = opts.device ?? "cpu";
   const links: Link[] = [];
   if (device === "cuda") {
@@ -169,7 +180,7 @@ export async function loadParallel(opts: ParallelOptions): Promise<{ model: Forw
   let lead: LoadedRank;
   try {
     // Rank 0 joins last, so a rank that cannot start is an error here rather than a hang in NCCL.
-    [lead] = await Promise.all([loadRank(opts, 0, links[0], () => Promise.all(joining).then(() => {})), ...ready]);
+    [lead] = await Promise.all([loadRank(opts, 0, links[0], () => Promise.all(joining).then(() => {}), onProgress), ...ready]);
   } catch (e) {
     await Promise.all(workers.map((w) => w.terminate()));
     throw e;
@@ -193,6 +204,7 @@ if (!isMainThread && (workerData as RankData)?.link) {
       parentPort!.on("message", (m: RankMessage) => {
         if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
         else if (m.type === "forward") loaded.model.forward(m.batch);
+        else if (m.type === "forwardArgmax") loaded.model.forwardArgmax!(m.batch);
         else {
           loaded.close();
           reply({ type: "closed" });

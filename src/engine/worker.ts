@@ -6,6 +6,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { RadixCache } from "../cache/radix_cache.js";
 import { TokenPool } from "../cache/token_pool.js";
 import { loadModel } from "../model/loader.js";
+import type { LoadProgress } from "../model/weights.js";
 import { loadParallel } from "./parallel.js";
 import { planKvPools } from "./kv_budget.js";
 import { shardDims } from "../model/shard.js";
@@ -116,17 +117,19 @@ async function main(opts: EngineOptions): Promise<void> {
   });
 }
 
+const progress = (p: LoadProgress) => send({ type: "progress", progress: p });
+
 /** Loads the model on the chosen device: one rank here, or tensor/expert-parallel ranks. */
 async function load(opts: EngineOptions, o: { hybridKv: boolean; tp: number; ep: number; device: Device; attention: AttentionBackend }) {
   if (o.tp > 1 || o.ep > 1) {
     // Ranks on GPUs when there are GPUs (rank r on GPU r, NCCL), else CPU threads.
     const gpu = await gpuFor(o.device);
     const device = gpu ? "cuda" : "cpu";
-    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat, device });
+    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat, device }, progress);
     return { ...r, description: gpu ? `cuda (bf16, ${gpu.name}) × ${o.tp} ranks, NCCL` : `cpu (TypeScript, fp32) × ${o.tp} ranks` };
   }
   const choice = await createBackend(o.device, o.attention);
-  const r = await loadModel(opts.modelPath, choice.backend, { hybridKv: o.hybridKv, loadFormat: opts.loadFormat });
+  const r = await loadModel(opts.modelPath, choice.backend, { hybridKv: o.hybridKv, loadFormat: opts.loadFormat, onProgress: progress });
   return { ...r, description: choice.description };
 }
 

@@ -92,6 +92,9 @@ export function selectHost(h: HostTensor, select: Select = {}): HostTensor {
 }
 
 class CheckpointSource implements WeightSource {
+  /** Bytes read so far (this rank's share only), for progress reports. */
+  bytesRead = 0;
+
   constructor(
     private readonly ckpt: Checkpoint,
     private readonly backend: Backend,
@@ -101,21 +104,37 @@ class CheckpointSource implements WeightSource {
     return this.ckpt.has(name);
   }
 
-  private async host(name: string, shape: number[]): Promise<HostTensor> {
+  /** This rank's part of a tensor: only the selected rows are read when the cut is along dim 0. */
+  private async host(name: string, shape: number[], select: Select = {}): Promise<HostTensor> {
     const info = this.ckpt.info(name);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new Error(`tensor ${name} in ${info.file} has shape [${info.shape}], expected [${shape}] from config.json`);
     }
-    return { dtype: info.dtype, shape: info.shape, data: await this.ckpt.read(name) };
+    const { 0: rows, ...rest } = select;
+    let h: HostTensor;
+    if (rows) {
+      const parts = await Promise.all(rows.map(([start, n]) => this.ckpt.readSlice(name, start, n)));
+      const data = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of parts) {
+        data.set(p, o);
+        o += p.length;
+      }
+      h = { dtype: info.dtype, shape: [rows.reduce((a, [, n]) => a + n, 0), ...info.shape.slice(1)], data };
+    } else {
+      h = { dtype: info.dtype, shape: info.shape, data: await this.ckpt.read(name) };
+    }
+    this.bytesRead += h.data.length;
+    return selectHost(h, rest);
   }
 
   async load(name: string, shape: number[], spec: LoadSpec = {}): Promise<Tensor> {
-    return this.backend.weight(selectHost(await this.host(name, shape), spec.select), { transpose: spec.transpose });
+    return this.backend.weight(await this.host(name, shape, spec.select), { transpose: spec.transpose });
   }
 
   async loadStacked(a: string, b: string, shape: number[], rows: [number, number]): Promise<Tensor> {
-    const ha = selectHost(await this.host(a, shape), { 0: [rows] });
-    const hb = selectHost(await this.host(b, shape), { 0: [rows] });
+    const ha = await this.host(a, shape, { 0: [rows] });
+    const hb = await this.host(b, shape, { 0: [rows] });
     if (ha.dtype !== hb.dtype) throw new Error(`tensors ${a} and ${b} have different dtypes`);
     const data = new Uint8Array(ha.data.length + hb.data.length);
     data.set(ha.data, 0);
@@ -160,14 +179,22 @@ export interface LoadOptions {
   loadFormat?: "auto" | "dummy";
   /** This rank's share under tensor/expert parallelism (default: everything). */
   shard?: Shard;
-  onProgress?: (done: number, total: number) => void;
+  /** After each layer: layers done, of all, and checkpoint bytes this rank has read so far. */
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export interface LoadProgress {
+  layers: number;
+  totalLayers: number;
+  bytes: number;
 }
 
 export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backend, opts: LoadOptions = {}): Promise<ModelWeights> {
   const sd = shardDims(cfg, opts.shard ?? NO_SHARD);
   const ckpt = opts.loadFormat === "dummy" ? null : await Checkpoint.open(dir);
   try {
-    const r: WeightSource = ckpt ? new CheckpointSource(ckpt, backend) : new DummySource(backend);
+    const source = ckpt ? new CheckpointSource(ckpt, backend) : null;
+    const r: WeightSource = source ?? new DummySource(backend);
     const names = tensorNames(cfg);
     const d = cfg.hiddenSize;
     const hd = cfg.headDim;
@@ -217,7 +244,7 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm], { select: { 1: [mlp] } });
       }
       layers.push(lw);
-      opts.onProgress?.(spec.index + 1, cfg.numLayers);
+      opts.onProgress?.({ layers: spec.index + 1, totalLayers: cfg.numLayers, bytes: source?.bytesRead ?? 0 });
     }
     return { embed, norm, lmHead, layers };
   } finally {
