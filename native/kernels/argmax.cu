@@ -15,11 +15,12 @@ __device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
   }
 }
 
+// The row's (max, lowest index of it) in lane 0 of warp 0; index 0x7fffffff for an all-NaN row.
 template <typename T>
-__device__ void argmaxRows(const T* __restrict__ x, int cols, int* __restrict__ ids) {
+__device__ void rowMax(const T* __restrict__ x, int cols, float& v, int& i) {
   const T* row = x + (size_t)blockIdx.x * cols;
-  float v = -CUDART_INF_F;
-  int i = 0x7fffffff;
+  v = -CUDART_INF_F;
+  i = 0x7fffffff;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) better(v, i, toF(row[j]), j);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
@@ -37,9 +38,32 @@ __device__ void argmaxRows(const T* __restrict__ x, int cols, int* __restrict__ 
     i = lane < warps ? si[lane] : 0x7fffffff;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-    if (lane == 0) ids[blockIdx.x] = i == 0x7fffffff ? 0 : i;  // an all-NaN row: token 0, as the host argmax
+  }
+}
+
+template <typename T>
+__device__ void argmaxRows(const T* __restrict__ x, int cols, int* __restrict__ ids) {
+  float v;
+  int i;
+  rowMax(x, cols, v, i);
+  if (threadIdx.x == 0) ids[blockIdx.x] = i == 0x7fffffff ? 0 : i;  // an all-NaN row: token 0, as the host argmax
+}
+
+// Tensor parallelism (the vocabulary split over ranks): each row's (max, global index) as two
+// floats, pairs[2r] and pairs[2r + 1] (indices < 2^24 are exact), for an all-gather and a pick
+// over ranks; an all-NaN row gives (-inf, -1).
+template <typename T>
+__device__ void argmaxPairs(const T* __restrict__ x, int cols, int offset, float* __restrict__ pairs) {
+  float v;
+  int i;
+  rowMax(x, cols, v, i);
+  if (threadIdx.x == 0) {
+    pairs[2 * blockIdx.x] = i == 0x7fffffff ? -CUDART_INF_F : v;
+    pairs[2 * blockIdx.x + 1] = i == 0x7fffffff ? -1.0f : (float)(i + offset);
   }
 }
 
 extern "C" __global__ void argmax_rows_f32(const float* x, int cols, int* ids) { argmaxRows(x, cols, ids); }
 extern "C" __global__ void argmax_rows_bf16(const bf16* x, int cols, int* ids) { argmaxRows(x, cols, ids); }
+extern "C" __global__ void argmax_pairs_f32(const float* x, int cols, int offset, float* pairs) { argmaxPairs(x, cols, offset, pairs); }
+extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset, float* pairs) { argmaxPairs(x, cols, offset, pairs); }

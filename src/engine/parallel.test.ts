@@ -53,3 +53,25 @@ for (const name of ["scout-tiny", "maverick-tiny"]) {
     }
   });
 }
+
+test("--tp 2: greedy steps (forwardArgmax, every rank in step) give the reference's greedy tokens", async () => {
+  const name = "scout-tiny";
+  const golden = readGolden(fixturePath(name));
+  const { model } = await loadParallel({ modelPath: fixturePath(name), tp: 2, ep: 1, hybridKv: true });
+  try {
+    assert.ok(model.forwardArgmax, "the parallel model has a greedy path");
+    const ps = golden.prompts;
+    const maxLen = Math.max(...ps.map((p) => p.prompt_ids.length + p.greedy_ids.length));
+    const batch = new ContiguousBatch(model, ps.length, maxLen);
+    batch.append(ps.map((p) => p.prompt_ids.slice(0, -1)), 1);
+    const steps = Math.max(...ps.map((p) => p.greedy_ids.length));
+    // Teacher forcing: step s feeds the prompt's last token, then the reference's greedy tokens.
+    for (let s = 0; s < steps; s++) {
+      const feed = ps.map((p) => [s === 0 ? p.prompt_ids[p.prompt_ids.length - 1] : p.greedy_ids[Math.min(s - 1, p.greedy_ids.length - 1)]]);
+      const ids = batch.appendGreedy(feed);
+      ps.forEach((p, b) => s < p.greedy_ids.length && assert.equal(ids[b], p.greedy_ids[s], `prompt ${b} step ${s}`));
+    }
+  } finally {
+    await model.close();
+  }
+});

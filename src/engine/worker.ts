@@ -10,7 +10,7 @@ import type { LoadProgress } from "../model/weights.js";
 import { loadParallel } from "./parallel.js";
 import { planKvPools } from "./kv_budget.js";
 import { shardDims } from "../model/shard.js";
-import { type AttentionBackend, type Device, createBackend, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
+import { type AttentionBackend, type Device, createBackend, cudaAttentionFor, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { Scheduler } from "./scheduler.js";
 import type { EngineOptions, ToEngine, FromEngine } from "./engine.js";
 import { EngineBusyError } from "./types.js";
@@ -125,8 +125,9 @@ async function load(opts: EngineOptions, o: { hybridKv: boolean; tp: number; ep:
     // Ranks on GPUs when there are GPUs (rank r on GPU r, NCCL), else CPU threads.
     const gpu = await gpuFor(o.device);
     const device = gpu ? "cuda" : "cpu";
-    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat, device }, progress);
-    return { ...r, description: gpu ? `cuda (bf16, ${gpu.name}) × ${o.tp} ranks, NCCL` : `cpu (TypeScript, fp32) × ${o.tp} ranks` };
+    const cuda = gpu ? { attention: cudaAttentionFor(o.attention, gpu) } : undefined;
+    const r = await loadParallel({ modelPath: opts.modelPath, tp: o.tp, ep: o.ep, hybridKv: o.hybridKv, loadFormat: opts.loadFormat, device, cuda }, progress);
+    return { ...r, description: gpu ? `cuda (bf16, ${gpu.name}, ${cuda!.attention} attention) × ${o.tp} ranks, NCCL` : `cpu (TypeScript, fp32) × ${o.tp} ranks` };
   }
   const choice = await createBackend(o.device, o.attention);
   const r = await loadModel(opts.modelPath, choice.backend, { hybridKv: o.hybridKv, loadFormat: opts.loadFormat, onProgress: progress });

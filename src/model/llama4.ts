@@ -84,7 +84,8 @@ export class Llama4Model implements ForwardModel {
       const logits = be.decodeGraph(this, batch, (b) => this.logits(b));
       if (logits) return logits;
     }
-    const logits = this.logits(batch);
+    // Under tensor parallelism every rank replays its graph (NCCL all-reduces inside) in step.
+    const logits = (this.shard.tp > 1 ? be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) : null) ?? this.logits(batch);
     return be.toHost(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
   }
 
@@ -93,6 +94,11 @@ export class Llama4Model implements ForwardModel {
     if (be.argmaxRows && this.shard.tp === 1) {
       const ids = be.decodeGraphArgmax?.(this, batch, (b) => this.logits(b));
       return ids ?? be.argmaxRows(this.logits(batch));
+    }
+    if (be.argmaxShards && this.shard.tp > 1) {
+      // Each rank's vocabulary shard on its device; (max, id) pairs cross the ranks, not logits.
+      const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
+      return be.argmaxShards(logits, this.dims.vocabStart);
     }
     const logits = this.forward(batch);
     const vocab = this.cfg.vocabSize;

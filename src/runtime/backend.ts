@@ -130,8 +130,15 @@ export interface Backend {
   decodeGraph?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Float32Array | null;
   /** decodeGraph returning each row's argmax (greedy sampling on the device) instead of logits. */
   decodeGraphArgmax?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Int32Array | null;
+  /** decodeGraph leaving this rank's logits on the device (tensor parallelism: every rank in step), or null. */
+  decodeGraphLogits?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Tensor | null;
   /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
   argmaxRows?(x: Tensor): Int32Array;
+  /**
+   * Greedy sampling with the vocabulary split over ranks: x holds this rank's logit columns,
+   * starting at vocabulary id `vocabStart`; every rank calls it; each row's global argmax.
+   */
+  argmaxShards?(x: Tensor, vocabStart: number): Int32Array;
   /** Rows of x (e.g. the last token of each sequence). */
   gatherRows(x: Tensor, rows: Int32Array): Tensor;
 }

@@ -31,7 +31,7 @@ export interface BackendChoice {
 /** What src/runtime/cuda/backend.ts provides; loaded lazily so CPU-only installs never touch it. */
 interface CudaModule {
   cudaDeviceCount(): number;
-  cudaDeviceInfo(device?: number): { name: string; totalBytes: number };
+  cudaDeviceInfo(device?: number): GpuInfo;
   createCudaBackendChoice(attention: AttentionBackend): Promise<BackendChoice>;
 }
 
@@ -49,8 +49,20 @@ export async function createBackend(device: Device, attention: AttentionBackend 
   return (await loadCuda()).createCudaBackendChoice(attention);
 }
 
-/** The GPU that `device` would run on (its name and memory), or null when it runs on the CPU. */
-export async function gpuFor(device: Device): Promise<{ name: string; totalBytes: number } | null> {
+export interface GpuInfo {
+  name: string;
+  totalBytes: number;
+  ccMajor: number;
+}
+
+/** The attention kernels `auto` means on this GPU: the fa3 kernels on Hopper, else the portable ones. */
+export function cudaAttentionFor(attention: AttentionBackend, gpu: GpuInfo): "fa3" | "cuda" {
+  if (attention === "cpu") throw new Error("--attention-backend cpu needs --device cpu");
+  return attention === "auto" ? (gpu.ccMajor === 9 ? "fa3" : "cuda") : attention;
+}
+
+/** The GPU that `device` would run on (its name, memory, compute capability), or null when it runs on the CPU. */
+export async function gpuFor(device: Device): Promise<GpuInfo | null> {
   if (device === "cpu" || (device === "auto" && !(await cudaPresent()))) return null;
   return (await loadCuda()).cudaDeviceInfo(0);
 }

@@ -445,6 +445,41 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  /**
+   * Greedy sampling with the vocabulary split over ranks (tensor parallelism): each rank's
+   * (max, global index) per row of its logit columns, which start at vocabulary id `vocabStart`,
+   * all-gathered ([ranks, rows, 2] fp32: a few bytes per row instead of the logits), then the best
+   * of each row, lowest id among equal maxima (the host argmax of the gathered logits). Every
+   * rank calls it, in step with the others.
+   */
+  argmaxShards(x: Tensor, vocabStart: number): Int32Array {
+    const xt = this.tensor(x);
+    const [n, cols] = rows(xt, "argmaxShards");
+    const comm = this.communicator("argmaxShards");
+    const out = new Int32Array(n);
+    if (n === 0) return out;
+    const pairs = this.mem.stepAlloc(n * 8).ptr;
+    const all = this.mem.stepAlloc(comm.size * n * 8).ptr;
+    this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(vocabStart).ptr(pairs));
+    comm.allGather(pairs, all, 2 * n, "f32");
+    const host = new Float32Array(comm.size * n * 2);
+    this.native.dtoh(host, all);
+    for (let r = 0; r < n; r++) {
+      let best = -Infinity;
+      let id = -1;
+      for (let k = 0; k < comm.size; k++) {
+        const v = host[(k * n + r) * 2];
+        const i = host[(k * n + r) * 2 + 1];
+        if (i >= 0 && (id < 0 || v > best || (v === best && i < id))) {
+          best = v;
+          id = i;
+        }
+      }
+      out[r] = id < 0 ? 0 : id; // all-NaN rows: token 0, as the host argmax
+    }
+    return out;
+  }
+
   synchronize(): void {
     this.native.synchronize();
   }
@@ -499,12 +534,16 @@ export class CudaBackend implements Backend {
     });
     // A forward step starts with its embedding; a CUDA-graph step began in decodeGraph(), which
     // put the ids at a fixed address.
+    // Its ids are global there (the same on every rank): the rank's slice is taken on the device.
     const g = this.graph;
-    if (g && (vocabStart !== 0 || this.comm)) throw new Error("cuda backend: CUDA-graph steps need the whole vocabulary on this rank");
-    if (g) g.vocab = vocab;
+    if (g) g.vocab = fullVocab;
     else this.beginStep();
-    const idsDev = g ? g.ids : this.uploadInts(local, true);
     const out = this.stepTensor([ids.length, d], "f32", true); // the residual stream: step-long
+    if (g) {
+      this.k.launch(`embedding_shard_${tb.dtype}`, [ids.length], [blockFor(d)], (a) => a.ptr(tb.ptr).ptr(g.ids).ptr(out.ptr).i32(d).i32(vocabStart).i32(vocab));
+      return out;
+    }
+    const idsDev = this.uploadInts(local, true);
     this.k.launch(`embedding_${tb.dtype}`, [ids.length], [blockFor(d)], (a) => a.ptr(tb.ptr).ptr(idsDev).ptr(out.ptr).i32(d));
     return out;
   }
@@ -969,6 +1008,16 @@ export class CudaBackend implements Backend {
     const ids = this.argmaxRows(logits);
     this.graphStats.gpuMs = this.native.eventElapsed(...this.graphEvents!);
     return ids;
+  }
+
+  /**
+   * decodeGraph leaving the logits on the device: this rank's [rows, cols] logits of the real
+   * rows (valid until the next step), or null. Under tensor parallelism every rank calls it in
+   * step (same batches, same order): the graphs hold the ranks' NCCL all-reduces, so every rank
+   * must capture, and then replay, the same sizes together.
+   */
+  decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Tensor | null {
+    return this.replayStep(key, batch, run);
   }
 
   /** Prepares, captures if new, and launches the step's graph; its logits for the real rows, or null. */
