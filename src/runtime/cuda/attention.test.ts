@@ -9,11 +9,11 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { AttentionParams, AttentionSpec, SeqSpan, StepBatch } from "../backend.js";
 import { CpuBackend, CpuTensor } from "../cpu.js";
-import { float32ToBf16 } from "../dtype.js";
 import { Rng } from "../../util/rng.js";
 import { decodeRowsPerTile, decodeSplits, faSmemBytes, faUnsupported, planTiles } from "./attention.js";
 import { CudaBackend, createCudaBackendChoice } from "./backend.js";
 import { probeCuda } from "./native.js";
+import { close, randn } from "./check.js";
 
 const probe = probeCuda();
 const skip = probe.ok ? false : `no CUDA device (${probe.reason.split("\n")[0]})`;
@@ -51,33 +51,8 @@ test("fa3 tile planning: prefill tiles of 128 rows longest first, decode tiles o
 
 // ---- kernels ----
 
-/** Values rounded to bf16, so both backends start from identical inputs. */
-function randn(rng: Rng, n: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(rng.next(), 1e-12);
-    out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
-  }
-  const b = float32ToBf16(out);
-  return new Float32Array(Uint32Array.from(b, (x) => x << 16).buffer);
-}
 
-function relErr(a: Float32Array, b: Float32Array, what: string): number {
-  assert.equal(a.length, b.length, `${what}: length`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) assert.fail(`${what}: element ${i} is ${a[i]} (unwritten or overflow)`);
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
-function close(a: Float32Array, b: Float32Array, tol: number, what: string): void {
-  const e = relErr(a, b, what);
-  assert.ok(e < tol, `${what}: relative error ${e.toExponential(2)} ≥ ${tol}`);
-}
 
 function shuffled(rng: Rng, n: number): Int32Array {
   const perm = Int32Array.from({ length: n }, (_, i) => i);

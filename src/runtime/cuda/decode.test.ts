@@ -6,46 +6,18 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { CpuBackend, CpuTensor } from "../cpu.js";
-import type { HostTensor } from "../backend.js";
-import { float32ToBf16 } from "../dtype.js";
 import { Rng } from "../../engine/sampling.js";
 import { ContiguousBatch } from "../../engine/sequence.js";
 import { loadModel } from "../../model/loader.js";
 import { fixturePath } from "../../util/repo.js";
 import { CudaBackend, type CudaBackendOptions, type Precision } from "./backend.js";
 import { probeCuda } from "./native.js";
+import { close, host, randn } from "./check.js";
 
 const probe = probeCuda();
 const skip = probe.ok ? false : `no CUDA device (${probe.reason.split("\n")[0].replace(/; tried:$/, "")})`;
 const MIB = 2 ** 20;
 const TOL: Record<Precision, number> = { bf16: 1.5e-2, f32: 2e-5 };
-
-/** Values rounded to bf16, so both backends start from identical inputs. */
-function randn(rng: Rng, n: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(rng.next(), 1e-12);
-    out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
-  }
-  return new Float32Array(Uint32Array.from(float32ToBf16(out), (x) => x << 16).buffer);
-}
-
-function host(data: Float32Array, shape: number[]): HostTensor {
-  return { dtype: "BF16", shape, data: new Uint8Array(float32ToBf16(data).buffer) };
-}
-
-function close(a: Float32Array, b: Float32Array, tol: number, what: string): void {
-  assert.equal(a.length, b.length, `${what}: length`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) assert.fail(`${what}: element ${i} is ${a[i]} (unwritten or overflow)`);
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  const e = Math.sqrt(num / Math.max(den, 1e-30));
-  assert.ok(e < tol, `${what}: relative error ${e.toExponential(2)} ≥ ${tol}`);
-}
 
 function identical(a: Float32Array, b: Float32Array, what: string): void {
   assert.equal(a.length, b.length, `${what}: length`);
