@@ -190,6 +190,16 @@ describe("scheduler", () => {
     assert.equal(h.swa!.used, 0);
   });
 
+  test("long prompts prefilled in chunks into a pool that runs out are requeued, not stuck", async () => {
+    const h = await harness({ poolTokens: 160, hybrid: false, chunkedPrefillSize: 16 });
+    const ps = [0, 1, 2, 3].map((i) => [...golden.prompts[2].prompt_ids.slice(0, 60), i]);
+    ps.forEach((p, i) => h.sched.add(request(`c${i}`, p, 8)));
+    h.drain();
+    for (let i = 0; i < ps.length; i++) assert.deepEqual(tokens(h, `c${i}`), await alone(ps[i], 8), `request ${i}`);
+    assert.ok(h.sched.flushCache());
+    assert.equal(h.full.used, 0);
+  });
+
   test("a pool too small for everyone preempts and recomputes without changing outputs", async () => {
     const h = await harness({ poolTokens: 200, hybrid: false });
     const ps = prompts(12);

@@ -165,10 +165,14 @@ export class Scheduler {
     }
     // Prefill: continue partial prompts, then admit new ones, within the token budget.
     let budget = this.opts.chunkedPrefillSize;
-    for (const req of this.running) {
+    for (const req of [...this.running]) {
       if (req.kvLen >= req.ids.length - 1 || budget <= 0) continue;
       const n = Math.min(req.ids.length - req.kvLen, budget);
-      if (!this.allocate(req, n)) continue;
+      if (!this.allocate(req, n)) {
+        // A half-prefilled prompt that no longer fits would hold its KV forever: requeue it.
+        this.preempt(req);
+        continue;
+      }
       work.push({ req, n });
       budget -= n;
     }

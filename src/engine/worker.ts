@@ -61,7 +61,8 @@ async function main(opts: EngineOptions): Promise<void> {
   let looping = false;
   const loop = () => {
     try {
-      if (sched.step()) {
+      // Keep stepping while requests remain, even after a step that only requeued some.
+      if (sched.step() || !sched.idle) {
         setImmediate(loop); // let queued messages in between steps
         return;
       }
