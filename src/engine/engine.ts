@@ -52,20 +52,28 @@ export type FromEngine =
   | { type: "rejected"; rid: string; message: string; busy: boolean }
   | { type: "reply"; id: number; value: unknown }
   | { type: "fatal"; message: string }
+  | { type: "log"; message: string }
   | { type: "progress"; progress: LoadProgress };
 
 class WorkerEngine implements Engine {
   private readonly listeners = new Map<string, (o: EngineOutput) => void>();
-  private readonly replies = new Map<number, (v: unknown) => void>();
+  private readonly replies = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 0;
+
+  /** Why the worker is gone, once it is: every later request fails fast with this. */
+  private dead: string | null = null;
 
   constructor(
     private readonly worker: Worker,
     /** Requests in flight (queued + running) beyond which submit answers busy. */
     private readonly capacity: number,
   ) {
+    // A worker that dies (out of memory, a crash in native code) must not leave requests hanging.
+    worker.on("exit", (code) => this.fail(`the engine worker exited (code ${code})`));
+    worker.on("error", (e) => this.fail(`the engine worker failed: ${e.message}`));
     worker.on("message", (m: FromEngine) => {
-      if (m.type === "output") {
+      if (m.type === "log") console.error(`tsglang: ${m.message}`);
+      else if (m.type === "output") {
         const cb = this.listeners.get(m.o.rid);
         if (m.o.finish) this.listeners.delete(m.o.rid);
         cb?.(m.o);
@@ -75,13 +83,23 @@ class WorkerEngine implements Engine {
         this.listeners.delete(m.rid);
         cb?.({ rid: m.rid, tokens: [], finish: { reason: "abort", message: m.message, busy: m.busy } });
       } else if (m.type === "reply") {
-        this.replies.get(m.id)?.(m.value);
+        this.replies.get(m.id)?.resolve(m.value);
         this.replies.delete(m.id);
       }
     });
   }
 
+  private fail(reason: string): void {
+    if (this.dead) return;
+    this.dead = reason;
+    for (const [rid, cb] of this.listeners) cb({ rid, tokens: [], finish: { reason: "abort", message: reason, busy: true } });
+    this.listeners.clear();
+    for (const r of this.replies.values()) r.reject(new EngineBusyError(reason));
+    this.replies.clear();
+  }
+
   submit(req: EngineRequest, onOutput: (o: EngineOutput) => void): void {
+    if (this.dead) throw new EngineBusyError(this.dead);
     if (this.listeners.has(req.rid)) throw new Error(`duplicate request id ${req.rid}`);
     if (this.listeners.size >= this.capacity) throw new EngineBusyError(`the server is at capacity (${this.capacity} requests in flight)`);
     this.listeners.set(req.rid, onOutput);
@@ -105,15 +123,17 @@ class WorkerEngine implements Engine {
   }
 
   async shutdown(): Promise<void> {
+    this.dead = "the engine was shut down";
     for (const [rid, cb] of this.listeners) cb({ rid, tokens: [], finish: { reason: "abort", message: "server shutting down", busy: true } });
     this.listeners.clear();
     await this.worker.terminate();
   }
 
   private ask(type: "flush" | "stats"): Promise<unknown> {
+    if (this.dead) return Promise.reject(new EngineBusyError(this.dead));
     const id = this.nextId++;
-    return new Promise((resolve) => {
-      this.replies.set(id, resolve);
+    return new Promise((resolve, reject) => {
+      this.replies.set(id, { resolve, reject });
       this.post({ type, id });
     });
   }

@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 import { RadixCache } from "../cache/radix_cache.js";
 import { TokenPool } from "../cache/token_pool.js";
 import { loadModel } from "../model/loader.js";
+import type { ForwardModel } from "../model/llama4.js";
 import { readGolden } from "../model/golden.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { fixturePath } from "../util/repo.js";
@@ -28,8 +29,12 @@ interface Harness {
   drain(each?: () => void): void;
 }
 
-async function harness(o: Partial<SchedulerOptions> & { hybrid?: boolean; radix?: boolean; poolTokens?: number } = {}): Promise<Harness> {
-  const { model, config } = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
+async function harness(
+  o: Partial<SchedulerOptions> & { hybrid?: boolean; radix?: boolean; poolTokens?: number; wrap?: (m: ForwardModel) => ForwardModel } = {},
+): Promise<Harness> {
+  const loaded = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
+  const config = loaded.config;
+  const model = o.wrap ? o.wrap(loaded.model) : loaded.model;
   const hybrid = model.attention.some((a) => a.pool === "swa");
   const size = o.poolTokens ?? 4096;
   const full = new TokenPool(size);
@@ -198,6 +203,45 @@ describe("scheduler", () => {
     for (let i = 0; i < ps.length; i++) assert.deepEqual(tokens(h, `c${i}`), await alone(ps[i], 8), `request ${i}`);
     assert.ok(h.sched.flushCache());
     assert.equal(h.full.used, 0);
+  });
+
+  test("a step that throws ends only the requests in it; waiting requests still complete", async () => {
+    let calls = 0;
+    const h = await harness({
+      maxRunningRequests: 2,
+      // The third forward fails, as a kernel error would.
+      wrap: (m) => ({
+        cfg: m.cfg,
+        backend: m.backend,
+        attention: m.attention,
+        kvElementBytes: m.kvElementBytes,
+        kvMemoryBytes: () => m.kvMemoryBytes(),
+        allocKv: (sizes) => m.allocKv(sizes),
+        forward: (b) => {
+          if (++calls === 3) throw new Error("injected fault");
+          return m.forward(b);
+        },
+      }),
+    });
+    const ps = prompts(4);
+    ps.forEach((p, i) => h.sched.add(request(`f${i}`, p, 5)));
+    for (let i = 0; i < 1000 && !h.sched.idle; i++) {
+      try {
+        h.sched.step();
+      } catch (e) {
+        h.sched.abortRunning(`engine step failed: ${(e as Error).message}`); // what the worker does
+      }
+    }
+    assert.ok(h.sched.idle);
+    for (const i of [0, 1]) {
+      const last = h.outputs.get(`f${i}`)!.at(-1)!;
+      assert.equal(last.finish!.reason, "abort");
+      assert.match(last.finish!.message!, /injected fault/);
+    }
+    for (const i of [2, 3]) assert.deepEqual(tokens(h, `f${i}`), await alone(ps[i], 5), `request ${i}`);
+    assert.ok(h.sched.flushCache());
+    assert.equal(h.full.used, 0);
+    assert.equal(h.swa!.used, 0);
   });
 
   test("a pool too small for everyone preempts and recomputes without changing outputs", async () => {

@@ -46,6 +46,8 @@ interface Req {
   swa: SlotList;
   /** Positions whose KV is computed. */
   kvLen: number;
+  /** Positions that have pool slots (≥ kvLen: a step allocates before it computes). */
+  slotLen: number;
   /** Positions [0, cachedLen) belong to the radix tree (locked), not to this request. */
   cachedLen: number;
   /** Positions below this had their own SWA slots freed already. */
@@ -106,6 +108,7 @@ export class Scheduler {
       full: new SlotList(),
       swa: new SlotList(),
       kvLen: 0,
+      slotLen: 0,
       cachedLen: 0,
       swaFreedUpTo: 0,
       node: null,
@@ -130,6 +133,19 @@ export class Scheduler {
       this.finish(req, { reason: "abort" });
     }
     // Running requests are retired at the end of the current step.
+  }
+
+  /**
+   * A step failed part-way (a kernel or model error): the running requests' KV may be half
+   * written, so they end with `message` and their KV goes back to the pools; waiting requests
+   * are untouched and the engine keeps serving.
+   */
+  abortRunning(message: string): void {
+    for (const req of [...this.running]) {
+      this.freeOwned(req);
+      this.running.splice(this.running.indexOf(req), 1);
+      this.finish(req, { reason: "abort", message });
+    }
   }
 
   flushCache(): boolean {
@@ -220,7 +236,7 @@ export class Scheduler {
     req.node = m.node;
     req.full.set(0, m.fullSlots.subarray(0, len));
     req.swa.set(0, m.swaSlots.subarray(0, len));
-    req.kvLen = req.cachedLen = req.swaFreedUpTo = len;
+    req.kvLen = req.slotLen = req.cachedLen = req.swaFreedUpTo = len;
     this.counters.cachedTokens += len;
   }
 
@@ -228,7 +244,7 @@ export class Scheduler {
     if (req.node) this.cache.unlock(req.node);
     req.node = null;
     this.counters.cachedTokens -= req.cachedLen;
-    req.kvLen = req.cachedLen = req.swaFreedUpTo = 0;
+    req.kvLen = req.slotLen = req.cachedLen = req.swaFreedUpTo = 0;
   }
 
   /** Slots for the next n positions in both pools, evicting cached prefixes if needed. */
@@ -249,6 +265,7 @@ export class Scheduler {
     }
     req.full.set(req.kvLen, full);
     req.swa.set(req.kvLen, swa ?? full);
+    req.slotLen = req.kvLen + n;
     return true;
   }
 
@@ -257,7 +274,7 @@ export class Scheduler {
     this.counters.preemptions++;
     this.freeOwned(req);
     this.running.splice(this.running.indexOf(req), 1);
-    req.kvLen = req.cachedLen = req.swaFreedUpTo = 0;
+    req.kvLen = req.slotLen = req.cachedLen = req.swaFreedUpTo = 0;
     req.full = new SlotList();
     req.swa = new SlotList();
     this.waiting.unshift(req);
@@ -394,6 +411,9 @@ export class Scheduler {
     const i = this.running.indexOf(req);
     if (i >= 0) this.running.splice(i, 1);
     const len = req.kvLen;
+    // Slots allocated for positions never computed go straight back.
+    this.fullPool.free(req.full.data.subarray(len, req.slotLen));
+    this.swaPool?.free(req.swa.data.subarray(len, req.slotLen));
     const full = req.full.data.slice(0, len);
     const swa = this.swaPool ? req.swa.data.slice(0, len) : null;
     // The tree owns [0, cachedLen) already; insert hands over the rest and frees duplicates.
@@ -405,9 +425,10 @@ export class Scheduler {
   }
 
   private freeOwned(req: Req): void {
-    const own = req.full.data.subarray(req.cachedLen, req.kvLen);
-    this.fullPool.free(own);
-    if (this.swaPool) this.swaPool.free(req.swa.data.subarray(Math.max(req.cachedLen, req.swaFreedUpTo), req.kvLen));
+    // Everything past the shared prefix is this request's, including slots of a step that
+    // allocated but never computed.
+    this.fullPool.free(req.full.data.subarray(req.cachedLen, req.slotLen));
+    if (this.swaPool) this.swaPool.free(req.swa.data.subarray(Math.max(req.cachedLen, req.swaFreedUpTo), req.slotLen));
     if (req.node) this.cache.unlock(req.node);
     req.node = null;
   }

@@ -67,8 +67,12 @@ async function main(opts: EngineOptions): Promise<void> {
         return;
       }
     } catch (e) {
-      send({ type: "fatal", message: `engine step failed: ${(e as Error).stack ?? e}` });
-      process.exit(1);
+      // One failed step ends the requests in it, not the server.
+      const message = `engine step failed: ${(e as Error).message}`;
+      send({ type: "log", message: `${message}\n${(e as Error).stack ?? ""}` });
+      sched.abortRunning(message);
+      setImmediate(loop);
+      return;
     }
     looping = false;
   };
