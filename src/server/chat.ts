@@ -6,11 +6,11 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ChatTemplateError, renderAndEncode, type ChatMessage } from "../tokenizer/chat_template.js";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { CLIENT_GONE, startGenerations, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
+import { startGenerations, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
 import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, resolveMaxNewTokens, type GenParams } from "./params.js";
-import { abortOnDisconnect, finishFields, firstAbort, abortError, nowSeconds, usageOf } from "./responses.js";
+import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
 
@@ -113,10 +113,8 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   const onUpdate = (u: GenUpdate) => {
     if (failed) return;
     if (u.finish?.reason === "abort") {
-      // An engine-side abort ends the whole stream with an error; a client abort writes nothing.
       failed = true;
-      if (u.finish.message !== CLIENT_GONE) sse.error(abortError(u.finish));
-      group?.abort(CLIENT_GONE);
+      endStreamOnAbort(u.finish, sse, group);
       return;
     }
     sendRoles();

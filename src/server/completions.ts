@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { CLIENT_GONE, startGenerations, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { startGenerations, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { completionLogprobs, promptEntries } from "./logprobs.js";
 import {
@@ -20,7 +20,7 @@ import {
   type GenParams,
   type Prompt,
 } from "./params.js";
-import { abortError, abortOnDisconnect, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
+import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { isObject, optBool, optInt, optString, requireObject } from "./validate.js";
 
@@ -104,8 +104,7 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
     if (failed) return;
     if (u.finish?.reason === "abort") {
       failed = true;
-      if (u.finish.message !== CLIENT_GONE) sse.error(abortError(u.finish));
-      group?.abort(CLIENT_GONE);
+      endStreamOnAbort(u.finish, sse, group);
       return;
     }
     const first = !offsets.has(u.index);

@@ -6,11 +6,11 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { CLIENT_GONE, startGenerations, type Finish, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { startGenerations, type Finish, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { nativeTopTriples, nativeTriples, promptEntries } from "./logprobs.js";
 import { NATIVE_FIELDS, makeSpec, parseGenParams, parsePrompts, resolveMaxNewTokens } from "./params.js";
-import { abortError, abortOnDisconnect, firstAbort } from "./responses.js";
+import { abortOnDisconnect, endStreamOnAbort, firstAbort } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { optBool, optInt, requireObject, type Json } from "./validate.js";
 
@@ -149,8 +149,7 @@ export async function handleGenerate(ctx: ServerContext, body: unknown, req: Inc
     if (failed) return;
     if (u.finish?.reason === "abort") {
       failed = true;
-      if (u.finish.message !== CLIENT_GONE) sse.error(abortError(u.finish));
-      group?.abort(CLIENT_GONE);
+      endStreamOnAbort(u.finish, sse, group);
       return;
     }
     const p = progress[u.index];

@@ -39,6 +39,15 @@ export function abortError(f: Finish): ApiError {
   return new ApiError(500, message, "server_error", null, "request_aborted");
 }
 
+/**
+ * A streamed choice ended by abort ends the whole stream: an engine-side abort as an SSE error,
+ * a client that left with nothing written; the group's other choices are stopped either way.
+ */
+export function endStreamOnAbort(finish: Finish, sse: { error(e: ApiError): void }, group: GenGroup | undefined): void {
+  if (finish.message !== CLIENT_GONE) sse.error(abortError(finish));
+  group?.abort(CLIENT_GONE);
+}
+
 /** The first engine-side abort among the results, if any. */
 export function firstAbort(results: readonly GenResult[]): ApiError | undefined {
   const r = results.find((x) => x.finish.reason === "abort");
