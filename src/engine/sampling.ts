@@ -1,6 +1,9 @@
 // Sampling on host logits: penalties, temperature, top-k, top-p, min-p, seeded draws, and
 // log-probabilities. Temperature 0 (or top_k 1) is greedy with the lowest index winning ties,
-// so greedy output is a pure function of the logits.
+// so greedy output is a pure function of the logits. A sampled token takes exactly one uniform draw
+// from the request's Rng (sampleTokenWith takes it as an argument); the device sampler
+// (native/kernels/sample.cu) takes the same draw and the same filters, but walks the kept tokens in
+// index order rather than by logit, so a given draw may pick a different (equally distributed) token.
 
 import { Rng } from "../util/rng.js";
 
@@ -78,9 +81,23 @@ export function applyPenalties(logits: Float32Array, p: SamplingParams, promptId
   }
 }
 
+/** True when sampleToken is the argmax and draws nothing from the Rng. */
+export function isGreedy(p: Pick<SamplingParams, "temperature" | "topK">): boolean {
+  return p.temperature <= 0 || p.topK === 1;
+}
+
 /** Picks the next token from (already penalised) logits. */
 export function sampleToken(logits: Float32Array, p: SamplingParams, rng: Rng): number {
-  if (p.temperature <= 0 || p.topK === 1) return argmax(logits);
+  if (isGreedy(p)) return argmax(logits);
+  return sampleTokenWith(logits, p, rng.next());
+}
+
+/**
+ * sampleToken with its one uniform draw `u` in [0, 1) given (greedy parameters ignore it):
+ * sampleToken(l, p, rng) === sampleTokenWith(l, p, rng.next()) for non-greedy p.
+ */
+export function sampleTokenWith(logits: Float32Array, p: Pick<SamplingParams, "temperature" | "topK" | "topP" | "minP">, u: number): number {
+  if (isGreedy(p)) return argmax(logits);
   const k = p.topK > 0 ? Math.min(p.topK, logits.length) : logits.length;
   // Candidates sorted by logit; for full-vocab sampling sort only what top-p can reach.
   const cand = k < logits.length ? topEntries(logits, k) : sortedEntries(logits);
@@ -105,7 +122,7 @@ export function sampleToken(logits: Float32Array, p: SamplingParams, rng: Rng): 
   }
   total = 0;
   for (let i = 0; i < keep; i++) total += probs[i];
-  let r = rng.next() * total;
+  let r = u * total;
   for (let i = 0; i < keep; i++) {
     r -= probs[i];
     if (r < 0) return cand[i][0];

@@ -10,7 +10,7 @@ import type { ForwardModel } from "../model/llama4.js";
 import { readGolden } from "../model/golden.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { fixturePath } from "../util/repo.js";
-import { GREEDY, argmax } from "./sampling.js";
+import { GREEDY, type SamplingParams, argmax } from "./sampling.js";
 import { Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { SingleSequence } from "./sequence.js";
 import type { EngineOutput, EngineRequest } from "./types.js";
@@ -29,12 +29,28 @@ interface Harness {
   drain(each?: () => void): void;
 }
 
-async function harness(
-  o: Partial<SchedulerOptions> & { hybrid?: boolean; radix?: boolean; poolTokens?: number; wrap?: (m: ForwardModel) => ForwardModel } = {},
-): Promise<Harness> {
+interface HarnessOptions extends Partial<SchedulerOptions> {
+  hybrid?: boolean;
+  radix?: boolean;
+  poolTokens?: number;
+  wrap?: (m: ForwardModel) => ForwardModel;
+  /** Hide the model's forwardSample (the scheduler's host sampling path only). */
+  hostSampling?: boolean;
+  /** Called on every forwardSample step. */
+  onSample?: () => void;
+}
+
+async function harness(o: HarnessOptions = {}): Promise<Harness> {
   const loaded = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
   const config = loaded.config;
-  const model = o.wrap ? o.wrap(loaded.model) : loaded.model;
+  // A view of the model with forwardSample hidden or counted (the prototype keeps everything else).
+  const view: typeof loaded.model = Object.create(loaded.model);
+  if (o.hostSampling) Object.defineProperty(view, "forwardSample", { value: undefined });
+  else if (o.onSample) {
+    const inner = loaded.model.forwardSample.bind(loaded.model);
+    Object.defineProperty(view, "forwardSample", { value: (...a: Parameters<typeof inner>) => (o.onSample!(), inner(...a)) });
+  }
+  const model = o.wrap ? o.wrap(view) : view;
   const hybrid = model.attention.some((a) => a.pool === "swa");
   const size = o.poolTokens ?? 4096;
   const full = new TokenPool(size);
@@ -154,6 +170,47 @@ describe("scheduler", () => {
     assert.ok(h.sched.flushCache());
     assert.equal(h.full.used, 0);
     assert.equal(h.swa!.used, 0);
+  });
+
+  test("seeded sampling (with logprobs) is unchanged by forwardSample (the CPU fallback draws the same u)", async () => {
+    const ps = prompts(10);
+    const sampling = (i: number): SamplingParams => ({
+      ...GREEDY,
+      temperature: i % 5 === 4 ? 0 : [0.6, 1, 1.3, 0.8][i % 4],
+      topP: [0.9, 1, 0.5, 0.95][i % 4],
+      topK: [-1, 40, 5, 1][i % 4],
+      minP: [0, 0.05, 0, 0.1][i % 4],
+      seed: 1000 + i,
+    });
+    const run = async (hostSampling: boolean) => {
+      let sampledSteps = 0;
+      const h = await harness({ hostSampling, chunkedPrefillSize: 24, onSample: () => sampledSteps++ });
+      ps.forEach((p, i) =>
+        h.sched.add(
+          request(`q${i}`, p, 6 + (i % 4), {
+            sampling: sampling(i),
+            returnLogprob: i % 3 === 0,
+            topLogprobsNum: i % 3 === 0 ? 3 : 0,
+            // a penalised request, and one with min-new-tokens masking, keep some steps on the host path
+            ...(i === 7 ? { sampling: { ...sampling(i), frequencyPenalty: 0.5 } } : {}),
+            ...(i === 8 ? { minNewTokens: 3, stopTokenIds: [golden.prompts[0].prompt_ids[0]] } : {}),
+          }),
+        ),
+      );
+      h.drain();
+      return { outs: ps.map((_, i) => h.outputs.get(`q${i}`)!), sampledSteps };
+    };
+    const host = await run(true);
+    const dev = await run(false);
+    assert.equal(host.sampledSteps, 0);
+    assert.ok(dev.sampledSteps > 0, "forwardSample was used");
+    ps.forEach((_, i) => assert.deepEqual(dev.outs[i], host.outs[i], `request ${i}`));
+    // and without the penalised / masked requests every decode step samples through forwardSample
+    let steps = 0;
+    const h2 = await harness({ onSample: () => steps++ });
+    h2.sched.add(request("only", ps[0], 5, { sampling: sampling(0) }));
+    h2.drain();
+    assert.equal(steps, 5, "the prefill step and every decode step");
   });
 
   test("prompt logprobs equal the float64 reference", async () => {

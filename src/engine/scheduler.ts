@@ -6,11 +6,11 @@
 // Where a request's tokens go: ids → match() in the radix cache (reused KV) → slots allocated
 // from the pools for the rest → StepBatch → model.forward → logits → sampler → outputs.
 
-import type { SeqSpan, StepBatch } from "../runtime/backend.js";
+import { SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "../runtime/backend.js";
 import type { ForwardModel } from "../model/llama4.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
 import type { TokenPool } from "../cache/token_pool.js";
-import { Rng, applyPenalties, logSoftmax, sampleToken, topEntries } from "./sampling.js";
+import { Rng, applyPenalties, isGreedy, logSoftmax, sampleToken, topEntries } from "./sampling.js";
 import { EngineBusyError, type EngineOutput, type EngineRequest, type EngineStats, type TokenLogprob } from "./types.js";
 
 export interface SchedulerOptions {
@@ -70,6 +70,22 @@ function onlyNeedsArgmax(req: Req): boolean {
     p.frequencyPenalty === 0 &&
     p.presencePenalty === 0 &&
     req.output.length >= (req.r.minNewTokens ?? 0)
+  );
+}
+
+/**
+ * True when this request's next token can be drawn where the logits are (forwardSample): no
+ * penalties, no min-new-tokens masking left, top logprobs within what the device returns. The
+ * step must also want no prompt-logprob rows from it.
+ */
+function canSampleOnDevice(req: Req): boolean {
+  const p = req.r.sampling;
+  return (
+    p.repetitionPenalty === 1 &&
+    p.frequencyPenalty === 0 &&
+    p.presencePenalty === 0 &&
+    (req.output.length >= (req.r.minNewTokens ?? 0) || req.r.stopTokenIds.length === 0) &&
+    (!req.r.returnLogprob || req.r.topLogprobsNum <= SAMPLE_MAX_TOP)
   );
 }
 
@@ -287,7 +303,7 @@ export class Scheduler {
     const seqs: SeqSpan[] = [];
     const logitRows: number[] = [];
     /** Per work item: the logit row index of its first returned row and which positions those rows are. */
-    const rowInfo: { first: number; fromPos: number; count: number }[] = [];
+    const rowInfo: { first: number; fromPos: number; count: number; promptRows: boolean }[] = [];
     let row = 0;
     for (const { req, n } of work) {
       const start = req.kvLen;
@@ -310,7 +326,7 @@ export class Scheduler {
       const fromPos = wantsPrompt ? Math.max(start, firstTarget - 1) : kvLen - 1;
       const lastPos = wantsToken ? kvLen - 1 : wantsPrompt ? Math.min(kvLen - 1, req.promptLen - 2) : fromPos - 1;
       const count = Math.max(0, lastPos - fromPos + 1);
-      rowInfo.push({ first: logitRows.length, fromPos, count });
+      rowInfo.push({ first: logitRows.length, fromPos, count, promptRows: wantsPrompt });
       for (let p = fromPos; p <= lastPos; p++) logitRows.push(row + (p - start));
       row += n;
     }
@@ -323,6 +339,39 @@ export class Scheduler {
       work.forEach(({ req, n }, wi) => {
         req.kvLen += n;
         if (req.kvLen === req.ids.length && !req.aborted) this.accept(req, ids[rowInfo[wi].first], null);
+      });
+      return;
+    }
+    // Sampled steps whose token rows need no host-side logit edits (penalties, min-new-tokens
+    // masks) and no prompt logprobs: the draw (one u per non-greedy request from its seeded Rng,
+    // as sampleToken takes it), logprobs and top logprobs come from forwardSample.
+    if (
+      this.model.forwardSample &&
+      work.every(({ req, n }, wi) => !rowInfo[wi].promptRows && (req.kvLen + n !== req.ids.length || canSampleOnDevice(req)))
+    ) {
+      const rows: SampleRow[] = [];
+      work.forEach(({ req, n }, wi) => {
+        if (rowInfo[wi].count === 0) return;
+        const p = req.r.sampling;
+        const draws = req.kvLen + n === req.ids.length && !req.aborted && !isGreedy(p);
+        rows.push({
+          temperature: p.temperature,
+          topP: p.topP,
+          topK: p.topK,
+          minP: p.minP,
+          u: draws ? req.rng.next() : 0,
+          topN: req.r.returnLogprob ? req.r.topLogprobsNum : 0,
+        });
+      });
+      const sampled = this.model.forwardSample(batch, rows);
+      work.forEach(({ req, n }, wi) => {
+        req.kvLen += n;
+        if (req.kvLen !== req.ids.length || req.aborted) return;
+        const r = rowInfo[wi].first;
+        const id = sampled.ids[r];
+        const lp: TokenLogprob = { id, logprob: sampled.logprobs[r] };
+        if (req.r.topLogprobsNum > 0 && sampled.top) lp.top = sampled.top[r];
+        this.accept(req, id, null, lp);
       });
       return;
     }
@@ -364,7 +413,7 @@ export class Scheduler {
   }
 
   /** Appends the chosen token, emits it (with logprobs from `row` when asked) and checks stops. */
-  private accept(req: Req, tok: number, row: Float32Array | null): void {
+  private accept(req: Req, tok: number, row: Float32Array | null, logprob?: TokenLogprob): void {
     if (req.r.maxNewTokens <= 0) {
       // Prompt-only requests (echo + logprobs with max_tokens 0): the prefill was the work.
       this.emit({ rid: req.r.rid, tokens: [], cachedTokens: req.cachedLen, promptLogprobs: req.promptLogprobs ?? undefined, finish: { reason: "length" } });
@@ -373,7 +422,8 @@ export class Scheduler {
     }
     const out: EngineOutput = { rid: req.r.rid, tokens: [tok] };
     // Logprobs are of the model's distribution (before penalties), as SGLang and OpenAI report them.
-    if (req.r.returnLogprob && row) out.logprobs = [this.tokenLogprob(row, tok, req.r.topLogprobsNum)];
+    if (req.r.returnLogprob && logprob) out.logprobs = [logprob];
+    else if (req.r.returnLogprob && row) out.logprobs = [this.tokenLogprob(row, tok, req.r.topLogprobsNum)];
     if (!req.sentFirst) {
       out.cachedTokens = req.cachedLen;
       if (req.promptLogprobs) out.promptLogprobs = req.promptLogprobs;

@@ -5,7 +5,8 @@
 // Per-layer differences (RoPE/NoPE, chunked/global, qk-norm, temperature tuning, MoE/dense)
 // come from the config's layer schedule, never from layer indices written here.
 
-import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, StepBatch, Tensor } from "../runtime/backend.js";
+import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, SampleRow, StepBatch, Tensor } from "../runtime/backend.js";
+import { logSoftmax, sampleTokenWith, topEntries } from "../engine/sampling.js";
 import { type Llama4Config, ropeInvFreq } from "./config.js";
 import type { ModelWeights } from "./weights.js";
 import { NO_SHARD, type Shard, type ShardDims, shardDims } from "./shard.js";
@@ -23,9 +24,22 @@ export interface ForwardModel {
    * device where the backend can (no logits download). Optional: callers fall back to forward().
    */
   forwardArgmax?(batch: StepBatch): Int32Array;
+  /**
+   * Sampling: one token per logit row drawn with the row's `u` (Backend.sampleRows), its logprob
+   * under the model's distribution and the top-`topN` logprobs, on the device where the backend
+   * can (no logits download). Optional: callers fall back to forward() and host sampling.
+   */
+  forwardSample?(batch: StepBatch, rows: SampleRow[]): ModelSample;
   /** Bytes per element of stored KV, and device memory left for KV pools (none on the host). */
   readonly kvElementBytes: number;
   kvMemoryBytes(): number | undefined;
+}
+
+/** forwardSample's answer: fp32 logprobs from a device, float64 from the host fallback. */
+export interface ModelSample {
+  ids: Int32Array;
+  logprobs: Float32Array | Float64Array;
+  top?: [number, number][][];
 }
 
 export class Llama4Model implements ForwardModel {
@@ -109,6 +123,35 @@ export class Llama4Model implements ForwardModel {
       ids[r] = best;
     }
     return ids;
+  }
+
+  /**
+   * One rank with Backend.sampleRows: the step's logits (from a decode graph where one applies)
+   * stay on the device and only ids and logprobs come back. Elsewhere (the CPU backend, tensor
+   * parallelism): forward() and the host sampler with the same `u` — sampleTokenWith, exactly
+   * what the scheduler's host path picks with that draw (sorted order there, index order on the
+   * device: the same distribution, not the same token for a given u).
+   */
+  forwardSample(batch: StepBatch, rows: SampleRow[]): ModelSample {
+    const be = this.backend;
+    if (rows.length !== batch.logitRows.length) throw new Error(`forwardSample: ${rows.length} sampling rows for ${batch.logitRows.length} logit rows`);
+    if (be.sampleRows && this.shard.tp === 1) {
+      const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
+      return be.sampleRows(logits, rows);
+    }
+    const logits = this.forward(batch);
+    const vocab = this.cfg.vocabSize;
+    const ids = new Int32Array(rows.length);
+    const logprobs = new Float64Array(rows.length);
+    const top: [number, number][][] | undefined = rows.some((r) => r.topN > 0) ? [] : undefined;
+    rows.forEach((r, i) => {
+      const row = logits.subarray(i * vocab, (i + 1) * vocab);
+      ids[i] = sampleTokenWith(row, r, r.u);
+      const lp = logSoftmax(row);
+      logprobs[i] = lp[ids[i]];
+      top?.push(r.topN > 0 ? topEntries(lp, r.topN) : []);
+    });
+    return top ? { ids, logprobs, top } : { ids, logprobs };
   }
 
   /** One step on the backend, up to this rank's logits [logitRows, vocab] (fp32 on one rank). */

@@ -139,9 +139,47 @@ export interface Backend {
    * starting at vocabulary id `vocabStart`; every rank calls it; each row's global argmax.
    */
   argmaxShards?(x: Tensor, vocabStart: number): Int32Array;
+  /**
+   * Sampling on the device (one rank): for each logit row of x, a token drawn with `u` from the
+   * filtered softmax(x / temperature) (see SampleRow), its logprob under log_softmax(x), and the
+   * top-`topN` [id, logprob] pairs where asked; the logits never leave the device.
+   */
+  sampleRows?(x: Tensor, rows: SampleRow[]): SampledRows;
   /** Rows of x (e.g. the last token of each sequence). */
   gatherRows(x: Tensor, rows: Int32Array): Tensor;
+  /** Device memory figures in bytes (budget, weights, step high-water marks), where there is a device. */
+  stats?(): Record<string, number>;
 }
+
+/**
+ * One row's sampling request for Backend.sampleRows. Greedy (temperature ≤ 0 or topK 1): the
+ * argmax, lowest index among equal maxima. Otherwise, over w = exp((x − max) / temperature): keep
+ * the topK largest logits (≤ 0: all), the smallest top-p nucleus of those (mass over the top-k
+ * set; ties at a threshold kept together), and tokens with w ≥ minP (minP × the max
+ * probability); then the kept token, in index order, where the running sum of w first exceeds
+ * u · Σ kept w. `u` in [0, 1) comes from the request's seeded Rng (results reproducible per seed).
+ */
+export interface SampleRow {
+  temperature: number;
+  topP: number;
+  topK: number;
+  minP: number;
+  u: number;
+  /** Top logprobs wanted (0 = none, at most 20). */
+  topN: number;
+}
+
+export interface SampledRows {
+  ids: Int32Array;
+  /** The chosen token's log_softmax(logits) (temperature 1, no filtering). */
+  logprobs: Float32Array;
+  /** Per row (when any row asked): its topN [id, logprob] pairs, best first, lowest id first among ties. */
+  top?: [number, number][][];
+}
+
+/** Top logprobs Backend.sampleRows can return per row. */
+export const SAMPLE_MAX_TOP = 20;
+
 
 export interface MoeWeights {
   router: Tensor;

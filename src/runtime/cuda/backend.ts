@@ -20,7 +20,8 @@
 // transposed once at load).
 //
 // Greedy decoding can pick tokens on the device (argmaxRows, decodeGraphArgmax): a step then
-// downloads n ids, not n × vocab logits.
+// downloads n ids, not n × vocab logits; sampled decoding likewise (sampleRows, sample.cu, one
+// rank): ids, logprobs and top logprobs come back, not the logits.
 //
 // Known gaps (next steps): MoE routing of larger batches (prefill) still reads the expert ids
 // back to the host (one sync per MoE layer; a device-offset grouped GEMM would remove it); the
@@ -36,9 +37,12 @@ import type {
   HostTensor,
   KvPoolSizes,
   MoeWeights,
+  SampleRow,
+  SampledRows,
   StepBatch,
   Tensor,
 } from "../backend.js";
+import { SAMPLE_MAX_TOP } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
@@ -61,6 +65,8 @@ type DType = "bf16" | "f32";
 
 const BYTES: Record<DType, number> = { bf16: 2, f32: 4 };
 const PERSISTENT = -1;
+/** Floats per row out of sample.cu: id, logprob, SAMPLE_MAX_TOP (id, logprob) pairs. */
+const SAMPLE_OUT_STRIDE = 2 + 2 * SAMPLE_MAX_TOP;
 const MIB = 2 ** 20;
 
 export class CudaTensor implements Tensor {
@@ -443,6 +449,48 @@ export class CudaBackend implements Backend {
     this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(ids));
     this.native.dtoh(out, ids);
     return out;
+  }
+
+  /**
+   * Sampling on the device (sample.cu): one block per row filters (temperature, top-k, top-p,
+   * min-p) and draws with the row's `u`; downloads 42 floats per row (id, logprob, 20 top pairs)
+   * instead of the row's logits. One rank: x holds the whole vocabulary.
+   */
+  sampleRows(x: Tensor, rowsIn: SampleRow[]): SampledRows {
+    const xt = this.tensor(x);
+    const [n, cols] = rows(xt, "sampleRows");
+    if (rowsIn.length !== n) throw new Error(`sampleRows: ${rowsIn.length} sampling rows for ${n} logit rows`);
+    const ids = new Int32Array(n);
+    const logprobs = new Float32Array(n);
+    if (n === 0) return { ids, logprobs };
+    const params = new Float32Array(6 * n);
+    let wantsTop = false;
+    rowsIn.forEach((r, i) => {
+      const topN = Math.max(0, Math.min(SAMPLE_MAX_TOP, Math.floor(r.topN)));
+      if (topN > 0) wantsTop = true;
+      // u as fp32 stays below 1 (a double just under 1 would round up to it).
+      const u = Math.min(Math.max(Math.fround(r.u), 0), 0.99999994);
+      params.set([r.temperature, r.topP, r.topK, r.minP, u, topN], 6 * i);
+    });
+    const paramsDev = this.mem.stepAlloc(params.byteLength).ptr;
+    this.native.htod(paramsDev, params);
+    const out = this.mem.stepAlloc(n * SAMPLE_OUT_STRIDE * 4).ptr;
+    this.k.launch(`sample_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(paramsDev).ptr(out));
+    const host = new Float32Array(n * SAMPLE_OUT_STRIDE);
+    this.native.dtoh(host, out);
+    const top: [number, number][][] | undefined = wantsTop ? [] : undefined;
+    for (let r = 0; r < n; r++) {
+      const o = r * SAMPLE_OUT_STRIDE;
+      ids[r] = host[o];
+      logprobs[r] = host[o + 1];
+      if (top) {
+        const topN = params[6 * r + 5];
+        const t: [number, number][] = [];
+        for (let i = 0; i < topN; i++) t.push([host[o + 2 + 2 * i], host[o + 3 + 2 * i]]);
+        top.push(t);
+      }
+    }
+    return top ? { ids, logprobs, top } : { ids, logprobs };
   }
 
   /**
