@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { selectRef } from '../../test/model/select_ref.js';
 import { Checkpoint, writeSafetensors, writeShardedCheckpoint, type TensorToWrite } from './safetensors.js';
 
 let tmp = '';
@@ -196,4 +197,57 @@ test('writeSafetensors rejects data that does not match the shape', async () => 
   const dir = await newDir();
   await rejectsWith(writeSafetensors(path.join(dir, 'x.safetensors'), [{ name: 'w', dtype: 'F32', shape: [3], data: new Uint8Array(8) }]),
     'x.safetensors', "'w'", 'needs 12');
+});
+
+test('readSelection reads only the selected bytes, one read per run of adjacent bytes', async () => {
+  const dir = await newDir();
+  const shape = [3, 4, 5];
+  const pad = { name: 'pad', dtype: 'U8' as const, shape: [7], data: new Uint8Array(7).fill(0xee) };
+  const data = Uint8Array.from({ length: 3 * 4 * 5 * 2 }, (_, i) => (i * 7) & 0xff);
+  await writeSafetensors(path.join(dir, 'model.safetensors'), [pad, { name: 'x', dtype: 'BF16', shape, data }]);
+  const ck = await Checkpoint.open(dir);
+  // [selection, result shape, read calls]
+  const cases: [Record<number, [number, number][]>, number[], number][] = [
+    [{}, [3, 4, 5], 1],
+    [{ 0: [[1, 2]] }, [2, 4, 5], 1], // outer rows: one run
+    [{ 0: [[2, 1], [0, 1]] }, [2, 4, 5], 2], // in the order given
+    [{ 1: [[1, 2]] }, [3, 2, 5], 3], // one run per outer row
+    [{ 2: [[0, 2], [2, 3]] }, [3, 4, 5], 1], // ranges that meet make the whole dim
+    [{ 2: [[3, 2], [0, 1]] }, [3, 4, 3], 24], // two runs per row, none touching
+    [{ 0: [[1, 1]], 1: [[2, 2]] }, [1, 2, 5], 1],
+    [{ 0: [[0, 2]], 2: [[1, 2]] }, [2, 4, 2], 8],
+    [{ 1: [[0, 0]] }, [3, 0, 5], 0],
+  ];
+  for (const [sel, wantShape, wantCalls] of cases) {
+    const before = { bytes: ck.bytesRead, calls: ck.readCalls };
+    const got = await ck.readSelection('x', sel);
+    const what = JSON.stringify(sel);
+    assert.equal(got.dtype, 'BF16');
+    assert.deepEqual(got.shape, wantShape, what);
+    assert.deepEqual(got.data, selectRef(data, shape, 2, sel), what);
+    assert.equal(ck.bytesRead - before.bytes, got.data.byteLength, `${what}: bytes read`);
+    assert.equal(ck.readCalls - before.calls, wantCalls, `${what}: read calls`);
+  }
+  await rejectsWith(ck.readSelection('x', { 3: [[0, 1]] }), "'x'", 'dim 3');
+  await rejectsWith(ck.readSelection('x', { 1: [[3, 2]] }), "'x'", 'out of range', '[3, 4, 5]');
+  await ck.close();
+});
+
+test('readSelection: runs of a MiB and more (async reads) and short ones (sync reads) agree with the reference', async () => {
+  const dir = await newDir();
+  const shape = [3, 3 << 19]; // rows of 1.5 MiB
+  const data = Uint8Array.from({ length: shape[0]! * shape[1]! }, (_, i) => (i * 31 + (i >> 11)) & 0xff);
+  await writeSafetensors(path.join(dir, 'model.safetensors'), [{ name: 'big', dtype: 'U8', shape, data }]);
+  const ck = await Checkpoint.open(dir);
+  for (const sel of [{ 0: [[1, 2]] }, { 1: [[5, 1 << 20]] }, { 1: [[100, 1000], [1 << 19, 1 << 18]] }] as Record<number, [number, number][]>[]) {
+    const before = ck.bytesRead;
+    const got = await ck.readSelection('big', sel);
+    const rows = sel[0] ?? [[0, shape[0]!]];
+    const cols = sel[1] ?? [[0, shape[1]!]];
+    const want = rows.flatMap(([r0, nr]) => Array.from({ length: nr }, (_, i) => r0 + i))
+      .flatMap((r) => cols.map(([c0, nc]) => data.subarray(r * shape[1]! + c0, r * shape[1]! + c0 + nc)));
+    assert.ok(Buffer.from(got.data).equals(Buffer.concat(want)), JSON.stringify(sel));
+    assert.equal(ck.bytesRead - before, got.data.byteLength);
+  }
+  await ck.close();
 });

@@ -1,10 +1,14 @@
 // Maps a Hugging Face Llama 4 checkpoint (llama4-spec.md §3) onto the tensors the model uses,
 // checking every shape against the config before anything is uploaded, so a wrong checkpoint
 // fails with the tensor and file named rather than deep inside a kernel.
+//
+// Under tensor/expert parallelism each rank loads only its share: shard.ts says which heads,
+// widths, experts and vocabulary rows a rank keeps, loadWeights turns that into a selection per
+// tensor, and Checkpoint.readSelection (safetensors.ts) reads just those bytes from the file.
 
 import type { Backend, HostTensor, Tensor } from "../runtime/backend.js";
 import type { Llama4Config } from "./config.js";
-import { Checkpoint } from "./safetensors.js";
+import { Checkpoint, type Selection } from "./safetensors.js";
 import { NO_SHARD, type Shard, shardDims } from "./shard.js";
 
 export interface LayerWeights {
@@ -44,13 +48,10 @@ export function tensorNames(cfg: Llama4Config) {
   };
 }
 
-/** Ranges [start, length) to keep along a dim, concatenated in order. */
-export type Select = Record<number, [number, number][]>;
-
 interface LoadSpec {
   /** Swap the last two dims after selecting ([.., in, out] → [.., out, in]). */
   transpose?: boolean;
-  select?: Select;
+  select?: Selection;
 }
 
 /** Where weights come from: a checkpoint, or random values for `--load-format dummy`. */
@@ -62,39 +63,11 @@ interface WeightSource {
   has(name: string): boolean;
 }
 
-function selectedShape(shape: number[], select: Select = {}): number[] {
+function selectedShape(shape: number[], select: Selection = {}): number[] {
   return shape.map((d, i) => (select[i] ? select[i].reduce((a, [, n]) => a + n, 0) : d));
 }
 
-/** Copies the selected ranges of `h` along each selected dim (row-major bytes). */
-export function selectHost(h: HostTensor, select: Select = {}): HostTensor {
-  let cur = h;
-  for (const [dimStr, ranges] of Object.entries(select)) {
-    const dim = Number(dimStr);
-    const shape = cur.shape;
-    const elem = cur.data.length / shape.reduce((a, b) => a * b, 1);
-    const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
-    const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1) * elem;
-    const kept = ranges.reduce((a, [, n]) => a + n, 0);
-    const out = new Uint8Array(outer * kept * inner);
-    let o = 0;
-    for (let i = 0; i < outer; i++) {
-      for (const [start, n] of ranges) {
-        if (start < 0 || start + n > shape[dim]) throw new Error(`selection [${start}, ${start + n}) outside dim ${dim} of size ${shape[dim]}`);
-        const from = (i * shape[dim] + start) * inner;
-        out.set(cur.data.subarray(from, from + n * inner), o);
-        o += n * inner;
-      }
-    }
-    cur = { dtype: cur.dtype, shape: shape.map((d, j) => (j === dim ? kept : d)), data: out };
-  }
-  return cur;
-}
-
 class CheckpointSource implements WeightSource {
-  /** Bytes read so far (this rank's share only), for progress reports. */
-  bytesRead = 0;
-
   constructor(
     private readonly ckpt: Checkpoint,
     private readonly backend: Backend,
@@ -104,28 +77,13 @@ class CheckpointSource implements WeightSource {
     return this.ckpt.has(name);
   }
 
-  /** This rank's part of a tensor: only the selected rows are read when the cut is along dim 0. */
-  private async host(name: string, shape: number[], select: Select = {}): Promise<HostTensor> {
+  /** This rank's part of a tensor; only its bytes are read from the file, whichever dims are cut. */
+  private async host(name: string, shape: number[], select: Selection = {}): Promise<HostTensor> {
     const info = this.ckpt.info(name);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new Error(`tensor ${name} in ${info.file} has shape [${info.shape}], expected [${shape}] from config.json`);
     }
-    const { 0: rows, ...rest } = select;
-    let h: HostTensor;
-    if (rows) {
-      const parts = await Promise.all(rows.map(([start, n]) => this.ckpt.readSlice(name, start, n)));
-      const data = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
-      let o = 0;
-      for (const p of parts) {
-        data.set(p, o);
-        o += p.length;
-      }
-      h = { dtype: info.dtype, shape: [rows.reduce((a, [, n]) => a + n, 0), ...info.shape.slice(1)], data };
-    } else {
-      h = { dtype: info.dtype, shape: info.shape, data: await this.ckpt.read(name) };
-    }
-    this.bytesRead += h.data.length;
-    return selectHost(h, rest);
+    return this.ckpt.readSelection(name, select);
   }
 
   async load(name: string, shape: number[], spec: LoadSpec = {}): Promise<Tensor> {
@@ -193,14 +151,13 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
   const sd = shardDims(cfg, opts.shard ?? NO_SHARD);
   const ckpt = opts.loadFormat === "dummy" ? null : await Checkpoint.open(dir);
   try {
-    const source = ckpt ? new CheckpointSource(ckpt, backend) : null;
-    const r: WeightSource = source ?? new DummySource(backend);
+    const r: WeightSource = ckpt ? new CheckpointSource(ckpt, backend) : new DummySource(backend);
     const names = tensorNames(cfg);
     const d = cfg.hiddenSize;
     const hd = cfg.headDim;
     const f = cfg.intermediateSize;
     const e = cfg.numExperts;
-    const vocabRows: Select = { 0: [[sd.vocabStart, sd.vocab]] };
+    const vocabRows: Selection = { 0: [[sd.vocabStart, sd.vocab]] };
     const embed = await r.load(names.embed, [cfg.vocabSize, d], { select: vocabRows });
     const norm = await r.load(names.norm, [d]);
     let lmHead: Tensor;
@@ -244,7 +201,7 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm], { select: { 1: [mlp] } });
       }
       layers.push(lw);
-      opts.onProgress?.({ layers: spec.index + 1, totalLayers: cfg.numLayers, bytes: source?.bytesRead ?? 0 });
+      opts.onProgress?.({ layers: spec.index + 1, totalLayers: cfg.numLayers, bytes: ckpt?.bytesRead ?? 0 });
     }
     return { embed, norm, lmHead, layers };
   } finally {
