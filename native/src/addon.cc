@@ -585,6 +585,49 @@ napi_value HostUnregister(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// ---- peer access (tensor-parallel ranks are threads of one process, one GPU each) ----
+
+// canAccessPeer(ordinal): boolean — can this thread's device address device `ordinal`'s memory?
+napi_value CanAccessPeer(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  int64_t ordinal;
+  if (!getI64(env, argv[0], ordinal)) return nullptr;
+  int can = 0;
+  if (drv.cuDeviceCanAccessPeer) {
+    CUdevice peer = 0;
+    CHECK("cuDeviceGet", drv.cuDeviceGet(&peer, static_cast<int>(ordinal)));
+    CHECK("cuDeviceCanAccessPeer", drv.cuDeviceCanAccessPeer(&can, device, peer));
+  }
+  napi_value r;
+  napi_get_boolean(env, can != 0, &r);
+  return r;
+}
+
+// enablePeerAccess(ordinal): kernels of this thread's context may then read and write every
+// cuMemAlloc block of device `ordinal`'s primary context (the peer rank's), present and future.
+// Enabling twice is fine (ranks of an earlier group already did).
+napi_value EnablePeerAccess(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  int64_t ordinal;
+  if (!getI64(env, argv[0], ordinal)) return nullptr;
+  if (!drv.cuCtxEnablePeerAccess) {
+    throwError(env, "the CUDA driver has no cuCtxEnablePeerAccess");
+    return nullptr;
+  }
+  CUdevice peer = 0;
+  CHECK("cuDeviceGet", drv.cuDeviceGet(&peer, static_cast<int>(ordinal)));
+  if (peer == device) return undefined(env);
+  CUcontext peerCtx = nullptr;
+  CHECK("cuDevicePrimaryCtxRetain", drv.cuDevicePrimaryCtxRetain(&peerCtx, peer));
+  CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));  // the access is granted to the current context
+  const CUresult CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704;
+  CUresult r = drv.cuCtxEnablePeerAccess(peerCtx, 0);
+  if (r != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) CHECK("cuCtxEnablePeerAccess", r);
+  return undefined(env);
+}
+
 }  // namespace
 
 NAPI_MODULE_INIT() {
@@ -599,6 +642,7 @@ NAPI_MODULE_INIT() {
       {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
       {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},
+      {"canAccessPeer", CanAccessPeer}, {"enablePeerAccess", EnablePeerAccess},
   };
   for (const auto& f : fns) {
     napi_value v;

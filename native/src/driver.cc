@@ -64,6 +64,8 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuGraphDestroy", d.cuGraphDestroy, ignore);
     sym(lib, "cuMemHostRegister_v2", d.cuMemHostRegister, ignore);
     sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, ignore);
+    sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, ignore);
+    sym(lib, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess, ignore);
     if (!missing.empty()) {
       errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
       dlclose(lib);

@@ -45,6 +45,9 @@ struct Driver {
   // Page-locking host memory (fast device→host copies of logits); optional like the graph calls.
   CUresult (*cuMemHostRegister)(void*, size_t, unsigned);
   CUresult (*cuMemHostUnregister)(void*);
+  // Peer access between the ranks' GPUs (the custom all-reduce); optional like the graph calls.
+  CUresult (*cuDeviceCanAccessPeer)(int*, CUdevice, CUdevice);
+  CUresult (*cuCtxEnablePeerAccess)(CUcontext, unsigned);
 };
 
 /** Opens the first library of `paths` that loads and resolves every entry point; "" on success, else why not. */

@@ -2,7 +2,9 @@
 // that fits the visible GPUs must give the golden fixtures' greedy tokens and the --tp 1 run's:
 // at the reference precision (f32, which matches the CPU to ~1e-5) every token and logprobs
 // within 1e-3; in bf16 every token whose reference top-2 margin is > 1. Also NCCL on its own
-// (exact all-reduce/all-gather checks) and the all-reduce bus bandwidth for docs/PERF.md.
+// (exact all-reduce/all-gather checks) and the all-reduce bus bandwidth for docs/PERF.md. Small
+// all-reduces take the custom all-reduce over peer memory where the GPUs allow it (its own checks:
+// runtime/cuda/peer_allreduce.cuda.test.ts); the graph test also runs with NCCL alone.
 // Skipped, with the reason, without two CUDA devices and NCCL.
 
 process.env.NCCL_NVLS_ENABLE ??= "0"; // never NVLink multicast (shared hosts: see the device notes)
@@ -140,12 +142,14 @@ for (const precision of ["f32", "bf16"] as const) {
           const { model, config } = await loadParallel({ modelPath: dir, tp, ep, hybridKv: true, device: "cuda", cuda: { ...RANK_MEMORY, precision } });
           const loaded = performance.now();
           let r: Run;
+          let allReduce: string;
           try {
             r = run(model, golden, config.vocabSize);
+            allReduce = customAllReduce(model.backend as CudaBackend);
           } finally {
             await model.close();
           }
-          console.log(`# ${name} ${precision} tp ${tp} ep ${ep}: max |Δ logprob| ${r.worst.toExponential(2)} (load ${((loaded - t0) / 1000).toFixed(1)} s, run ${((performance.now() - loaded) / 1000).toFixed(1)} s)`);
+          console.log(`# ${name} ${precision} tp ${tp} ep ${ep}: max |Δ logprob| ${r.worst.toExponential(2)} (load ${((loaded - t0) / 1000).toFixed(1)} s, run ${((performance.now() - loaded) / 1000).toFixed(1)} s; ${allReduce})`);
           assert.deepEqual(mismatches(r.tokens, reference, golden, limits.minMargin), [], "against the reference");
           if (single) assert.deepEqual(mismatches(r.tokens, single.tokens, golden, limits.minMargin), [], "against --tp 1");
           assert.ok(r.worst < limits.maxLogprob, `max |Δ logprob| ${r.worst}`);
@@ -153,6 +157,13 @@ for (const precision of ["f32", "bf16"] as const) {
       }
     });
   }
+}
+
+/** "custom all-reduce: 312 calls on rank 0 (≤ 1048576 bytes)" or why it is off. */
+function customAllReduce(backend: CudaBackend): string {
+  const ar = backend.peerAllReduce;
+  if (!ar) return "custom all-reduce not connected";
+  return ar.off ? `custom all-reduce off (${ar.off})` : `custom all-reduce: ${ar.calls} calls on rank 0 (≤ ${ar.maxBytes} bytes)`;
 }
 
 /**
@@ -181,18 +192,31 @@ describe("CUDA graphs and greedy under tensor parallelism", { skip }, () => {
   const golden = readGolden(dir);
   for (const tp of [2, 4].filter((t) => t <= count)) {
     test(`--tp ${tp} (f32): graph replay equals direct steps; distributed argmax equals the host argmax`, async () => {
-      const runWith = async (graphSizes: number[] | undefined) => {
-        const { model, config } = await loadParallel({ modelPath: dir, tp, ep: 1, hybridKv: true, device: "cuda", cuda: { ...RANK_MEMORY, precision: "f32", graphSizes } });
+      const runWith = async (graphSizes: number[] | undefined, ncclOnly = false) => {
+        const saved = process.env.TSGLANG_CUSTOM_AR_MAX_BYTES;
+        if (ncclOnly) process.env.TSGLANG_CUSTOM_AR_MAX_BYTES = "0"; // read by every rank as it connects (workers copy the env)
+        let loaded: Awaited<ReturnType<typeof loadParallel>>;
+        try {
+          loaded = await loadParallel({ modelPath: dir, tp, ep: 1, hybridKv: true, device: "cuda", cuda: { ...RANK_MEMORY, precision: "f32", graphSizes } });
+        } finally {
+          if (saved === undefined) delete process.env.TSGLANG_CUSTOM_AR_MAX_BYTES;
+          else process.env.TSGLANG_CUSTOM_AR_MAX_BYTES = saved;
+        }
+        const { model, config } = loaded;
         try {
           const r = decodeBoth(model, golden, config.vocabSize);
-          const stats = (model.backend as CudaBackend).graphStats;
-          return { ...r, vocab: config.vocabSize, replays: stats.replays, off: stats.off };
+          const backend = model.backend as CudaBackend;
+          const stats = backend.graphStats;
+          return { ...r, vocab: config.vocabSize, replays: stats.replays, off: stats.off, allReduce: customAllReduce(backend), customCalls: backend.peerAllReduce?.calls ?? 0 };
         } finally {
           await model.close();
         }
       };
       const graphs = await runWith(undefined);
       const direct = await runWith([]);
+      const ncclOnly = await runWith(undefined, true);
+      console.log(`# tp ${tp}: ${graphs.allReduce}; NCCL-only run: ${ncclOnly.allReduce}`);
+      assert.equal(ncclOnly.customCalls, 0, "TSGLANG_CUSTOM_AR_MAX_BYTES=0 still took the custom path");
       assert.equal(graphs.off, "", "graphs were turned off");
       assert.ok(graphs.replays > 0, "no graph replays under TP");
       assert.equal(direct.replays, 0);
@@ -204,6 +228,12 @@ describe("CUDA graphs and greedy under tensor parallelism", { skip }, () => {
       const hostArgmax = graphs.logits.map((l) => Array.from({ length: l.length / v }, (_, b) => argmax(l.subarray(b * v, (b + 1) * v))));
       assert.deepEqual(graphs.greedy, hostArgmax, "greedy with graphs vs the host argmax");
       assert.deepEqual(direct.greedy, hostArgmax, "greedy without graphs vs the host argmax");
+      // The custom all-reduce (rank-order fp32 sums) against NCCL alone (its own order): f32 noise only.
+      let vsNccl = 0;
+      graphs.logits.forEach((l, s) => l.forEach((v, i) => (vsNccl = Math.max(vsNccl, Math.abs(v - ncclOnly.logits[s][i])))));
+      console.log(`# tp ${tp}: max |Δ logit| custom all-reduce vs NCCL only ${vsNccl.toExponential(2)}`);
+      assert.ok(vsNccl < 1e-4, `max |Δ logit| custom vs NCCL ${vsNccl}`);
+      assert.deepEqual(ncclOnly.greedy, hostArgmax, "greedy with NCCL only vs the host argmax");
     });
   }
 });

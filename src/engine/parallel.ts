@@ -8,7 +8,9 @@
 //   are joined by NCCL (runtime/cuda/nccl.ts). Rank 0 makes the NCCL unique id and hands it to
 //   the other threads in workerData; ncclCommInitRank blocks until every rank has joined, so
 //   rank 0 joins only once every other thread has its device and is about to join (a rank that
-//   fails before that is reported instead of leaving rank 0 waiting).
+//   fails before that is reported instead of leaving rank 0 waiting). Small all-reduces take the
+//   custom all-reduce over peer memory (runtime/cuda/peer_allreduce.ts): its buffer addresses
+//   cross the threads through a SharedArrayBuffer, also handed over in workerData.
 
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import type { AttentionSpec, Backend, KvPoolSizes, StepBatch } from "../runtime/backend.js";
@@ -16,6 +18,7 @@ import { CpuBackend } from "../runtime/cpu.js";
 import { SharedMemoryCollective, createSharedCollective, type SharedCollectiveInit } from "../runtime/collective.js";
 import type { CudaBackendOptions } from "../runtime/cuda/backend.js";
 import type { NcclInit } from "../runtime/cuda/nccl.js";
+import type { PeerExchange } from "../runtime/cuda/peer_allreduce.js";
 import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
@@ -33,8 +36,8 @@ export interface ParallelOptions {
   cuda?: Omit<CudaBackendOptions, "device" | "nccl">;
 }
 
-/** How a rank reaches the others: shared memory (CPU ranks) or an NCCL communicator id (GPU ranks). */
-type Link = { device: "cpu"; collective: SharedCollectiveInit } | { device: "cuda"; nccl: NcclInit };
+/** How a rank reaches the others: shared memory (CPU ranks), or an NCCL communicator id and the peer-memory exchange (GPU ranks). */
+type Link = { device: "cpu"; collective: SharedCollectiveInit } | { device: "cuda"; nccl: NcclInit; peers: PeerExchange };
 
 interface RankData {
   opts: ParallelOptions;
@@ -74,6 +77,7 @@ async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJ
   await beforeJoin();
   const nccl = new NcclCommunicator(link.nccl, rank); // before the backend takes its memory budget
   const backend = new CudaBackend({ ...opts.cuda, device: rank, nccl });
+  await backend.connectPeers(link.peers); // every rank at once, as the communicator
   const r = await load(backend);
   return {
     model: r.model,
@@ -149,10 +153,12 @@ export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptio
   if (device === "cuda") {
     const { cudaDeviceCount } = await import("../runtime/cuda/backend.js");
     const { ncclUniqueId } = await import("../runtime/cuda/nccl.js");
+    const { createPeerExchange } = await import("../runtime/cuda/peer_allreduce.js");
     const count = cudaDeviceCount();
     if (count < opts.tp) throw new Error(`--tp ${opts.tp} on CUDA needs ${opts.tp} GPUs (one per rank); ${count} visible`);
     const id = ncclUniqueId();
-    for (let rank = 0; rank < opts.tp; rank++) links.push({ device, nccl: { id, rank, size: opts.tp } });
+    const peers = createPeerExchange(opts.tp);
+    for (let rank = 0; rank < opts.tp; rank++) links.push({ device, nccl: { id, rank, size: opts.tp }, peers });
   } else {
     const collective = createSharedCollective(opts.tp);
     for (let rank = 0; rank < opts.tp; rank++) links.push({ device, collective });

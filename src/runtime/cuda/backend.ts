@@ -48,6 +48,7 @@ import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
 import { Kernels } from "./kernels.js";
 import type { NcclCommunicator } from "./nccl.js";
+import { PeerAllReduce, type PeerExchange } from "./peer_allreduce.js";
 import { DeviceMemory } from "./memory.js";
 import {
   CUDA_R_16BF,
@@ -197,6 +198,10 @@ export class CudaBackend implements Backend {
   private readonly fa: FlashAttention | null;
   private readonly workspace: DevicePtr;
   private readonly comm: NcclCommunicator | null;
+  /** The CUDA device ordinal this backend (and its thread) is bound to. */
+  readonly deviceOrdinal: number;
+  /** The custom all-reduce over peer memory (connectPeers), for small messages; NCCL for the rest. */
+  private peerAr: PeerAllReduce | null = null;
   private params: AttentionParams | null = null;
   private invFreq: DevicePtr | null = null;
   private kv: LayerKv[] = [];
@@ -240,6 +245,7 @@ export class CudaBackend implements Backend {
     this.poison = opts.poison ?? false;
     this.fallbackGemm = opts.fallbackGemm ?? false;
     this.comm = opts.nccl ?? null;
+    this.deviceOrdinal = opts.device ?? 0;
     const envInt = (name: string) => (process.env[name] !== undefined && process.env[name] !== "" ? Number(process.env[name]) : undefined);
     this.gemvMax = Math.min(GEMV_MAX_TOKENS, opts.gemvMaxTokens ?? envInt("TSGLANG_GEMV_MAX_N") ?? GEMV_DEFAULT_MAX_TOKENS);
     this.moeDeviceMax = Math.min(1024, opts.moeDeviceMaxTokens ?? envInt("TSGLANG_MOE_DEVICE_MAX_N") ?? 64);
@@ -553,6 +559,10 @@ export class CudaBackend implements Backend {
   }
 
   destroy(): void {
+    // Every rank destroys together; the barrier ensures no peer still reads this rank's staging buffer.
+    const peers = this.peerAr;
+    this.peerAr = null;
+    peers?.barrier();
     this.native.synchronize();
     this.dropGraphs();
     this.releasePinned();
@@ -729,7 +739,27 @@ export class CudaBackend implements Backend {
   /** Sums x over all ranks, in place (fp32 or bf16, as stored). */
   allReduce(x: Tensor): void {
     const xt = this.tensor(x);
-    this.communicator("allReduce").allReduce(xt.ptr, xt.numel, xt.dtype);
+    if (this.peerAr?.covers(xt.numel * BYTES[xt.dtype])) this.peerAr.run(xt.ptr, xt.numel, xt.dtype);
+    else this.communicator("allReduce").allReduce(xt.ptr, xt.numel, xt.dtype);
+  }
+
+  /**
+   * Sets up the custom all-reduce over peer memory (peer_allreduce.ts) with the other ranks of
+   * this backend's communicator: every rank calls it concurrently, with the group's shared
+   * exchange. All-reduces that fit then take it on every rank, the rest NCCL; if any rank cannot
+   * use peer memory, none does (`peerAllReduce.off` says why).
+   */
+  async connectPeers(exchange: PeerExchange): Promise<PeerAllReduce> {
+    const comm = this.communicator("connectPeers");
+    if (this.peerAr) throw new Error("cuda backend: connectPeers was already called");
+    const host = { native: this.native, kernels: this.k, alloc: (bytes: number, what: string) => this.mem.alloc(bytes, what), release: (p: DevicePtr) => this.mem.release(p) };
+    this.peerAr = await PeerAllReduce.connect(host, { rank: comm.rank, ranks: comm.size, device: this.deviceOrdinal, exchange });
+    return this.peerAr;
+  }
+
+  /** The custom all-reduce once connected (its `off`, `maxBytes`, `calls`), else null. */
+  get peerAllReduce(): PeerAllReduce | null {
+    return this.peerAr;
   }
 
   /**

@@ -73,6 +73,10 @@ export interface NativeCuda {
   /** Page-locks the memory under `view` (keep its buffer alive until hostUnregister): fast dtoh into it. */
   hostRegister?(view: ArrayBufferView): void;
   hostUnregister?(view: ArrayBufferView): void;
+  /** Can this thread's device address device `ordinal`'s memory (peer access over NVLink/PCIe)? */
+  canAccessPeer?(ordinal: number): boolean;
+  /** This thread's kernels may then address every allocation of device `ordinal`'s primary context (idempotent). */
+  enablePeerAccess?(ordinal: number): void;
 }
 
 export function addonPath(): string {

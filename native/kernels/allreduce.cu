@@ -1,0 +1,217 @@
+// One-shot all-reduce over peer memory for tensor parallelism's small messages (the [tokens, d]
+// activations after o_proj and the MLP/MoE down projections: 97 per Scout step). Ranks are
+// threads of one process with peer access between every pair of GPUs (NVLink), so a kernel reads
+// and writes the other ranks' device memory through plain pointers.
+//
+// Per call, every block b of every rank:
+//   1. copies its slice of x into this rank's staging buffer (half e & 1 of it, e = the call's
+//      epoch), so peers read a buffer whose address they know;
+//   2. meets block b of every other rank: stores e into each rank's flag slot [b][me] (release,
+//      system scope) and waits until its own slots [b][k] reach e (acquire). Epochs only grow,
+//      so nothing is ever reset and a replayed CUDA graph keeps working;
+//   3. sums the slice of all ranks' staging buffers in rank order, in fp32, and writes x: every
+//      rank computes the same additions in the same order, so all ranks get identical bytes.
+// The epoch lives in this rank's signal buffer and is advanced by the call's last block, so it is
+// device state, not a launch argument a graph would freeze. Every rank must launch the same
+// sequence of calls with the same sizes (the grid, hence each block's slice, follows from n).
+//
+// Why one barrier is enough: call e writes staging half e & 1, last read by the peers in call
+// e − 2. This rank reaches call e only after its call e − 1 passed its barrier, i.e. after every
+// peer had started call e − 1, so every peer's call e − 2 (on the same stream) had finished.
+//
+// A rank whose peers never arrive does not hang silently: after `timeoutNs` it prints which call
+// and peer it waited for and traps (the context is then lost, which ends the process's GPU work).
+//
+// Roofline: each rank stages S bytes locally and reads (R − 1)·S over NVLink (plus S locally);
+// Scout's 10 KB batch-1 message is 30 KB of NVLink reads at tp 4 (~0.1 µs at ~350 GB/s), so a
+// call is its latency: one flag round trip and one remote read round trip, each ~1–2 µs, against
+// NCCL's ~10–30 µs small-message latency. One-shot reads grow as (R − 1)·S while a ring moves
+// 2·(R − 1)/R·S, so the host side keeps it to messages of ≤ 1 MiB (≤ 4 MiB of reads per rank:
+// about 10 µs over NVLink); larger ones go to NCCL.
+#include <stdio.h>
+
+#include "common.cuh"
+
+constexpr int AR_MAX_RANKS = 8;
+constexpr int AR_MAX_BLOCKS = 32;  // peer_allreduce.ts: MAX_BLOCKS
+// The signal buffer, in 64-bit words (peer_allreduce.ts: SIGNAL_WORDS).
+constexpr int SIG_EPOCH = 0;    // calls this rank has completed; local
+constexpr int SIG_ARRIVED = 1;  // blocks of the current call that are done; local
+constexpr int SIG_FLAGS = 16;   // [AR_MAX_BLOCKS][AR_MAX_RANKS]: the latest call block b of rank k reached
+
+// Every rank's staging buffer (2 halves of `capacity` bytes) and signal buffer, in rank order.
+struct Peers {
+  const uint4* data[AR_MAX_RANKS];
+  unsigned long long* signal[AR_MAX_RANKS];
+};
+
+__device__ __forceinline__ void storeRelease(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long loadAcquire(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ unsigned long long globalTimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Waits until *flag ≥ epoch; traps with a message after timeoutNs.
+__device__ void waitFor(const unsigned long long* flag, unsigned long long epoch, unsigned long long timeoutNs, int rank, int peer) {
+  if (loadAcquire(flag) >= epoch) return;
+  const unsigned long long start = globalTimer();
+  for (unsigned spins = 1;; spins++) {
+    const unsigned long long seen = loadAcquire(flag);
+    if (seen >= epoch) return;
+    if ((spins & 1023u) == 0 && globalTimer() - start > timeoutNs) {
+      printf("tsglang allreduce: rank %d (block %d) waited %.1f s for rank %d at call %llu (it reached call %llu): "
+             "the ranks launched different all-reduce sequences, or a rank stopped; trapping\n",
+             rank, (int)blockIdx.x, (double)timeoutNs * 1e-9, peer, epoch, seen);
+      __trap();
+    }
+  }
+}
+
+// 16 bytes of storage as fp32 lanes, and back (bf16: 8 lanes, fp32: 4).
+template <typename T> struct Lanes;
+template <> struct Lanes<float> {
+  static constexpr int N = 4;
+  static __device__ __forceinline__ void load(const uint4& v, float* f) {
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+  }
+  static __device__ __forceinline__ void add(const uint4& v, float* f) {
+    f[0] += __uint_as_float(v.x);
+    f[1] += __uint_as_float(v.y);
+    f[2] += __uint_as_float(v.z);
+    f[3] += __uint_as_float(v.w);
+  }
+};
+template <> struct Lanes<bf16> {
+  static constexpr int N = 8;
+  static __device__ __forceinline__ void load(const uint4& v, float* f) {
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] = __uint_as_float(w[i] << 16);  // the lower address holds the first element
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+  static __device__ __forceinline__ void add(const uint4& v, float* f) {
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      f[2 * i] += __uint_as_float(w[i] << 16);
+      f[2 * i + 1] += __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+
+// x's units = the sum of every rank's staged units, in rank order, in fp32.
+template <typename T, int R>
+__device__ __forceinline__ void reduceUnits(const Peers& p, T* __restrict__ x, unsigned long long n, size_t half, size_t units,
+                                            bool aligned, size_t first, size_t stride) {
+  constexpr int V = Lanes<T>::N;
+  for (size_t u = first; u < units; u += stride) {
+    uint4 v[R];
+#pragma unroll
+    for (int k = 0; k < R; k++) v[k] = __ldcg(p.data[k] + half + u);  // all loads in flight before the sums
+    float acc[V];
+    Lanes<T>::load(v[0], acc);
+#pragma unroll
+    for (int k = 1; k < R; k++) Lanes<T>::add(v[k], acc);  // rank order: the same rounding on every rank
+    const size_t i = u * V;
+    if (aligned && i + V <= n) {
+      alignas(16) T out[V];
+#pragma unroll
+      for (int l = 0; l < V; l++) out[l] = fromF<T>(acc[l]);
+      *reinterpret_cast<uint4*>(x + i) = *reinterpret_cast<const uint4*>(out);
+    } else {
+#pragma unroll
+      for (int l = 0; l < V; l++)
+        if (i + l < n) x[i + l] = fromF<T>(acc[l]);
+    }
+  }
+}
+
+template <typename T>
+__device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long n, unsigned long long capacity,
+                          unsigned long long timeoutNs, int rank, int nranks) {
+  constexpr int V = Lanes<T>::N;
+  if (gridDim.x > AR_MAX_BLOCKS || nranks > AR_MAX_RANKS) __trap();  // the host never launches these
+  unsigned long long* const mySignal = p.signal[rank];
+  __shared__ unsigned long long callEpoch;
+  // The previous call's last block wrote the epoch before that kernel ended: a plain read sees it.
+  if (threadIdx.x == 0) callEpoch = *reinterpret_cast<volatile unsigned long long*>(mySignal + SIG_EPOCH) + 1;
+  __syncthreads();
+  const unsigned long long epoch = callEpoch;
+  const size_t half = (epoch & 1) * (capacity / sizeof(uint4));
+  uint4* const mine = const_cast<uint4*>(p.data[rank]) + half;
+  // x is split into 16-byte units, unit u to thread u mod (grid · block): the same units on every
+  // rank whatever x's alignment (a unaligned x is copied element by element).
+  const size_t units = (n + V - 1) / V;
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+  const size_t first = (size_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+
+  for (size_t u = first; u < units; u += stride) {
+    const size_t i = u * V;
+    if (aligned && i + V <= n) {
+      mine[u] = *reinterpret_cast<const uint4*>(x + i);
+    } else {
+      alignas(16) T v[V];
+#pragma unroll
+      for (int l = 0; l < V; l++) v[l] = i + l < n ? x[i + l] : fromF<T>(0.f);  // zeros past the end: no stale bytes
+      mine[u] = *reinterpret_cast<const uint4*>(v);
+    }
+  }
+
+  // Barrier with block b of every rank (this one included: its own slot is then set too).
+  __syncthreads();  // the block's staging stores come before the release below
+  if ((int)threadIdx.x < nranks) {
+    const int k = threadIdx.x;
+    storeRelease(p.signal[k] + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + rank, epoch);
+    waitFor(mySignal + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + k, epoch, timeoutNs, rank, k);
+  }
+  __syncthreads();  // the acquires above come before every thread's reads of the peers' buffers
+
+  switch (nranks) {  // a compile-time rank count keeps every rank's 16 bytes in registers
+    case 2: reduceUnits<T, 2>(p, x, n, half, units, aligned, first, stride); break;
+    case 3: reduceUnits<T, 3>(p, x, n, half, units, aligned, first, stride); break;
+    case 4: reduceUnits<T, 4>(p, x, n, half, units, aligned, first, stride); break;
+    case 5: reduceUnits<T, 5>(p, x, n, half, units, aligned, first, stride); break;
+    case 6: reduceUnits<T, 6>(p, x, n, half, units, aligned, first, stride); break;
+    case 7: reduceUnits<T, 7>(p, x, n, half, units, aligned, first, stride); break;
+    case 8: reduceUnits<T, 8>(p, x, n, half, units, aligned, first, stride); break;
+    default: reduceUnits<T, 1>(p, x, n, half, units, aligned, first, stride);
+  }
+
+  // The last block to finish advances the epoch for the next call (the next kernel on this
+  // stream starts after this one ends, so it sees the store).
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's epoch read is done before it counts itself
+    if (atomicAdd(mySignal + SIG_ARRIVED, 1ull) == gridDim.x - 1) {
+      __threadfence();
+      mySignal[SIG_ARRIVED] = 0;
+      mySignal[SIG_EPOCH] = epoch;
+    }
+  }
+}
+
+// x[n] (in place) = the sum over ranks of every rank's x, identical on every rank.
+extern "C" __global__ void __launch_bounds__(512)
+    allreduce_bf16(const __grid_constant__ Peers p, bf16* x, unsigned long long n, unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
+  allReduce(p, x, n, capacity, timeoutNs, rank, nranks);
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    allreduce_f32(const __grid_constant__ Peers p, float* x, unsigned long long n, unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
+  allReduce(p, x, n, capacity, timeoutNs, rank, nranks);
+}

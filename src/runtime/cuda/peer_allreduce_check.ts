@@ -1,0 +1,441 @@
+// The custom all-reduce (peer_allreduce.ts) on GPUs, outside the model: exact checks and a
+// micro-benchmark against NCCL. Rank r runs on GPU r with its own CudaBackend, joined by NCCL
+// and connectPeers as engine/parallel.ts joins the model's ranks; rank 0 in the calling thread,
+// ranks 1..n−1 in worker threads. Every rank runs the same sequence of all-reduces (a collective
+// must), and a rank's input for a case is generated from (rank, case), so each rank computes the
+// expected sum of all ranks on its own. A failed check is recorded, never thrown: a rank that
+// stopped early would leave the others waiting in the next all-reduce.
+//
+// Checks: sizes from 1 element to the threshold (odd sizes, unaligned tensors) equal the fp32
+// sum in rank order, bit for bit (bf16: that sum rounded once); sizes past the threshold go to
+// NCCL; many consecutive calls with no host sync between them; a captured CUDA graph of custom
+// (and NCCL) all-reduces replayed many times, with direct calls between replays; identical
+// output bytes on every rank; the custom path used exactly for the calls that fit.
+
+import { createHash } from "node:crypto";
+import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { float32ToBf16 } from "../dtype.js";
+import { CudaBackend, CudaTensor } from "./backend.js";
+import { NcclCommunicator, type NcclInit, bindCudaDevice, ncclUniqueId } from "./nccl.js";
+import { type DevicePtr, type NativeCuda, loadNative } from "./native.js";
+import { type PeerAllReduce, type PeerExchange, createPeerExchange } from "./peer_allreduce.js";
+
+type DType = "bf16" | "f32";
+const BYTES: Record<DType, number> = { bf16: 2, f32: 4 };
+const MIB = 2 ** 20;
+const PERSISTENT = -1; // backend.ts: a tensor outside the step arena
+
+export interface PeerCheckOptions {
+  /** Consecutive custom all-reduces with no host sync between them (the tests use ≥ 1000). */
+  calls: number;
+  /** Replays of a captured graph holding custom all-reduces (0: no graph check). */
+  replays: number;
+  /** Micro-benchmark: bf16 message sizes in bytes, custom vs NCCL inside CUDA graphs ([]: none). */
+  benchBytes: number[];
+  /** Skip the checks (benchmark only). */
+  benchOnly?: boolean;
+}
+
+export interface PeerBench {
+  bytes: number;
+  /** Median µs per all-reduce on rank 0 (null: the size is past the custom path's threshold). */
+  customUs: number | null;
+  ncclUs: number;
+}
+
+export interface PeerCheckResult {
+  ranks: number;
+  /** "" when the custom path was on, else why not (no check ran then). */
+  off: string;
+  maxBytes: number;
+  failures: string[];
+  /** Custom all-reduces per rank. */
+  calls: number[];
+  bench: PeerBench[];
+  notes: string[];
+}
+
+interface RankResult {
+  off: string;
+  maxBytes: number;
+  failures: string[];
+  calls: number;
+  /** sha1 of every custom all-reduce output, in order. */
+  digest: string;
+  bench: PeerBench[];
+  notes: string[];
+}
+
+interface CheckData {
+  peerCheck: { nccl: NcclInit; exchange: PeerExchange; opts: PeerCheckOptions };
+}
+type Reply = { joining: true } | { result: RankResult } | { error: string };
+
+/** A rank's input for a case: random signs, exponents 2^-7..2^1 and full mantissas (bits to upload, values to sum). */
+function input(rank: number, caseId: number, count: number, dtype: DType): { bits: Uint16Array | Uint32Array; values: Float32Array } {
+  let s = (Math.imul(rank + 1, 0x9e3779b1) ^ Math.imul(caseId + 1, 0x85ebca77)) >>> 0;
+  const next = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let z = Math.imul(s ^ (s >>> 15), s | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return (z ^ (z >>> 14)) >>> 0;
+  };
+  const values = new Float32Array(count);
+  const u32 = new Uint32Array(values.buffer);
+  for (let i = 0; i < count; i++) {
+    const r = next();
+    const exponent = 120 + (r % 9); // biased: 2^-7 .. 2^1
+    u32[i] = ((r & 0x80000000) | (exponent << 23) | ((r >>> 4) & (dtype === "bf16" ? 0x7f0000 : 0x7fffff))) >>> 0;
+  }
+  if (dtype === "f32") return { bits: u32, values };
+  const bits = new Uint16Array(count);
+  for (let i = 0; i < count; i++) bits[i] = u32[i] >>> 16; // exact: the low mantissa bits are zero
+  return { bits, values };
+}
+
+/** The fp32 sum over ranks in rank order (each add rounded to fp32, as the kernel's). */
+function rankOrderSum(ranks: number, caseId: number, count: number, dtype: DType): Float32Array {
+  const acc = input(0, caseId, count, dtype).values;
+  for (let k = 1; k < ranks; k++) {
+    const v = input(k, caseId, count, dtype).values;
+    for (let i = 0; i < count; i++) acc[i] = acc[i] + v[i]; // a double sum of two floats rounds to the fp32 sum exactly
+  }
+  return acc;
+}
+
+/** Bump allocation inside one persistent device block. */
+class Arena {
+  private readonly base: DevicePtr;
+  private off = 0;
+  constructor(
+    backend: CudaBackend,
+    private readonly bytes: number,
+  ) {
+    this.base = backend.upload(new Float32Array(bytes / 4), [bytes / 4], "f32", { persistent: true }).ptr;
+  }
+  take(bytes: number): DevicePtr {
+    const at = this.off;
+    this.off += Math.ceil((bytes + 16) / 256) * 256; // room for an unaligned view
+    if (this.off > this.bytes) throw new Error(`peer all-reduce check: arena of ${this.bytes} bytes is full`);
+    return this.base + BigInt(at);
+  }
+  reset(): void {
+    this.off = 0;
+  }
+}
+
+class RankCheck {
+  readonly failures: string[] = [];
+  readonly notes: string[] = [];
+  private readonly hash = createHash("sha1");
+  /** Custom all-reduces this harness expects to have launched (or captured). */
+  expectedCalls = 0;
+  private caseId = 0;
+
+  constructor(
+    readonly native: NativeCuda,
+    readonly be: CudaBackend,
+    readonly ar: PeerAllReduce,
+    readonly rank: number,
+    readonly ranks: number,
+  ) {}
+
+  get maxElems(): Record<DType, number> {
+    return { bf16: this.ar.maxBytes / 2, f32: this.ar.maxBytes / 4 };
+  }
+
+  /** A case: a view at `ptr`, this rank's input, and what every rank must get. */
+  newCase(ptr: DevicePtr, count: number, dtype: DType, label: string): Case {
+    const id = this.caseId++;
+    return new Case(this, id, ptr, count, dtype, label, this.ar.covers(count * BYTES[dtype]));
+  }
+
+  /** Compares a case's output (downloaded now); custom-path outputs go into the digest. */
+  check(c: Case): void {
+    const got = c.dtype === "bf16" ? new Uint16Array(c.count) : new Uint32Array(c.count);
+    this.native.dtoh(got, c.ptr);
+    const sum = rankOrderSum(this.ranks, c.id, c.count, c.dtype);
+    if (c.custom) {
+      this.hash.update(new Uint8Array(got.buffer));
+      const want = c.dtype === "bf16" ? float32ToBf16(sum) : new Uint32Array(sum.buffer);
+      for (let i = 0; i < c.count; i++) {
+        if (got[i] !== want[i]) {
+          const value = c.dtype === "bf16" ? new Float32Array(new Uint32Array([got[i] << 16]).buffer)[0] : new Float32Array(got.buffer)[i];
+          const ulp = Math.abs(sum[i]) * (c.dtype === "bf16" ? 2 ** -8 : 2 ** -23);
+          this.failures.push(
+            `rank ${this.rank}: ${c.label}: element ${i} is ${value}, want ${sum[i]} (the fp32 rank-order sum${c.dtype === "bf16" ? " rounded once" : ""}); ${Math.abs(value - sum[i]) <= ulp / 2 ? "within" : "beyond"} one rounding`,
+          );
+          return;
+        }
+      }
+      return;
+    }
+    // NCCL sums in its own order (bf16: rounding partial sums): |error| ≤ ranks roundings of |sum| ≤ 8·ranks.
+    const tol = this.ranks * 8 * this.ranks * (c.dtype === "bf16" ? 2 ** -8 : 2 ** -23);
+    const values = c.dtype === "bf16" ? new Float32Array(Uint32Array.from(got as Uint16Array, (b) => b << 16).buffer) : new Float32Array(got.buffer);
+    for (let i = 0; i < c.count; i++) {
+      if (!(Math.abs(values[i] - sum[i]) <= tol)) {
+        this.failures.push(`rank ${this.rank}: ${c.label} (NCCL): element ${i} is ${values[i]}, want ${sum[i]} ± ${tol}`);
+        return;
+      }
+    }
+  }
+
+  digest(): string {
+    return this.hash.digest("hex");
+  }
+}
+
+class Case {
+  constructor(
+    private readonly rc: RankCheck,
+    readonly id: number,
+    readonly ptr: DevicePtr,
+    readonly count: number,
+    readonly dtype: DType,
+    readonly label: string,
+    /** Takes the custom path (else NCCL). */
+    readonly custom: boolean,
+  ) {}
+
+  /** Uploads this rank's input to the view. */
+  upload(): this {
+    this.rc.native.htod(this.ptr, input(this.rc.rank, this.id, this.count, this.dtype).bits);
+    return this;
+  }
+
+  /** The backend's all-reduce of the view (custom or NCCL by size, as the model's). */
+  allReduce(): void {
+    this.rc.be.allReduce(new CudaTensor([this.count], this.ptr, this.dtype, PERSISTENT, 0));
+    if (this.custom) this.rc.expectedCalls++;
+  }
+}
+
+/** 1 element to the threshold (odd sizes, unaligned views), then past it (NCCL). */
+function checkSizes(rc: RankCheck, arena: Arena): void {
+  for (const dtype of ["f32", "bf16"] as const) {
+    const max = rc.maxElems[dtype];
+    const sizes = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 255, 257, 1000, 4097, 5120, 12345, 65537, max - 1, max].filter((n) => n >= 1 && n <= max);
+    for (const n of [...new Set(sizes)]) {
+      for (const shift of [0, BYTES[dtype]]) {
+        arena.reset();
+        const c = rc.newCase(arena.take(n * BYTES[dtype]) + BigInt(shift), n, dtype, `${dtype} ${n} elements${shift ? " (unaligned)" : ""}`).upload();
+        c.allReduce();
+        rc.check(c);
+      }
+    }
+    for (const n of [max + 1, 2 * max + 3]) {
+      arena.reset();
+      const c = rc.newCase(arena.take(n * BYTES[dtype]), n, dtype, `${dtype} ${n} elements`).upload();
+      if (c.custom) rc.failures.push(`rank ${rc.rank}: ${c.label} is past the threshold but took the custom path`);
+      c.allReduce();
+      rc.check(c);
+    }
+  }
+}
+
+/** ≥ `calls` custom all-reduces in rounds of back-to-back launches (no host sync), an NCCL one in each round. */
+function checkConsecutive(rc: RankCheck, arena: Arena, calls: number): void {
+  const mb = rc.maxElems.bf16, mf = rc.maxElems.f32;
+  const pattern: [number, DType][] = [
+    [1, "f32"], [5120, "bf16"], [7, "bf16"], [40000, "bf16"], [333, "f32"], [8191, "bf16"], [20000, "f32"], [20483, "bf16"], [64, "bf16"], [1, "bf16"], [12345, "f32"],
+  ];
+  const perRound = 31;
+  let done = 0;
+  for (let round = 0; done < calls; round++) {
+    arena.reset();
+    const cases: Case[] = [];
+    for (let j = 0; j < perRound; j++) {
+      const [n, dtype] = pattern[(round * perRound + j) % pattern.length];
+      const count = Math.min(n, dtype === "bf16" ? mb : mf);
+      cases.push(rc.newCase(arena.take(count * BYTES[dtype]), count, dtype, `consecutive call ${round * perRound + j} (${dtype} ${count})`));
+    }
+    cases.splice(round % perRound, 0, rc.newCase(arena.take((mf + 1) * 4), mf + 1, "f32", `consecutive round ${round}: NCCL f32 ${mf + 1}`));
+    for (const c of cases) c.upload();
+    for (const c of cases) c.allReduce();
+    for (const c of cases) rc.check(c);
+    done += perRound;
+  }
+}
+
+/** A graph of all-reduces (inputs copied in first) replayed `replays` times, direct calls between replays. */
+function checkGraph(rc: RankCheck, arena: Arena, replays: number): void {
+  const n = rc.native;
+  if (!n.graphBeginCapture || !n.graphEndCapture || !n.graphLaunch || !n.graphDestroy) {
+    rc.notes.push("graph check skipped: the driver has no stream capture");
+    return;
+  }
+  if (process.env.TSGLANG_CUDA_SYNC === "1") {
+    rc.notes.push("graph check skipped: TSGLANG_CUDA_SYNC=1 synchronises inside the capture");
+    return;
+  }
+  arena.reset();
+  const mb = rc.maxElems.bf16;
+  const specs: [number, DType, number][] = [[5120, "bf16", 0], [777, "f32", 4], [mb, "bf16", 0], [mb + 8, "bf16", 0], [1, "f32", 0], [40000, "bf16", 2]];
+  const graphCases = specs.map(([count, dtype, shift]) => {
+    const src = rc.newCase(arena.take(count * BYTES[dtype]) + BigInt(shift), count, dtype, `graph source ${dtype} ${count}`).upload();
+    const work = arena.take(count * BYTES[dtype]) + BigInt(shift);
+    return { src, work };
+  });
+  const direct = rc.newCase(arena.take(100 * 2), 100, "bf16", "direct bf16 100 between replays");
+  let directCalls = 0;
+  n.synchronize();
+  n.graphBeginCapture();
+  let exec: DevicePtr;
+  try {
+    for (const { src, work } of graphCases) {
+      n.dtod(work, src.ptr, src.count * BYTES[src.dtype]);
+      rc.be.allReduce(new CudaTensor([src.count], work, src.dtype, PERSISTENT, 0));
+      if (src.custom) rc.expectedCalls++; // recorded once, however often replayed
+    }
+  } finally {
+    exec = n.graphEndCapture();
+  }
+  try {
+    for (let r = 1; r <= replays; r++) {
+      n.graphLaunch(exec);
+      if (r % 7 === 3) {
+        direct.upload().allReduce();
+        directCalls++;
+      }
+      if (r % 50 === 0 || r === replays) {
+        for (const { src, work } of graphCases) rc.check(new Case(rc, src.id, work, src.count, src.dtype, `graph replay ${r}: ${src.dtype} ${src.count}`, src.custom));
+        if (directCalls > 0) rc.check(direct);
+      }
+    }
+  } finally {
+    n.graphDestroy(exec);
+  }
+}
+
+/** Median µs per bf16 all-reduce of each size, custom and NCCL, `reps` per CUDA graph (launch gaps excluded). */
+function bench(rc: RankCheck, comm: NcclCommunicator, arena: Arena, sizes: number[]): PeerBench[] {
+  const n = rc.native;
+  const reps = 100;
+  const batches = 9;
+  const useGraphs = !!n.graphBeginCapture && process.env.TSGLANG_CUDA_SYNC !== "1";
+  const events = Array.from({ length: batches + 1 }, () => n.eventCreate());
+  const time = (one: () => void): number => {
+    let exec: DevicePtr | null = null;
+    if (useGraphs) {
+      n.graphBeginCapture!();
+      try {
+        for (let i = 0; i < reps; i++) one();
+      } finally {
+        exec = n.graphEndCapture!();
+      }
+    }
+    const batch = () => {
+      if (exec !== null) n.graphLaunch!(exec);
+      else for (let i = 0; i < reps; i++) one();
+    };
+    try {
+      batch(); // warm-up
+      n.synchronize();
+      // Batches back to back, so the ranks run in step after the first; the median drops its skew.
+      for (let b = 0; b < batches; b++) {
+        n.eventRecord(events[b]);
+        batch();
+      }
+      n.eventRecord(events[batches]);
+      const us = Array.from({ length: batches }, (_, b) => (n.eventElapsed(events[b], events[b + 1]) * 1000) / reps).sort((x, y) => x - y);
+      return us[batches >> 1];
+    } finally {
+      if (exec !== null) n.graphDestroy!(exec);
+    }
+  };
+  const out: PeerBench[] = [];
+  for (const bytes of sizes) {
+    arena.reset();
+    const count = Math.floor(bytes / 2);
+    const ptr = arena.take(bytes);
+    n.memset(ptr, 0, count, 2); // zeros stay zeros however often they are summed
+    const customUs = rc.ar.covers(count * 2) ? time(() => rc.ar.run(ptr, count, "bf16")) : null;
+    const ncclUs = time(() => comm.allReduce(ptr, count, "bf16"));
+    out.push({ bytes, customUs, ncclUs });
+  }
+  if (!useGraphs) rc.notes.push("benchmark without CUDA graphs: launch overheads included");
+  return out;
+}
+
+async function runRank(init: NcclInit, exchange: PeerExchange, opts: PeerCheckOptions): Promise<RankResult> {
+  const comm = new NcclCommunicator(init, init.rank); // blocks until every rank has joined
+  const be = new CudaBackend({ device: init.rank, nccl: comm, memoryBytes: 512 * MIB, stepBytes: 32 * MIB, graphSizes: [] });
+  try {
+    const ar = await be.connectPeers(exchange);
+    if (ar.off) return { off: ar.off, maxBytes: 0, failures: [], calls: 0, digest: "", bench: [], notes: [] };
+    const rc = new RankCheck(loadNative(), be, ar, init.rank, init.size);
+    const arena = new Arena(be, 160 * MIB);
+    if (!opts.benchOnly) {
+      checkSizes(rc, arena);
+      checkConsecutive(rc, arena, opts.calls);
+      if (opts.replays > 0) checkGraph(rc, arena, opts.replays);
+      // The backend routed exactly the calls that fit to the custom path.
+      if (ar.calls !== rc.expectedCalls) rc.failures.push(`rank ${init.rank}: ${ar.calls} custom all-reduces launched, ${rc.expectedCalls} expected`);
+    }
+    const benchResults = opts.benchBytes.length > 0 ? bench(rc, comm, arena, opts.benchBytes) : [];
+    return { off: "", maxBytes: ar.maxBytes, failures: rc.failures, calls: ar.calls, digest: rc.digest(), bench: benchResults, notes: rc.notes };
+  } finally {
+    be.destroy(); // every rank: its closing barrier waits for the others
+    comm.destroy();
+  }
+}
+
+/** "10 KiB: custom 4.1 µs, NCCL 17.3 µs (4.2× faster)". */
+export function benchLine(b: PeerBench): string {
+  const size = b.bytes >= 2 ** 20 ? `${b.bytes / 2 ** 20} MiB` : `${b.bytes / 1024} KiB`;
+  const custom = b.customUs === null ? "custom – (past the threshold)" : `custom ${b.customUs.toFixed(1)} µs`;
+  const ratio = b.customUs === null ? "" : ` (${(b.ncclUs / b.customUs).toFixed(1)}× faster)`;
+  return `bf16 ${size}: ${custom}, NCCL ${b.ncclUs.toFixed(1)} µs${ratio}`;
+}
+
+/** Runs the checks (and benchmark) on GPUs 0..ranks−1. */
+export async function peerAllReduceCheck(ranks: number, opts: PeerCheckOptions): Promise<PeerCheckResult> {
+  const id = ncclUniqueId();
+  const exchange = createPeerExchange(ranks);
+  const workers = Array.from(
+    { length: ranks - 1 },
+    (_, i) => new Worker(new URL(import.meta.url), { workerData: { peerCheck: { nccl: { id, rank: i + 1, size: ranks }, exchange, opts } } satisfies CheckData }),
+  );
+  const joining: Promise<void>[] = [];
+  const done: Promise<RankResult>[] = [];
+  for (const w of workers) {
+    let joined!: () => void, finished!: (r: RankResult) => void, fail!: (e: Error) => void;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    failed.catch(() => {});
+    joining.push(Promise.race([new Promise<void>((r) => (joined = r)), failed]));
+    done.push(Promise.race([new Promise<RankResult>((r) => (finished = r)), failed]));
+    w.on("message", (m: Reply) => ("joining" in m ? joined() : "error" in m ? fail(new Error(m.error)) : finished(m.result)));
+    w.once("error", fail);
+    w.once("exit", (code) => fail(new Error(`rank thread exited (code ${code}) before reporting`)));
+  }
+  try {
+    await Promise.all(joining);
+    const all = await Promise.all([runRank({ id, rank: 0, size: ranks }, exchange, opts), ...done]);
+    const failures = all.flatMap((r) => r.failures);
+    const offs = new Set(all.map((r) => r.off));
+    if (offs.size > 1) failures.push(`the ranks disagree on the custom path: ${[...offs].map((o) => o || "on").join(" / ")}`);
+    if (all[0].off === "" && !opts.benchOnly) {
+      const digests = all.map((r) => r.digest);
+      if (new Set(digests).size !== 1) failures.push(`custom all-reduce outputs differ between ranks (sha1 ${digests.join(", ")})`);
+    }
+    return { ranks, off: all[0].off, maxBytes: all[0].maxBytes, failures, calls: all.map((r) => r.calls), bench: all[0].bench, notes: all[0].notes };
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+}
+
+if (!isMainThread && (workerData as CheckData)?.peerCheck) {
+  const { nccl, exchange, opts } = (workerData as CheckData).peerCheck;
+  const reply = (m: Reply) => parentPort!.postMessage(m);
+  try {
+    bindCudaDevice(nccl.rank);
+    reply({ joining: true });
+    runRank(nccl, exchange, opts).then(
+      (result) => reply({ result }),
+      (e: Error) => reply({ error: e.message }),
+    );
+  } catch (e) {
+    reply({ error: (e as Error).message });
+  }
+}
