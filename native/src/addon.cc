@@ -27,6 +27,9 @@ thread_local CUstream stream = nullptr;
 thread_local CUdevice device = 0;
 thread_local BlasLt lt{};
 thread_local bool blasLtLoaded = false;
+// Between graphBeginCapture and graphEndCapture: work is recorded, not run, so cuBLASLt planning
+// must not time candidates (blasLtMatmul's timer) then.
+thread_local bool capturing = false;
 
 // ---- argument helpers: each throws a JS error and returns false on a bad argument ----
 
@@ -458,7 +461,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   a.beta = static_cast<float>(beta);
   a.workspaceBytes = ws;
   std::string err;
-  bool ok = blasLtMatmul(lt, a, stream, err);
+  bool ok = blasLtMatmul(lt, a, stream, capturing ? nullptr : &drv, err);
   if (!err.empty()) {
     throwError(env, err);
     return nullptr;
@@ -466,6 +469,20 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   napi_value r;
   napi_get_boolean(env, ok, &r);
   return r;
+}
+
+// matmulBucket(n): the n whose planned algorithm matmul uses for n (blaslt.cc), so a warm-up
+// can plan every bucket once.
+napi_value MatmulBucket(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv)) return nullptr;
+  int64_t n;
+  if (!getI64(env, argv[0], n)) return nullptr;
+  if (n < 1) {
+    throwError(env, "matmulBucket: n must be ≥ 1");
+    return nullptr;
+  }
+  return number(env, static_cast<double>(blasLtBucket(n)));
 }
 
 napi_value EventCreate(napi_env env, napi_callback_info /*info*/) {
@@ -511,6 +528,7 @@ napi_value GraphBeginCapture(napi_env env, napi_callback_info /*info*/) {
     return nullptr;
   }
   CHECK("cuStreamBeginCapture", drv.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_RELAXED));
+  capturing = true;
   return undefined(env);
 }
 
@@ -524,6 +542,7 @@ napi_value GraphEndCapture(napi_env env, napi_callback_info /*info*/) {
   }
   CUgraph graph = nullptr;
   CUresult r = drv.cuStreamEndCapture(stream, &graph);
+  capturing = false;
   if (r != 0) {
     if (graph) drv.cuGraphDestroy(graph);
     throwError(env, cuErrorText(drv, "cuStreamEndCapture (something in the captured region is not capturable)", r));
@@ -639,6 +658,7 @@ NAPI_MODULE_INIT() {
       {"memAlloc", MemAlloc}, {"memFree", MemFree}, {"htod", HtoD}, {"dtoh", DtoH}, {"dtod", DtoD},
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
+      {"matmulBucket", MatmulBucket},
       {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
       {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},

@@ -35,7 +35,129 @@ int64_t bucketN(int64_t n) {
 std::string statusText(BlasLt& lt, const char* what, cublasStatus_t s) {
   return std::string(what) + ": " + (lt.statusString ? lt.statusString(s) : "cuBLAS status " + std::to_string(s));
 }
+
+void destroyPlan(BlasLt& lt, MatmulPlan& p) {
+  if (p.desc) lt.descDestroy(p.desc);
+  if (p.a) lt.layoutDestroy(p.a);
+  if (p.b) lt.layoutDestroy(p.b);
+  if (p.d) lt.layoutDestroy(p.d);
+  if (p.pref) lt.prefDestroy(p.pref);
+  p = MatmulPlan{};
+}
+
+// Descriptors, layouts (exact n) and preference for one call shape; false with `err` on failure.
+bool createPlan(BlasLt& lt, const MatmulArgs& a, const uint32_t align[3], MatmulPlan& p, std::string& err) {
+  auto ok = [&](const char* what, cublasStatus_t s) {
+    if (s != 0 && err.empty()) err = statusText(lt, what, s);
+    return s == 0;
+  };
+  const uint64_t ws = a.workspaceBytes;
+  // Stored shapes: op N keeps [rows, cols] = [m, k]; op T stores the transpose.
+  bool good = ok("cublasLtMatmulDescCreate", lt.descCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) &&
+              ok("cublasLtMatmulDescSetAttribute", lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &a.transA, sizeof(int))) &&
+              ok("cublasLtMatmulDescSetAttribute", lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &a.transB, sizeof(int))) &&
+              ok("cublasLtMatrixLayoutCreate", lt.layoutCreate(&p.a, a.typeAB, a.transA ? a.k : a.m, a.transA ? a.m : a.k, a.lda)) &&
+              ok("cublasLtMatrixLayoutCreate", lt.layoutCreate(&p.b, a.typeAB, a.transB ? a.n : a.k, a.transB ? a.k : a.n, a.ldb)) &&
+              ok("cublasLtMatrixLayoutCreate", lt.layoutCreate(&p.d, a.typeD, a.m, a.n, a.ldd)) &&
+              ok("cublasLtMatmulPreferenceCreate", lt.prefCreate(&p.pref)) &&
+              ok("cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws))) &&
+              ok("cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align[0], sizeof(uint32_t))) &&
+              ok("cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align[1], sizeof(uint32_t))) &&
+              ok("cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2], sizeof(uint32_t))) &&
+              ok("cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[2], sizeof(uint32_t)));
+  if (!good) destroyPlan(lt, p);
+  return good;
+}
+
+cublasStatus_t runAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, const cublasLtMatmulAlgo_t& algo, CUstream stream) {
+  return lt.matmul(lt.handle, p.desc, &a.alpha, reinterpret_cast<const void*>(a.a), p.a, reinterpret_cast<const void*>(a.b), p.b,
+                   &a.beta, reinterpret_cast<const void*>(a.d), p.d, reinterpret_cast<void*>(a.d), p.d, &algo,
+                   reinterpret_cast<void*>(a.workspace), a.workspaceBytes, stream);
+}
+
+// Candidates asked of the heuristic when the choice is timed.
+constexpr int kCandidates = 8;
+
+// The algorithm for layouts (p.a, lb, ld) — lb/ld are the bucket's n, or the call's own.
+//
+// Why time instead of trusting the heuristic: its first choice for the MoE expert GEMMs of a
+// 1 × 2048 prefill (M = 16384, K = 5120, N ≈ 128 rows per expert) ran at 65% of that GEMM's
+// weight-read floor on H100 (docs/PERF.md, CUDA prefill): for such skinny, memory-bound shapes
+// its ranking is an estimate, and measuring a few candidates costs milliseconds once per bucket
+// (at load, CudaBackend.prepareGemms). So with a `timer` (and beta = 0, so that reruns leave
+// D as one run does) every candidate runs on the call's real operands, once untimed (it loads
+// the kernel and keeps the GPU busy while the timed runs are queued) and then timed between two
+// events, in two interleaved rounds; the fastest per run wins, ties to the heuristic's order.
+// The choice is cached per bucket for the process's life, so one shape always runs one
+// algorithm. `found` is false when cuBLASLt has none; false return = a CUDA error (`err`).
+bool chooseAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t ld,
+                const Driver* timer, CUstream stream, bool& found, cublasLtMatmulAlgo_t& algo, std::string& err) {
+  const bool timed = timer != nullptr && a.beta == 0.0f;
+  cublasLtMatmulHeuristicResult_t r[kCandidates] = {};
+  int count = 0;
+  cublasStatus_t s = lt.heuristic(lt.handle, p.desc, p.a, lb, ld, ld, p.pref, timed ? kCandidates : 1, r, &count);
+  found = false;
+  if (s != 0 || count <= 0) return true;  // no algorithm (NOT_SUPPORTED and the like): the caller falls back
+  int usable[kCandidates];
+  int nUsable = 0;
+  for (int i = 0; i < count && i < kCandidates; i++)
+    if (r[i].state == 0 && r[i].workspaceSize <= a.workspaceBytes) usable[nUsable++] = i;
+  if (nUsable == 0) return true;
+  found = true;
+  algo = r[usable[0]].algo;
+  if (!timed || nUsable == 1) return true;
+
+  auto cu = [&](const char* what, CUresult res) {
+    if (res != 0) err = cuErrorText(*timer, what, res);
+    return res == 0;
+  };
+  if (!lt.tuneStart && !cu("cuEventCreate", timer->cuEventCreate(&lt.tuneStart, CU_EVENT_DEFAULT))) return false;
+  if (!lt.tuneEnd && !cu("cuEventCreate", timer->cuEventCreate(&lt.tuneEnd, CU_EVENT_DEFAULT))) return false;
+  float best[kCandidates];
+  bool runs[kCandidates];
+  for (int j = 0; j < nUsable; j++) best[j] = 3.0e38f, runs[j] = true;
+  int reps = 1;
+  for (int round = 0; round < 2; round++) {
+    for (int j = 0; j < nUsable; j++) {
+      if (!runs[j]) continue;
+      const cublasLtMatmulAlgo_t& cand = r[usable[j]].algo;
+      if (runAlgo(lt, a, p, cand, stream) != 0) {  // e.g. a bucket's candidate that does not take this n
+        runs[j] = false;
+        continue;
+      }
+      if (!cu("cuEventRecord", timer->cuEventRecord(lt.tuneStart, stream))) return false;
+      bool ran = true;
+      for (int i = 0; i < reps && ran; i++) ran = runAlgo(lt, a, p, cand, stream) == 0;
+      if (!cu("cuEventRecord", timer->cuEventRecord(lt.tuneEnd, stream))) return false;
+      if (!cu("cuEventSynchronize (a GEMM being timed failed)", timer->cuEventSynchronize(lt.tuneEnd))) return false;
+      float ms = 0;
+      if (!cu("cuEventElapsedTime", timer->cuEventElapsedTime(&ms, lt.tuneStart, lt.tuneEnd))) return false;
+      if (!ran) {
+        runs[j] = false;
+        continue;
+      }
+      if (ms / reps < best[j]) best[j] = ms / reps;
+    }
+    // Second round: enough back-to-back runs that the fastest spends ~0.2 ms between the events
+    // (small GEMMs are a few µs, near the events' resolution); large ones once.
+    float fastest = 3.0e38f;
+    for (int j = 0; j < nUsable; j++)
+      if (runs[j] && best[j] < fastest) fastest = best[j];
+    if (fastest > 1.0e38f) break;  // none ran
+    reps = fastest >= 0.2f ? 1 : (fastest < 0.05f ? 4 : static_cast<int>(0.2f / fastest));
+  }
+  int pick = -1;
+  for (int j = 0; j < nUsable; j++)
+    if (runs[j] && (pick < 0 || best[j] < best[pick])) pick = j;
+  // None ran on this n: keep the heuristic's first (the caller re-plans this n if it fails).
+  if (pick >= 0) algo = r[usable[pick]].algo;
+  return true;
+}
 }  // namespace
+
+int64_t blasLtBucket(int64_t n) {
+  return bucketN(n);
+}
 
 std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::string& loadedFrom) {
   std::string errors;
@@ -77,47 +199,42 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
   return "cannot load cuBLASLt (libcublasLt.so.13 or .12); set TSGLANG_CUBLASLT to its path. Tried:" + errors;
 }
 
-bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, std::string& err) {
-  const uint32_t alA = alignmentOf(a.a), alB = alignmentOf(a.b), alD = alignmentOf(a.d);
+bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err) {
+  const uint32_t align[3] = {alignmentOf(a.a), alignmentOf(a.b), alignmentOf(a.d)};
   auto keyFor = [&](int64_t n) {
     return std::to_string(a.transA) + "," + std::to_string(a.transB) + "," + std::to_string(a.m) + "," +
            std::to_string(n) + "," + std::to_string(a.k) + "," + std::to_string(a.lda) + "," +
            std::to_string(a.ldb) + "," + std::to_string(a.ldd) + "," + std::to_string(a.typeAB) + "," +
-           std::to_string(a.typeD) + "," + std::to_string(alA) + "," + std::to_string(alB) + "," +
-           std::to_string(alD) + "," + std::to_string(a.workspaceBytes);
+           std::to_string(a.typeD) + "," + std::to_string(align[0]) + "," + std::to_string(align[1]) + "," +
+           std::to_string(align[2]) + "," + std::to_string(a.workspaceBytes);
   };
   std::string key = keyFor(a.n);
+  // An n the bucket's algorithm does not take (or a bucket with none) gets its own, chosen once
+  // and kept with the buckets' (so a re-made plan of this n runs the same one).
+  auto planExact = [&](MatmulPlan& p) {
+    p.exact = true;
+    const std::string xkey = "exact," + key;
+    auto xi = lt.algos.find(xkey);
+    if (xi == lt.algos.end()) {
+      bool found = false;
+      cublasLtMatmulAlgo_t algo{};
+      if (!chooseAlgo(lt, a, p, p.b, p.d, timer, stream, found, algo, err)) return false;
+      xi = lt.algos.emplace(xkey, std::make_pair(found, algo)).first;
+    }
+    p.found = xi->second.first;
+    if (p.found) p.algo = xi->second.second;
+    return true;
+  };
   auto it = lt.plans.find(key);
   if (it == lt.plans.end()) {
     // Every shape is planned once; a serving process sees a bounded set of (batch, layer) shapes.
+    // Past 8192 the layouts go (cheap to remake); the chosen algorithms stay.
     if (lt.plans.size() > 8192) {
-      for (auto& kv : lt.plans) {
-        lt.descDestroy(kv.second.desc);
-        lt.layoutDestroy(kv.second.a);
-        lt.layoutDestroy(kv.second.b);
-        lt.layoutDestroy(kv.second.d);
-        lt.prefDestroy(kv.second.pref);
-      }
+      for (auto& kv : lt.plans) destroyPlan(lt, kv.second);
       lt.plans.clear();
-      lt.algos.clear();
     }
     MatmulPlan p{};
-    cublasStatus_t s = lt.descCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (s != 0) { err = statusText(lt, "cublasLtMatmulDescCreate", s); return false; }
-    lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &a.transA, sizeof(int));
-    lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &a.transB, sizeof(int));
-    // Stored shapes: op N keeps [rows, cols] = [m, k]; op T stores the transpose.
-    lt.layoutCreate(&p.a, a.typeAB, a.transA ? a.k : a.m, a.transA ? a.m : a.k, a.lda);
-    lt.layoutCreate(&p.b, a.typeAB, a.transB ? a.n : a.k, a.transB ? a.k : a.n, a.ldb);
-    lt.layoutCreate(&p.d, a.typeD, a.m, a.n, a.ldd);
-    cublasLtMatmulPreference_t pref;
-    lt.prefCreate(&pref);
-    uint64_t ws = a.workspaceBytes;
-    lt.prefSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    lt.prefSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof(alA));
-    lt.prefSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof(alB));
-    lt.prefSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alD, sizeof(alD));
-    lt.prefSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alD, sizeof(alD));
+    if (!createPlan(lt, a, align, p, err)) return false;
     // The algorithm: the bucket's, chosen once for the bucket's n (the same layouts but for n).
     const int64_t nb = bucketN(a.n);
     p.exact = nb == a.n;
@@ -126,50 +243,45 @@ bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, std::string&
     if (ai == lt.algos.end()) {
       cublasLtMatrixLayout_t lb = p.b, ld = p.d;
       if (nb != a.n) {
-        lt.layoutCreate(&lb, a.typeAB, a.transB ? nb : a.k, a.transB ? a.k : nb, a.ldb);
-        lt.layoutCreate(&ld, a.typeD, a.m, nb, a.ldd);
+        lb = ld = nullptr;
+        cublasStatus_t s = lt.layoutCreate(&lb, a.typeAB, a.transB ? nb : a.k, a.transB ? a.k : nb, a.ldb);
+        if (s == 0) s = lt.layoutCreate(&ld, a.typeD, a.m, nb, a.ldd);
+        if (s != 0) {
+          err = statusText(lt, "cublasLtMatrixLayoutCreate", s);
+          if (lb) lt.layoutDestroy(lb);
+          destroyPlan(lt, p);
+          return false;
+        }
       }
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
-      s = lt.heuristic(lt.handle, p.desc, p.a, lb, ld, ld, pref, 1, &result, &found);
+      bool found = false;
+      cublasLtMatmulAlgo_t algo{};
+      const bool ok = chooseAlgo(lt, a, p, lb, ld, timer, stream, found, algo, err);
       if (nb != a.n) {
         lt.layoutDestroy(lb);
         lt.layoutDestroy(ld);
       }
-      ai = lt.algos.emplace(bkey, std::make_pair(s == 0 && found > 0, result.algo)).first;
+      if (!ok) {
+        destroyPlan(lt, p);
+        return false;
+      }
+      ai = lt.algos.emplace(bkey, std::make_pair(found, algo)).first;
     }
     p.found = ai->second.first;
     if (p.found) p.algo = ai->second.second;
-    if (!p.found && nb != a.n) {  // none for the bucket: ask for this n itself
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
-      s = lt.heuristic(lt.handle, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
-      p.found = (s == 0 && found > 0);
-      if (p.found) p.algo = result.algo;
-      p.exact = true;
+    if (!p.found && !p.exact && !planExact(p)) {  // none for the bucket: ask for this n itself
+      destroyPlan(lt, p);
+      return false;
     }
-    p.pref = pref;
     it = lt.plans.emplace(key, p).first;
   }
   MatmulPlan& p = it->second;
   if (!p.found) return false;
-  auto run = [&]() {
-    return lt.matmul(lt.handle, p.desc, &a.alpha, reinterpret_cast<const void*>(a.a), p.a,
-                     reinterpret_cast<const void*>(a.b), p.b, &a.beta, reinterpret_cast<const void*>(a.d), p.d,
-                     reinterpret_cast<void*>(a.d), p.d, &p.algo, reinterpret_cast<void*>(a.workspace),
-                     a.workspaceBytes, stream);
-  };
-  cublasStatus_t s = run();
+  cublasStatus_t s = runAlgo(lt, a, p, p.algo, stream);
   if (s != 0 && !p.exact) {
     // The bucket's algorithm does not take this n: plan this n alone, once.
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    cublasStatus_t h = lt.heuristic(lt.handle, p.desc, p.a, p.b, p.d, p.d, p.pref, 1, &result, &found);
-    p.exact = true;
-    p.found = (h == 0 && found > 0);
+    if (!planExact(p)) return false;
     if (!p.found) return false;
-    p.algo = result.algo;
-    s = run();
+    s = runAlgo(lt, a, p, p.algo, stream);
   }
   if (s != 0) { err = statusText(lt, "cublasLtMatmul", s); return false; }
   return true;

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "cuda_api.h"
+#include "driver.h"
 
 struct MatmulArgs {
   int transA, transB;           // CUBLAS_OP_N / CUBLAS_OP_T
@@ -50,11 +51,23 @@ struct BlasLt {
   // Chosen algorithms per shape with n (the token count) rounded up to a bucket: a new n in a
   // known bucket (per-expert row counts of MoE prefill, new prompt lengths) skips the heuristic
   // query (~0.3 ms each on H100). TSGLANG_BLASLT_EXACT=1 plans every n on its own.
+  // Never dropped (unlike `plans`): few entries, and each shape keeps one algorithm for the
+  // process's life.
   std::unordered_map<std::string, std::pair<bool, cublasLtMatmulAlgo_t>> algos;
+  // The autotuner's timing events (created on first use, on this thread's context).
+  CUevent tuneStart = nullptr, tuneEnd = nullptr;
 };
 
 /** Opens the first of `paths` that loads; "" on success, else why not. */
 std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::string& loadedFrom);
 
-/** Runs D = alpha·op(A)·op(B) + beta·D. Returns false (err empty) when cuBLASLt has no algorithm for it. */
-bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, std::string& err);
+/**
+ * Runs D = alpha·op(A)·op(B) + beta·D. Returns false (err empty) when cuBLASLt has no algorithm for
+ * it. A bucket planned with `timer` (the driver; null while the stream is being captured) times
+ * the heuristic's candidates on these operands and keeps the fastest (blaslt.cc, chooseAlgo);
+ * without it, the heuristic's first choice.
+ */
+bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err);
+
+/** The n whose algorithm serves an n (blaslt.cc's buckets): warm-ups plan each bucket once. */
+int64_t blasLtBucket(int64_t n);

@@ -11,6 +11,7 @@ import { createBackend, cudaAttentionFor, gpuFor, parseAttentionBackend, parseDe
 import { loadParallel } from "../engine/parallel.js";
 import type { ForwardModel } from "../model/llama4.js";
 import { argmax } from "../engine/sampling.js";
+import { warmupGemms } from "../engine/warmup.js";
 
 const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
 
@@ -22,10 +23,10 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
   --device auto|cuda|cpu    (default auto)
   --attention-backend NAME  auto|fa3|cuda|cpu (default auto)
   --tp N, --ep-size N       tensor / expert parallel ranks (GPUs with NCCL, else CPU threads)
-  --no-warmup               time the process's first prefill (by default one prefill of other
-                            prompts runs first, as sglang's bench_one_batch warms up: module
-                            loads and cuBLASLt planning stay out of the numbers; its time is
-                            reported as prefill_cold_s)
+  --no-warmup               time the process's first prefill (by default the GEMMs are planned
+                            for every row count the run can meet, as launch does before serving,
+                            reported as gemm_warmup_s; then one prefill of other prompts runs, as
+                            sglang's bench_one_batch warms up, reported as prefill_cold_s)
   --host-logits             decode steps download every logit row and take the argmax on the host
                             (default: greedy on the device where the model can, as SGLang samples
                             on the GPU; the next tokens are the same)
@@ -140,8 +141,11 @@ export async function main(argv: string[]): Promise<number> {
   // prefill meets new expert counts but no first-use costs (module loads, cuBLASLt handles and
   // planning of its shape buckets).
   let prefillColdS: number | null = null;
+  let gemmWarmupS: number | null = null;
   if (!values["no-warmup"]) {
     const n = Math.min(batch, group);
+    // Steps carry up to n prompts (prefill) or `batch` rows (decode); logits for up to `batch` rows.
+    gemmWarmupS = warmupGemms(model, { maxTokens: Math.max(n * inputLen, batch), maxLogitRows: batch })?.seconds ?? null;
     const warm = new ContiguousBatch(model, n, inputLen + 1);
     sync();
     const t0 = performance.now();
@@ -197,6 +201,7 @@ export async function main(argv: string[]): Promise<number> {
     input_len: inputLen,
     output_len: outputLen,
     load_s: loadS,
+    gemm_warmup_s: gemmWarmupS,
     prefill_s: prefillS,
     prefill_cold_s: prefillColdS,
     prefill_tokens_per_s: (batch * inputLen) / prefillS,

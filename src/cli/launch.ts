@@ -184,7 +184,8 @@ export async function main(argv: string[]): Promise<number> {
   log.info(`weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   log.info(
     `engine ready: context ${info.contextLength}, KV ${info.fullPoolTokens} full / ${info.swaPoolTokens} SWA tokens, ` +
-      `max running ${info.maxRunningRequests}${info.hybridSwa ? ", hybrid SWA" : ""}`,
+      `max running ${info.maxRunningRequests}${info.hybridSwa ? ", hybrid SWA" : ""}` +
+      (info.warmup ? `, GEMM warm-up ${info.warmup.seconds.toFixed(2)} s (${info.warmup.gemms} GEMMs over ${info.warmup.shapes} shapes)` : ""),
   );
 
   const serverArgs = Object.fromEntries(

@@ -37,6 +37,8 @@ export interface EngineInfo {
   backend: string;
   fullPoolTokens: number;
   swaPoolTokens: number;
+  /** The GEMM warm-up before ready (engine/warmup.ts), where the backend has one. */
+  warmup?: { gemms: number; shapes: number; seconds: number };
 }
 
 export type ToEngine =

@@ -12,6 +12,7 @@ import { planKvPools } from "./kv_budget.js";
 import { shardDims } from "../model/shard.js";
 import { type AttentionBackend, type Device, createBackend, cudaAttentionFor, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { Scheduler } from "./scheduler.js";
+import { warmupGemms } from "./warmup.js";
 import type { EngineOptions, ToEngine, FromEngine } from "./engine.js";
 import { EngineBusyError } from "./types.js";
 
@@ -41,6 +42,10 @@ async function main(opts: EngineOptions): Promise<void> {
   const chunk = hybrid ? config.attentionChunkSize : 0;
   const cache = new RadixCache({ full: fullPool, swa: swaPool, chunkSize: chunk, disabled: opts.disableRadixCache });
   const maxRunning = opts.maxRunningRequests ?? 64;
+  const chunked = opts.chunkedPrefillSize === undefined ? 8192 : opts.chunkedPrefillSize > 0 ? opts.chunkedPrefillSize : Infinity;
+  // Before "ready": plan every GEMM a step can run (a step: one prefill budget plus a decode row
+  // per running request), so that no request pays first-use planning or kernel loads.
+  const warmup = warmupGemms(model, { maxTokens: Math.min(chunked, plan.contextLength) + maxRunning, maxLogitRows: maxRunning });
   const sched = new Scheduler(
     model,
     cache,
@@ -50,7 +55,7 @@ async function main(opts: EngineOptions): Promise<void> {
       contextLength: plan.contextLength,
       maxRunningRequests: maxRunning,
       // SGLang's -1 turns chunking off: a whole prompt per step.
-      chunkedPrefillSize: opts.chunkedPrefillSize === undefined ? 8192 : opts.chunkedPrefillSize > 0 ? opts.chunkedPrefillSize : Infinity,
+      chunkedPrefillSize: chunked,
       schedulePolicy: opts.schedulePolicy ?? "fcfs",
       maxQueuedRequests: opts.maxQueuedRequests ?? 1024,
       swaChunkSize: chunk,
@@ -118,6 +123,7 @@ async function main(opts: EngineOptions): Promise<void> {
       backend: description,
       fullPoolTokens: plan.fullTokens,
       swaPoolTokens: hybrid ? plan.swaTokens : 0,
+      warmup: warmup ?? undefined,
     },
   });
 }

@@ -1,7 +1,9 @@
-// Reads the golden references written by tools/make_fixtures.py (transformers, float64).
+// Reads the golden references written by tools/make_fixtures.py and tools/bf16_drift.py
+// (transformers, float64).
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { packageRoot } from "../util/repo.js";
 
 export interface GoldenPrompt {
   text: string | null;
@@ -16,6 +18,8 @@ export interface GoldenPrompt {
 export interface Golden {
   fixture: string;
   vocabSize: number;
+  /** The checkpoint the references were computed from: the golden's own folder, or (`model` in reference.json, from the package root) another one. */
+  modelDir: string;
   prompts: GoldenPrompt[];
 }
 
@@ -31,5 +35,6 @@ export function readGolden(dir: string): Golden {
     return { ...p, logprobs };
   });
   if (row * vocab !== all.length) throw new Error(`${dir}/logprobs.bin holds ${all.length / vocab} rows, reference.json ${row}`);
-  return { fixture: ref.fixture, vocabSize: vocab, prompts };
+  const modelDir = typeof ref.model === "string" ? join(packageRoot(), ref.model) : dir;
+  return { fixture: ref.fixture, vocabSize: vocab, modelDir, prompts };
 }

@@ -109,6 +109,12 @@ export interface Backend {
   kvMemoryBytes?(): number;
   /** Waits for queued device work (timing); a no-op on the CPU. */
   synchronize?(): void;
+  /**
+   * Plans (and runs once, on scratch rows) the GEMMs of these weights for every row count up to
+   * each spec's maxRows, so that serving meets no first-use planning or kernel loads. Between
+   * steps only: it starts a step. Returns the GEMMs run and the distinct weight shapes.
+   */
+  prepareGemms?(specs: GemmWarmup[]): { gemms: number; shapes: number };
   /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
   copyBandwidth?(bytes: number): number;
 
@@ -158,6 +164,7 @@ export interface Backend {
  * set; ties at a threshold kept together), and tokens with w ≥ minP (minP × the max
  * probability); then the kept token, in index order, where the running sum of w first exceeds
  * u · Σ kept w. `u` in [0, 1) comes from the request's seeded Rng (results reproducible per seed).
+ * All of this on the logits after `edits` (sampling.ts LogitEdits), where given.
  */
 export interface SampleRow {
   temperature: number;
@@ -167,6 +174,8 @@ export interface SampleRow {
   u: number;
   /** Top logprobs wanted (0 = none, at most 20). */
   topN: number;
+  /** Penalties and masks: the draw (and greedy) use the edited logits, logprobs the raw ones. */
+  edits?: LogitEdits | null;
 }
 
 export interface SampledRows {
@@ -177,9 +186,34 @@ export interface SampledRows {
   top?: [number, number][][];
 }
 
+/**
+ * A row's penalties and masks as a list of per-token edits, so the host and the device apply
+ * the same thing (sample.cu's logit_edit_rows; built by sampling.ts logitEdits): for each listed id,
+ *   v' = (repeat ? (v > 0 ? v / repetition : v · repetition) : v) − sub, or −∞ when masked.
+ * repeat marks ids of the prompt or output (HF's repetition penalty); sub is OpenAI's
+ * frequency · count + presence over the output; masked ids are stop tokens before min_new_tokens.
+ */
+export interface LogitEdits {
+  ids: Int32Array;
+  flags: Uint8Array; // EDIT_REPEAT | EDIT_MASK
+  sub: Float32Array;
+  repetition: number;
+}
+export const EDIT_REPEAT = 1;
+export const EDIT_MASK = 2;
+
 /** Top logprobs Backend.sampleRows can return per row. */
 export const SAMPLE_MAX_TOP = 20;
 
+/** One weight whose GEMMs Backend.prepareGemms plans. */
+export interface GemmWarmup {
+  /** [out, in], or [experts, out, in] (every expert's slice has the first one's shape). */
+  weight: Tensor;
+  /** The most rows (tokens) a forward passes it. */
+  maxRows: number;
+  /** fp32 output (the logits of a lone rank). */
+  outF32?: boolean;
+}
 
 export interface MoeWeights {
   router: Tensor;

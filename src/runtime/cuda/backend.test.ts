@@ -121,6 +121,36 @@ for (const precision of ["f32", "bf16"] as const) {
       console.log(`# ${precision}: ${g().stats().fallbackGemms} GEMMs fell back to the simple kernel`);
     });
 
+    test("prepareGemms plans every row bucket once; linears after it match and repeat exactly", () => {
+      const inDim = 96, out = 136, e = 3;
+      g().beginStep();
+      const w = randn(rng, out * inDim, 0.1);
+      const experts = randn(rng, e * out * inDim, 0.1);
+      const wg = g().weight(host(w, [out, inDim]));
+      const eg = g().weight(host(experts, [e, out, inDim]));
+      const fallbacks = g().stats().fallbackGemms;
+      // wg and expert 0 share one shape (one set of plans); fp32 output is another in bf16 mode
+      // (in f32 mode every output is fp32: the same plans).
+      const r = g().prepareGemms([
+        { weight: wg, maxRows: 300 },
+        { weight: eg, maxRows: 40 },
+        { weight: wg, maxRows: 10, outF32: true },
+      ]);
+      assert.equal(r.shapes, precision === "bf16" ? 2 : 1);
+      assert.ok(r.gemms >= 300 / 32, `${r.gemms} GEMMs planned`);
+      for (const n of [1, 5, 17, 100, 130, 257, 300]) {
+        g().beginStep();
+        const x = randn(rng, n * inDim);
+        const want = cpu.linear(new CpuTensor([n, inDim], x), cpu.weight(host(w, [out, inDim]))).data;
+        const xg = g().upload(x, [n, inDim], precision);
+        const a = g().toHost(g().linear(xg, wg));
+        close(a, want, tol, `linear ${n} rows after prepareGemms`);
+        assert.deepEqual(g().toHost(g().linear(xg, wg)), a, `linear ${n} rows: the same algorithm twice`);
+        close(g().toHost(g().linear(xg, wg, { outF32: true })), want, tol, `fp32 linear ${n} rows after prepareGemms`);
+      }
+      assert.equal(g().stats().fallbackGemms, fallbacks, "no GEMM fell back");
+    });
+
     test("the fallback GEMM kernel", () => {
       const fb = new CudaBackend({ precision, memoryBytes: 128 * MIB, stepBytes: 32 * MIB, poison: true, fallbackGemm: true });
       try {

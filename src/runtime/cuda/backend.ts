@@ -34,9 +34,11 @@ import type {
   AttentionParams,
   AttentionSpec,
   Backend,
+  GemmWarmup,
   HostTensor,
   KvPoolSizes,
   MoeWeights,
+  LogitEdits,
   SampleRow,
   SampledRows,
   StepBatch,
@@ -687,6 +689,59 @@ export class CudaBackend implements Backend {
   }
 
   /**
+   * Backend.prepareGemms: for each distinct weight shape, one GEMM at every cuBLASLt bucket of
+   * rows (native matmulBucket) up to maxRows, on scratch rows in the layer region of the step
+   * arena (no memory beyond it). Each bucket's algorithm is chosen there (timed among cuBLASLt's
+   * candidates, blaslt.cc) and its kernels load, so a serving step meets neither; the MoE prefill
+   * otherwise paid ~0.3 ms of heuristic plus module loads for every new per-expert row count.
+   * Buckets whose operands do not fit the region are left to be planned when met.
+   */
+  prepareGemms(specs: GemmWarmup[]): { gemms: number; shapes: number } {
+    if (this.graph) throw new Error("prepareGemms: not inside a CUDA-graph step");
+    if (this.fallbackGemm) return { gemms: 0, shapes: 0 }; // nothing to plan: every GEMM is the simple kernel
+    const seen = new Map<string, { w: CudaTensor; maxRows: number; yType: DType }>();
+    for (const s of specs) {
+      const w = this.tensor(s.weight);
+      if (w.shape.length !== 2 && w.shape.length !== 3) throw new Error(`prepareGemms: weight must be [out, in] or [experts, out, in], got [${w.shape}]`);
+      const yType: DType = s.outF32 ? "f32" : this.t;
+      const [out, inDim] = w.shape.slice(-2);
+      // cuBLASLt plans per shape, op and operand alignment (blaslt.cc): one warm-up per such key.
+      const key = `${out},${inDim},${w.transposed},${w.dtype},${yType},${alignment(w.ptr)}`;
+      const had = seen.get(key);
+      if (had) had.maxRows = Math.max(had.maxRows, s.maxRows);
+      else seen.set(key, { w, maxRows: s.maxRows, yType });
+    }
+    let gemms = 0;
+    // Bucket = n means per-n planning (TSGLANG_BLASLT_EXACT=1): plan only the small counts then.
+    const exact = this.native.matmulBucket(17) === 17;
+    for (const { w, maxRows, yType } of seen.values()) {
+      const [out, inDim] = w.shape.slice(-2);
+      const limit = exact ? Math.min(maxRows, 64) : maxRows;
+      if (limit < 1) continue;
+      const rowBytes = inDim * BYTES[this.t] + out * BYTES[yType];
+      const fit = Math.floor((this.mem.layerRegionBytes - 2 * 256) / rowBytes);
+      const rowsMax = Math.min(this.native.matmulBucket(limit), fit);
+      if (rowsMax < 1) continue;
+      this.mem.resetStep(); // scratch only: the previous spec's rows are done with (beginStep would poison it again)
+      const x = this.stepTensor([rowsMax, inDim], this.t);
+      const y = this.stepTensor([rowsMax, out], yType);
+      // Small finite inputs (2^-7): outputs stay finite for any weights; the values are unused.
+      if (this.t === "bf16") this.native.memset(x.ptr, 0x3c00, rowsMax * inDim, 2);
+      else this.native.memset(x.ptr, 0x3c000000, rowsMax * inDim, 4);
+      for (let n = 1; n <= limit; ) {
+        const nb = this.native.matmulBucket(n);
+        if (nb > rowsMax) break;
+        this.gemm(y.ptr, yType, x.ptr, nb, inDim, w, 0, out);
+        gemms++;
+        n = nb + 1;
+      }
+    }
+    this.native.synchronize();
+    this.beginStep();
+    return { gemms, shapes: seen.size };
+  }
+
+  /**
    * Several linears of the same input (q, k and v): one GEMV launch over their rows together when
    * the GEMV kernels take the input (few rows), else one linear each. The small k/v projections
    * then ride in q's grid instead of under-filling the GPU in launches of their own.
@@ -1239,6 +1294,13 @@ export class CudaBackend implements Backend {
 }
 
 /** Tokens per pass of the GEMV kernels for a batch of n: n rounded up to 1, 2, 4 or 8. */
+/** The largest power of two ≤ 256 dividing a device address (what blaslt.cc keys plans by). */
+function alignment(p: DevicePtr): number {
+  let a = 256;
+  while (a > 1 && p % BigInt(a) !== 0n) a >>= 1;
+  return a;
+}
+
 function tokensPerPass(n: number): number {
   return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
 }

@@ -116,6 +116,11 @@ export class DeviceMemory {
     return { ptr, region: r, epoch: this.regionEpoch[r] };
   }
 
+  /** The size of each per-layer region: the most one layer's activations (or a warm-up's scratch) can take. */
+  get layerRegionBytes(): number {
+    return this.regionSize[1];
+  }
+
   /** Is a step allocation stamped (region, epoch) still valid? */
   live(region: number, epoch: number): boolean {
     return this.regionEpoch[region] === epoch;

@@ -59,6 +59,11 @@ export interface NativeCuda {
     a: DevicePtr, lda: number, b: DevicePtr, ldb: number, d: DevicePtr, ldd: number,
     typeAB: number, typeD: number, alpha: number, beta: number, workspace: DevicePtr, workspaceBytes: number,
   ): boolean;
+  /**
+   * The token count whose planned algorithm matmul uses for `n` columns (blaslt.cc's buckets:
+   * exact to 16, then four per octave); matmul plans each bucket once.
+   */
+  matmulBucket(n: number): number;
   eventCreate(): DevicePtr;
   eventRecord(ev: DevicePtr): void;
   /** Milliseconds between two recorded events; waits for `end`. */

@@ -1,0 +1,42 @@
+// GEMM warm-up at load: every weight the forward multiplies, at every row count a step can pass
+// it, planned and run once before the first request (SGLang also warms up before serving). On
+// the CUDA backend this chooses each cuBLASLt bucket's algorithm (timed, blaslt.cc) and loads its
+// kernels, which a 1 × 2048 prefill otherwise paid for inside its first steps.
+
+import type { GemmWarmup } from "../runtime/backend.js";
+import { type ForwardModel, Llama4Model } from "../model/llama4.js";
+
+export interface WarmupLimits {
+  /** The most tokens one forward step carries (chunked-prefill budget plus decode rows). */
+  maxTokens: number;
+  /** The most logit rows of one step (sequences per step). */
+  maxLogitRows: number;
+}
+
+/** The GEMMs of Llama4Model.logits on one rank: which weight, at how many rows at most. */
+export function gemmWarmups(model: Llama4Model, limits: WarmupLimits): GemmWarmup[] {
+  const tokens = Math.max(1, Math.floor(limits.maxTokens));
+  const specs: GemmWarmup[] = [];
+  const add = (w: GemmWarmup["weight"] | undefined, maxRows = tokens) => {
+    if (w) specs.push({ weight: w, maxRows });
+  };
+  for (const l of model.weights.layers) {
+    for (const w of [l.q, l.k, l.v, l.o]) add(w);
+    // MoE: a routed expert can get any number of the step's rows, so every count up to them all.
+    for (const w of [l.router, l.sharedGateUp, l.sharedDown, l.expertsGateUp, l.expertsDown, l.mlpGateUp, l.mlpDown]) add(w);
+  }
+  specs.push({ weight: model.weights.lmHead, maxRows: Math.max(1, Math.min(tokens, Math.floor(limits.maxLogitRows))), outF32: model.shard.tp === 1 });
+  return specs;
+}
+
+/**
+ * Runs the GEMM warm-up where the backend has one (prepareGemms) and the model is a lone rank;
+ * null otherwise (the CPU backend; tensor-parallel ranks, which live on their own threads).
+ */
+export function warmupGemms(model: ForwardModel, limits: WarmupLimits): { gemms: number; shapes: number; seconds: number } | null {
+  const be = model.backend;
+  if (!(model instanceof Llama4Model) || model.shard.tp !== 1 || !be.prepareGemms) return null;
+  const t0 = performance.now();
+  const r = be.prepareGemms(gemmWarmups(model, limits));
+  return { ...r, seconds: (performance.now() - t0) / 1000 };
+}
