@@ -3,6 +3,8 @@
 // decode step downloads a few floats per row instead of vocab × 4 bytes.
 //
 // One block of 1024 threads per row. Passes over the row (each a strided, coalesced read):
+//   0. (rows with penalties or masks) logit_edit_rows first writes an fp32 edited copy: the draw
+//      and greedy use it, the reported logprobs stay those of the raw logits;
 //   1. max, its lowest index (greedy rows), and Σ exp(x − max) (online) → log_softmax at T = 1;
 //   2. top_k (0 < k < cols): radix select of the k-th largest logit (4 passes of 8 bits over an
 //      order-preserving uint key), threshold key_k; ties at the threshold are all kept;
@@ -23,7 +25,8 @@
 #include "common.cuh"
 
 #define SAMPLE_MAX_TOP 20
-// Per row in: temperature, top_p, top_k, min_p, u, top_n (6 floats).
+// Per row in: temperature, top_p, top_k, min_p, u, top_n, edited-row slot (or -1), unused (8 floats).
+#define SAMPLE_PARAMS 8
 // Per row out (floats): id, logprob, then top_n pairs (id, logprob) at stride 2 + 2·20.
 #define SAMPLE_OUT_STRIDE (2 + 2 * SAMPLE_MAX_TOP)
 
@@ -188,18 +191,10 @@ __device__ unsigned selectMass(const T* row, int cols, unsigned keyK, float mx, 
   return prefix;
 }
 
+// Pass 1 over a row: its max (lowest index among equal maxima) and log Σ exp(x), online.
 template <typename T>
-__device__ void sampleRow(const T* __restrict__ logits, int cols, const float* __restrict__ params, float* __restrict__ out) {
-  __shared__ SampleShared sh;
-  const T* row = logits + (size_t)blockIdx.x * cols;
-  const float* p = params + 6 * blockIdx.x;
-  const float temperature = p[0], topP = p[1], minP = fminf(p[3], 1.f), u = p[4];
-  const int topK = (int)p[2];
-  const int topN = min(min((int)p[5], SAMPLE_MAX_TOP), cols);
+__device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut, float* lseOut, int* argmaxOut) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  float* o = out + (size_t)blockIdx.x * SAMPLE_OUT_STRIDE;
-
-  // 1. max (lowest index among equal maxima) and Σ exp(x − max), online.
   float m = -CUDART_INF_F, s = 0.f;
   int mi = 0x7fffffff;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
@@ -250,10 +245,32 @@ __device__ void sampleRow(const T* __restrict__ logits, int cols, const float* _
     }
   }
   __syncthreads();
-  const float mx = sh.wm[0];
-  const float lse = mx == -CUDART_INF_F ? 0.f : mx + logf(sh.wf[0]);
-  const int argmaxId = sh.wi[0] == 0x7fffffff ? 0 : sh.wi[0];
+  *maxOut = sh.wm[0];
+  *lseOut = sh.wm[0] == -CUDART_INF_F ? 0.f : sh.wm[0] + logf(sh.wf[0]);
+  *argmaxOut = sh.wi[0] == 0x7fffffff ? 0 : sh.wi[0];
   __syncthreads();
+}
+
+// One row: draw from `row` (the logits, or their penalised copy), report logprobs of `raw` (the
+// model's distribution, as OpenAI and SGLang report them). rawIsRow skips the second pass 1.
+template <typename S, typename R>
+__device__ void sampleCore(const S* row, const R* raw, bool rawIsRow, int cols, const float* p, float* o, SampleShared& sh) {
+  const float temperature = p[0], topP = p[1], minP = fminf(p[3], 1.f), u = p[4];
+  const int topK = (int)p[2];
+  const int topN = min(min((int)p[5], SAMPLE_MAX_TOP), cols);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+
+  // 1. max, argmax and log-sum-exp of what is drawn from, and of the raw logits when they differ.
+  float mx, lse, lseRaw;
+  int argmaxId;
+  rowStats(row, cols, sh, &mx, &lse, &argmaxId);
+  if (rawIsRow) {
+    lseRaw = lse;
+  } else {
+    float mr;
+    int ir;
+    rowStats(raw, cols, sh, &mr, &lseRaw, &ir);
+  }
 
   int chosen;
   if (temperature <= 0.f || topK == 1 || mx == -CUDART_INF_F) {
@@ -320,13 +337,14 @@ __device__ void sampleRow(const T* __restrict__ logits, int cols, const float* _
   }
   if (threadIdx.x == 0) {
     o[0] = (float)chosen;
-    o[1] = logitAt(row, chosen) - lse;
+    o[1] = logitAt(raw, chosen) - lseRaw;
   }
   if (topN <= 0) return;
 
-  // 6. top-N: the N-th largest key, every larger element (fewer than N), then the lowest-index ties.
+  // 6. top-N of the raw logits: the N-th largest key, every larger element (fewer than N), then
+  // the lowest-index ties.
   int greater;
-  const unsigned keyN = selectCount(row, cols, topN, sh, &greater);
+  const unsigned keyN = selectCount(raw, cols, topN, sh, &greater);
   const int needEq = topN - greater;
   if (threadIdx.x == 0) sh.ngt = 0;
   __syncthreads();
@@ -336,7 +354,7 @@ __device__ void sampleRow(const T* __restrict__ logits, int cols, const float* _
     unsigned key = 0;
     float v = -CUDART_INF_F;
     if (j < cols) {
-      v = logitAt(row, j);
+      v = logitAt(raw, j);
       key = keyOf(v);
     }
     const bool gt = j < cols && key > keyN;
@@ -381,14 +399,59 @@ __device__ void sampleRow(const T* __restrict__ logits, int cols, const float* _
     for (int a = 0; a < topN; a++) {
       const int id = a < ng ? sh.topI[a] : sh.eqIds[a - ng];
       o[2 + 2 * a] = (float)id;
-      o[3 + 2 * a] = logitAt(row, id) - lse;
+      o[3 + 2 * a] = logitAt(raw, id) - lseRaw;
     }
   }
 }
 
-extern "C" __global__ void __launch_bounds__(1024) sample_rows_f32(const float* x, int cols, const float* params, float* out) {
-  sampleRow(x, cols, params, out);
+// params: SAMPLE_PARAMS floats per row; p[6] is the row's slot in `edited` (fp32 penalised
+// copies made by logit_edit_rows), or < 0 to draw from the logits themselves.
+template <typename T>
+__device__ void sampleRow(const T* __restrict__ logits, int cols, const float* __restrict__ params, const float* __restrict__ edited, float* __restrict__ out) {
+  __shared__ SampleShared sh;
+  const T* raw = logits + (size_t)blockIdx.x * cols;
+  const float* p = params + SAMPLE_PARAMS * blockIdx.x;
+  float* o = out + (size_t)blockIdx.x * SAMPLE_OUT_STRIDE;
+  const int slot = (int)p[6];
+  if (slot >= 0) sampleCore(edited + (size_t)slot * cols, raw, false, cols, p, o, sh);
+  else sampleCore(raw, raw, true, cols, p, o, sh);
 }
-extern "C" __global__ void __launch_bounds__(1024) sample_rows_bf16(const bf16* x, int cols, const float* params, float* out) {
-  sampleRow(x, cols, params, out);
+
+extern "C" __global__ void __launch_bounds__(1024) sample_rows_f32(const float* x, int cols, const float* params, const float* edited, float* out) {
+  sampleRow(x, cols, params, edited, out);
+}
+extern "C" __global__ void __launch_bounds__(1024) sample_rows_bf16(const bf16* x, int cols, const float* params, const float* edited, float* out) {
+  sampleRow(x, cols, params, edited, out);
+}
+
+// Penalties and masks (what the host's applyPenalties and the min-new-tokens mask do), one block
+// per edited row: copy logits row rows[b] into edited[b] as fp32, then each of its entries
+// [offsets[b], offsets[b+1]) — {id, flags, sub, repetition} — becomes
+//   v' = (flags & 1 ? (v > 0 ? v / repetition : v · repetition) : v) − sub,  or −inf if flags & 2.
+// Reads and writes one row (≈ 1.6 MB at vocab 202048 in fp32): a few µs, and only for the rows
+// whose requests ask for penalties.
+template <typename T>
+__device__ void editRow(const T* __restrict__ logits, int cols, const int* __restrict__ rows, const int* __restrict__ offsets, const int4* __restrict__ entries, float* __restrict__ edited) {
+  const T* src = logits + (size_t)rows[blockIdx.x] * cols;
+  float* dst = edited + (size_t)blockIdx.x * cols;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) dst[j] = toF(src[j]);
+  __syncthreads();
+  for (int e = offsets[blockIdx.x] + threadIdx.x; e < offsets[blockIdx.x + 1]; e += blockDim.x) {
+    const int4 en = entries[e];
+    if (en.x < 0 || en.x >= cols) continue;
+    float v = dst[en.x];
+    if (en.y & 1) {
+      const float rep = __int_as_float(en.w);
+      v = v > 0.f ? v / rep : v * rep;
+    }
+    v -= __int_as_float(en.z);
+    dst[en.x] = (en.y & 2) ? -CUDART_INF_F : v;
+  }
+}
+
+extern "C" __global__ void logit_edit_rows_f32(const float* x, int cols, const int* rows, const int* offsets, const int4* entries, float* edited) {
+  editRow(x, cols, rows, offsets, entries, edited);
+}
+extern "C" __global__ void logit_edit_rows_bf16(const bf16* x, int cols, const int* rows, const int* offsets, const int4* entries, float* edited) {
+  editRow(x, cols, rows, offsets, entries, edited);
 }

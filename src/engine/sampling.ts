@@ -5,9 +5,10 @@
 // (native/kernels/sample.cu) takes the same draw and the same filters, but walks the kept tokens in
 // index order rather than by logit, so a given draw may pick a different (equally distributed) token.
 
+import { EDIT_MASK, EDIT_REPEAT, type LogitEdits } from "../runtime/backend.js";
 import { Rng } from "../util/rng.js";
 
-export { Rng };
+export { Rng, EDIT_MASK, EDIT_REPEAT, type LogitEdits };
 
 export interface SamplingParams {
   temperature: number;
@@ -65,20 +66,53 @@ export function topEntries(values: ArrayLike<number>, k: number): [number, numbe
   return out;
 }
 
-/** Applies repetition / frequency / presence penalties in place (OpenAI and HF semantics). */
-export function applyPenalties(logits: Float32Array, p: SamplingParams, promptIds: readonly number[], outputIds: readonly number[]): void {
+/** The edits a request's next token needs, or null when there are none. */
+export function logitEdits(p: SamplingParams, promptIds: readonly number[], outputIds: readonly number[], maskIds: readonly number[] = []): LogitEdits | null {
+  const entry = new Map<number, { flags: number; sub: number }>();
+  const at = (id: number) => {
+    let e = entry.get(id);
+    if (!e) entry.set(id, (e = { flags: 0, sub: 0 }));
+    return e;
+  };
   if (p.repetitionPenalty !== 1) {
-    const seen = new Set<number>([...promptIds, ...outputIds]);
-    for (const id of seen) {
-      const v = logits[id];
-      logits[id] = v > 0 ? v / p.repetitionPenalty : v * p.repetitionPenalty;
-    }
+    for (const id of promptIds) at(id).flags |= EDIT_REPEAT;
+    for (const id of outputIds) at(id).flags |= EDIT_REPEAT;
   }
   if (p.frequencyPenalty !== 0 || p.presencePenalty !== 0) {
     const counts = new Map<number, number>();
     for (const id of outputIds) counts.set(id, (counts.get(id) ?? 0) + 1);
-    for (const [id, c] of counts) logits[id] -= p.frequencyPenalty * c + p.presencePenalty;
+    for (const [id, c] of counts) at(id).sub = p.frequencyPenalty * c + p.presencePenalty;
   }
+  for (const id of maskIds) at(id).flags |= EDIT_MASK;
+  if (entry.size === 0) return null;
+  const ids = new Int32Array(entry.size);
+  const flags = new Uint8Array(entry.size);
+  const sub = new Float32Array(entry.size);
+  let i = 0;
+  for (const [id, e] of entry) {
+    ids[i] = id;
+    flags[i] = e.flags;
+    sub[i++] = e.sub;
+  }
+  return { ids, flags, sub, repetition: p.repetitionPenalty };
+}
+
+/** Applies edits in place (ids outside the row are ignored, as on the device). */
+export function applyEdits(logits: Float32Array, e: LogitEdits): void {
+  for (let i = 0; i < e.ids.length; i++) {
+    const id = e.ids[i];
+    if (id < 0 || id >= logits.length) continue;
+    let v = logits[id];
+    if (e.flags[i] & EDIT_REPEAT) v = v > 0 ? v / e.repetition : v * e.repetition;
+    // fp32 like the device, so both pick from the same numbers
+    logits[id] = e.flags[i] & EDIT_MASK ? -Infinity : Math.fround(v - e.sub[i]);
+  }
+}
+
+/** Applies repetition / frequency / presence penalties in place (OpenAI and HF semantics). */
+export function applyPenalties(logits: Float32Array, p: SamplingParams, promptIds: readonly number[], outputIds: readonly number[]): void {
+  const e = logitEdits(p, promptIds, outputIds);
+  if (e) applyEdits(logits, e);
 }
 
 /** True when sampleToken is the argmax and draws nothing from the Rng. */

@@ -191,9 +191,10 @@ describe("scheduler", () => {
             sampling: sampling(i),
             returnLogprob: i % 3 === 0,
             topLogprobsNum: i % 3 === 0 ? 3 : 0,
-            // a penalised request, and one with min-new-tokens masking, keep some steps on the host path
-            ...(i === 7 ? { sampling: { ...sampling(i), frequencyPenalty: 0.5 } } : {}),
+            // penalties and min-new-tokens masking go to forwardSample as logit edits
+            ...(i === 7 ? { sampling: { ...sampling(i), frequencyPenalty: 0.5, repetitionPenalty: 1.3 } } : {}),
             ...(i === 8 ? { minNewTokens: 3, stopTokenIds: [golden.prompts[0].prompt_ids[0]] } : {}),
+            ...(i === 9 ? { sampling: { ...sampling(i), presencePenalty: 2, repetitionPenalty: 0.8 } } : {}),
           }),
         ),
       );
@@ -205,10 +206,10 @@ describe("scheduler", () => {
     assert.equal(host.sampledSteps, 0);
     assert.ok(dev.sampledSteps > 0, "forwardSample was used");
     ps.forEach((_, i) => assert.deepEqual(dev.outs[i], host.outs[i], `request ${i}`));
-    // and without the penalised / masked requests every decode step samples through forwardSample
+    // a penalised request samples every step through forwardSample too
     let steps = 0;
     const h2 = await harness({ onSample: () => steps++ });
-    h2.sched.add(request("only", ps[0], 5, { sampling: sampling(0) }));
+    h2.sched.add(request("only", ps[0], 5, { sampling: { ...sampling(0), frequencyPenalty: 1, repetitionPenalty: 1.2 } }));
     h2.drain();
     assert.equal(steps, 5, "the prefill step and every decode step");
   });

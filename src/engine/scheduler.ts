@@ -10,7 +10,7 @@ import { SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "..
 import type { ForwardModel } from "../model/llama4.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
 import type { TokenPool } from "../cache/token_pool.js";
-import { Rng, applyPenalties, isGreedy, logSoftmax, sampleToken, topEntries } from "./sampling.js";
+import { type LogitEdits, Rng, applyEdits, isGreedy, logSoftmax, logitEdits, sampleToken, topEntries } from "./sampling.js";
 import { EngineBusyError, type EngineOutput, type EngineRequest, type EngineStats, type TokenLogprob } from "./types.js";
 
 export interface SchedulerOptions {
@@ -73,20 +73,15 @@ function onlyNeedsArgmax(req: Req): boolean {
   );
 }
 
-/**
- * True when this request's next token can be drawn where the logits are (forwardSample): no
- * penalties, no min-new-tokens masking left, top logprobs within what the device returns. The
- * step must also want no prompt-logprob rows from it.
- */
+/** Top logprobs within what the device sampler returns: its next token can be drawn there (forwardSample). */
 function canSampleOnDevice(req: Req): boolean {
-  const p = req.r.sampling;
-  return (
-    p.repetitionPenalty === 1 &&
-    p.frequencyPenalty === 0 &&
-    p.presencePenalty === 0 &&
-    (req.output.length >= (req.r.minNewTokens ?? 0) || req.r.stopTokenIds.length === 0) &&
-    (!req.r.returnLogprob || req.r.topLogprobsNum <= SAMPLE_MAX_TOP)
-  );
+  return !req.r.returnLogprob || req.r.topLogprobsNum <= SAMPLE_MAX_TOP;
+}
+
+/** Penalties and the min-new-tokens stop-token mask of a request's next token, as logit edits. */
+function editsFor(req: Req): LogitEdits | null {
+  const mask = req.output.length < (req.r.minNewTokens ?? 0) ? req.r.stopTokenIds : [];
+  return logitEdits(req.r.sampling, req.r.inputIds, req.output, mask);
 }
 
 export class Scheduler {
@@ -342,9 +337,9 @@ export class Scheduler {
       });
       return;
     }
-    // Sampled steps whose token rows need no host-side logit edits (penalties, min-new-tokens
-    // masks) and no prompt logprobs: the draw (one u per non-greedy request from its seeded Rng,
-    // as sampleToken takes it), logprobs and top logprobs come from forwardSample.
+    // Sampled steps without prompt logprobs: the draw (one u per non-greedy request from its
+    // seeded Rng, as sampleToken takes it) after the request's penalties and masks (logit edits),
+    // logprobs and top logprobs come from forwardSample.
     if (
       this.model.forwardSample &&
       work.every(({ req, n }, wi) => !rowInfo[wi].promptRows && (req.kvLen + n !== req.ids.length || canSampleOnDevice(req)))
@@ -353,7 +348,8 @@ export class Scheduler {
       work.forEach(({ req, n }, wi) => {
         if (rowInfo[wi].count === 0) return;
         const p = req.r.sampling;
-        const draws = req.kvLen + n === req.ids.length && !req.aborted && !isGreedy(p);
+        const takes = req.kvLen + n === req.ids.length && !req.aborted; // this row yields a token
+        const draws = takes && !isGreedy(p);
         rows.push({
           temperature: p.temperature,
           topP: p.topP,
@@ -361,6 +357,7 @@ export class Scheduler {
           minP: p.minP,
           u: draws ? req.rng.next() : 0,
           topN: req.r.returnLogprob ? req.r.topLogprobsNum : 0,
+          edits: takes ? editsFor(req) : null,
         });
       });
       const sampled = this.model.forwardSample(batch, rows);
@@ -405,11 +402,10 @@ export class Scheduler {
   }
 
   private sampleNext(req: Req, row: Float32Array): void {
-    const p = req.r.sampling;
-    const logits = new Float32Array(row);
-    applyPenalties(logits, p, req.r.inputIds, req.output);
-    if (req.output.length < (req.r.minNewTokens ?? 0)) for (const s of req.r.stopTokenIds) logits[s] = -Infinity;
-    this.accept(req, sampleToken(logits, p, req.rng), row);
+    const edits = editsFor(req);
+    let logits = row;
+    if (edits) applyEdits((logits = new Float32Array(row)), edits);
+    this.accept(req, sampleToken(logits, req.r.sampling, req.rng), row);
   }
 
   /** Appends the chosen token, emits it (with logprobs from `row` when asked) and checks stops. */

@@ -6,7 +6,7 @@
 // come from the config's layer schedule, never from layer indices written here.
 
 import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, SampleRow, StepBatch, Tensor } from "../runtime/backend.js";
-import { logSoftmax, sampleTokenWith, topEntries } from "../engine/sampling.js";
+import { applyEdits, logSoftmax, sampleTokenWith, topEntries } from "../engine/sampling.js";
 import { type Llama4Config, ropeInvFreq } from "./config.js";
 import type { ModelWeights } from "./weights.js";
 import { NO_SHARD, type Shard, type ShardDims, shardDims } from "./shard.js";
@@ -146,7 +146,9 @@ export class Llama4Model implements ForwardModel {
     const top: [number, number][][] | undefined = rows.some((r) => r.topN > 0) ? [] : undefined;
     rows.forEach((r, i) => {
       const row = logits.subarray(i * vocab, (i + 1) * vocab);
-      ids[i] = sampleTokenWith(row, r, r.u);
+      let drawFrom = row;
+      if (r.edits) applyEdits((drawFrom = new Float32Array(row)), r.edits);
+      ids[i] = sampleTokenWith(drawFrom, r, r.u);
       const lp = logSoftmax(row);
       logprobs[i] = lp[ids[i]];
       top?.push(r.topN > 0 ? topEntries(lp, r.topN) : []);

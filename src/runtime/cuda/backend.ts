@@ -70,6 +70,8 @@ const BYTES: Record<DType, number> = { bf16: 2, f32: 4 };
 const PERSISTENT = -1;
 /** Floats per row out of sample.cu: id, logprob, SAMPLE_MAX_TOP (id, logprob) pairs. */
 const SAMPLE_OUT_STRIDE = 2 + 2 * SAMPLE_MAX_TOP;
+/** Floats per row into sample.cu: temperature, top_p, top_k, min_p, u, top_n, edited slot, unused. */
+const SAMPLE_PARAMS = 8;
 const MIB = 2 ** 20;
 
 export class CudaTensor implements Tensor {
@@ -471,19 +473,22 @@ export class CudaBackend implements Backend {
     const ids = new Int32Array(n);
     const logprobs = new Float32Array(n);
     if (n === 0) return { ids, logprobs };
-    const params = new Float32Array(6 * n);
+    const params = new Float32Array(SAMPLE_PARAMS * n);
     let wantsTop = false;
+    const edited: number[] = []; // logit rows with penalties or masks, in slot order
     rowsIn.forEach((r, i) => {
       const topN = Math.max(0, Math.min(SAMPLE_MAX_TOP, Math.floor(r.topN)));
       if (topN > 0) wantsTop = true;
       // u as fp32 stays below 1 (a double just under 1 would round up to it).
       const u = Math.min(Math.max(Math.fround(r.u), 0), 0.99999994);
-      params.set([r.temperature, r.topP, r.topK, r.minP, u, topN], 6 * i);
+      const slot = r.edits && r.edits.ids.length > 0 ? edited.push(i) - 1 : -1;
+      params.set([r.temperature, r.topP, r.topK, r.minP, u, topN, slot, 0], SAMPLE_PARAMS * i);
     });
     const paramsDev = this.mem.stepAlloc(params.byteLength).ptr;
     this.native.htod(paramsDev, params);
+    const editedDev = edited.length > 0 ? this.editRows(xt, cols, edited.map((i) => [i, rowsIn[i].edits!] as const)) : 0n;
     const out = this.mem.stepAlloc(n * SAMPLE_OUT_STRIDE * 4).ptr;
-    this.k.launch(`sample_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(paramsDev).ptr(out));
+    this.k.launch(`sample_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(paramsDev).ptr(editedDev).ptr(out));
     const host = new Float32Array(n * SAMPLE_OUT_STRIDE);
     this.native.dtoh(host, out);
     const top: [number, number][][] | undefined = wantsTop ? [] : undefined;
@@ -492,13 +497,41 @@ export class CudaBackend implements Backend {
       ids[r] = host[o];
       logprobs[r] = host[o + 1];
       if (top) {
-        const topN = params[6 * r + 5];
+        const topN = params[SAMPLE_PARAMS * r + 5];
         const t: [number, number][] = [];
         for (let i = 0; i < topN; i++) t.push([host[o + 2 + 2 * i], host[o + 3 + 2 * i]]);
         top.push(t);
       }
     }
     return top ? { ids, logprobs, top } : { ids, logprobs };
+  }
+
+  /**
+   * fp32 copies of the given logit rows with their edits applied (sample.cu logit_edit_rows):
+   * entries as int4 {id, flags, sub bits, repetition bits}, one block per row.
+   */
+  private editRows(xt: CudaTensor, cols: number, list: (readonly [number, LogitEdits])[]): DevicePtr {
+    const total = list.reduce((a, [, e]) => a + e.ids.length, 0);
+    const entries = new Int32Array(4 * total);
+    const asInt = new Int32Array(1);
+    const asFloat = new Float32Array(asInt.buffer);
+    const bits = (v: number) => ((asFloat[0] = v), asInt[0]);
+    const header = new Int32Array(2 * list.length + 1); // [rows | offsets]
+    let at = 0;
+    list.forEach(([row, e], b) => {
+      header[b] = row;
+      header[list.length + b] = at;
+      for (let i = 0; i < e.ids.length; i++, at++) entries.set([e.ids[i], e.flags[i], bits(e.sub[i]), bits(e.repetition)], 4 * at);
+    });
+    header[2 * list.length] = at;
+    const headerDev = this.uploadInts(header);
+    const entriesDev = this.mem.stepAlloc(Math.max(16, entries.byteLength)).ptr;
+    if (total > 0) this.native.htod(entriesDev, entries);
+    const editedDev = this.mem.stepAlloc(list.length * cols * 4).ptr;
+    this.k.launch(`logit_edit_rows_${xt.dtype}`, [list.length], [1024], (a) =>
+      a.ptr(xt.ptr).i32(cols).ptr(headerDev).ptr(headerDev + BigInt(list.length * 4)).ptr(entriesDev).ptr(editedDev),
+    );
+    return editedDev;
   }
 
   /**

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import type { SampleRow } from "../backend.js";
-import { Rng, argmax, logSoftmax, topEntries } from "../../engine/sampling.js";
+import { GREEDY, Rng, applyEdits, argmax, logSoftmax, logitEdits, topEntries } from "../../engine/sampling.js";
 import { CudaBackend } from "./backend.js";
 import { probeCuda } from "./native.js";
 import { randn } from "./check.js";
@@ -178,6 +178,37 @@ describe("cuda sampling (sample.cu)", { skip }, () => {
         });
       }
     }
+  });
+
+  test("penalties and masks (logit edits): the draw and greedy follow the edited logits, logprobs stay raw", () => {
+    const x = randn(rng, VOCAB, 3);
+    const top = descending(x);
+    const p = { ...GREEDY, repetitionPenalty: 1.3, frequencyPenalty: 0.4, presencePenalty: 0.2 };
+    // the three best tokens as prompt / output / stop ids, plus ids outside the vocabulary
+    const edits = logitEdits(p, [top[0], 5], [top[1], top[1], VOCAB + 3], [top[2]])!;
+    const edited = new Float32Array(x);
+    applyEdits(edited, edits);
+    const lp = logSoftmax(x);
+    const params: Params[] = [
+      { temperature: 0, topP: 1, topK: -1, minP: 0 },
+      { temperature: 0.7, topP: 0.9, topK: -1, minP: 0 },
+      { temperature: 1, topP: 1, topK: 40, minP: 0.02 },
+    ];
+    const us = [0.05, 0.4, 0.77, 0.93];
+    const rows: SampleRow[] = [];
+    for (const q of params) for (const u of us) rows.push({ ...q, u, topN: 5, edits });
+    // an unedited row in the same batch keeps the raw logits
+    rows.push({ temperature: 0, topP: 1, topK: -1, minP: 0, u: 0, topN: 0 });
+    const got = sample([x], rows, () => 0);
+    const order = descending(edited);
+    rows.forEach((r, i) => {
+      if (!r.edits) return assert.equal(got.ids[i], top[0], "the unedited row");
+      const allowed = r.temperature === 0 ? [argmax(edited)] : new Reference(edited, order, r).allowed(devU(r.u));
+      assert.ok(allowed.includes(got.ids[i]), `row ${i} ${JSON.stringify({ ...r, edits: undefined })}: got ${got.ids[i]}, want ${allowed}`);
+      assert.notEqual(got.ids[i], top[2], "a masked id is never drawn");
+      assert.ok(Math.abs(got.logprobs[i] - lp[got.ids[i]]) < 1e-4, "the logprob is of the raw logits");
+      assert.deepEqual(got.top![i].map(([id]) => id), topEntries(lp, 5).map(([id]) => id), "top logprobs are of the raw logits");
+    });
   });
 
   test("corners: top_p 1, all mass on one token, ties at the top-k / top-p / min-p thresholds", () => {
