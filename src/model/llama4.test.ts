@@ -18,11 +18,12 @@ function maxAbsDiff(ours: Float32Array, rowStart: number, ref: Float64Array, voc
   return m;
 }
 
-for (const name of ["scout-tiny", "maverick-tiny"]) {
+// demo-golden: the bundled demo model (trained weights) against transformers' float64 (tools/bf16_drift.py).
+for (const name of ["scout-tiny", "maverick-tiny", "demo-golden"]) {
   describe(`golden ${name}`, async () => {
     const dir = fixturePath(name);
     const golden = readGolden(dir);
-    const { model, config } = await loadModel(dir, new CpuBackend());
+    const { model, config } = await loadModel(golden.modelDir, new CpuBackend());
     const vocab = config.vocabSize;
 
     golden.prompts.forEach((p, pi) => {
