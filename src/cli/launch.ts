@@ -35,7 +35,7 @@ const FLAGS = {
   "schedule-policy": { type: "string", default: "fcfs", choices: ["fcfs", "lpm"], help: "waiting-queue order: first come first served, or longest prefix match" },
   "mem-fraction-static": { type: "number", help: "fraction of GPU memory for weights and KV cache, in (0, 1) (default: from the GPU's size)" },
   "max-total-tokens": { type: "int", min: 1, help: "KV cache size in tokens (default: from the memory budget)" },
-  "swa-full-tokens-ratio": { type: "number", default: 0.8, help: "SWA-layer KV tokens / full-layer KV tokens, in (0, 1]" },
+  "swa-full-tokens-ratio": { type: "number", keywords: ["auto"], default: 0.8, help: "SWA-layer KV tokens / full-layer KV tokens, in (0, 1]; auto (GPU) picks the largest ≤ 0.8 that fits --context-length" },
   "disable-hybrid-swa-memory": { type: "boolean", help: "one KV pool for all layers instead of SWA + full pools" },
   "disable-radix-cache": { type: "boolean", help: "turn off prefix caching" },
   "api-key": { type: "string", metavar: "KEY", help: "require 'Authorization: Bearer KEY' (health checks and metrics stay open)" },
@@ -62,7 +62,7 @@ export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boole
   const frac = a["mem-fraction-static"];
   if (frac !== undefined && !(frac > 0 && frac < 1)) throw new ArgsError(`--mem-fraction-static must be in (0, 1), got ${frac}`);
   const ratio = a["swa-full-tokens-ratio"];
-  if (!(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1], got ${ratio}`);
+  if (ratio !== "auto" && !(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1] or 'auto', got ${ratio}`);
   if (a["chunked-prefill-size"] === 0) throw new ArgsError("--chunked-prefill-size must be -1 or a positive integer, got 0");
   try {
     parseAttentionBackend(a["attention-backend"]);
@@ -146,7 +146,8 @@ export async function main(argv: string[]): Promise<number> {
     chunkedPrefillSize: a["chunked-prefill-size"],
     schedulePolicy: a["schedule-policy"],
     maxTotalTokens: a["max-total-tokens"],
-    swaFullTokensRatio: a["swa-full-tokens-ratio"],
+    // auto is resolved by the memory plan below (GPU); without one the default stands.
+    swaFullTokensRatio: a["swa-full-tokens-ratio"] === "auto" ? undefined : a["swa-full-tokens-ratio"],
     disableHybridSwaMemory: a["disable-hybrid-swa-memory"],
     disableRadixCache: a["disable-radix-cache"],
     maxQueuedRequests: a["max-queued-requests"],
@@ -177,6 +178,11 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     log.info(`memory plan on ${gpu.name}: max context ${plan.maxContextLength}, weights ${(plan.weightsBytesPerGpu / 2 ** 30).toFixed(1)} GiB per GPU`);
+    // The plan's SWA ratio (auto) and running-request cap (a window of SWA slots each) are what it checked.
+    if (plan.hybrid) opts.swaFullTokensRatio = plan.swaFullTokensRatio;
+    opts.maxRunningRequests ??= plan.maxRunningRequests;
+  } else if (a["swa-full-tokens-ratio"] === "auto") {
+    log.info("--swa-full-tokens-ratio auto needs a GPU memory plan; using 0.8");
   }
   log.info(`loading ${modelPath}`);
   const t0 = performance.now();

@@ -56,6 +56,8 @@ export interface EngineStats {
   generatedTokens: number;
   /** Requests sent back to the queue because the KV pool ran out (recomputed later). */
   preemptions: number;
+  /** Rank 0's device memory (Backend.stats: budget, weights, step peaks), on a GPU. */
+  device?: Record<string, number>;
 }
 
 export class EngineBusyError extends Error {

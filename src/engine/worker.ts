@@ -106,7 +106,7 @@ async function main(opts: EngineOptions): Promise<void> {
         send({ type: "reply", id: m.id, value: sched.flushCache() });
         break;
       case "stats":
-        send({ type: "reply", id: m.id, value: sched.stats() });
+        send({ type: "reply", id: m.id, value: { ...sched.stats(), device: model.backend.stats?.() } });
         break;
       case "shutdown":
         process.exit(0);

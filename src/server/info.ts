@@ -108,6 +108,7 @@ export async function handleServerInfo(ctx: ServerContext, res: ServerResponse):
         cache_hit_rate: stats.promptTokens > 0 ? stats.cachedTokens / stats.promptTokens : 0,
         forward_tokens: stats.forwardTokens,
         generated_tokens: stats.generatedTokens,
+        device_memory: stats.device ?? null,
       },
     ],
   });

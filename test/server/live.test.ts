@@ -216,7 +216,7 @@ describe("launch lifecycle and flags", () => {
     ]) {
       assert.ok(r.stdout.includes(f), f);
     }
-    assert.match(r.stdout, /--swa-full-tokens-ratio N\s+[^\n]*\[default: 0\.8\]/);
+    assert.match(r.stdout, /--swa-full-tokens-ratio N\|auto\s+[^\n]*\[default: 0\.8\]/);
     assert.match(r.stdout, /--port N\s+[^\n]*\[default: 30000\]/);
     assert.match(r.stdout, /--schedule-policy fcfs\|lpm\s+[^\n]*\[default: fcfs\]/);
   });
