@@ -93,14 +93,19 @@ function samplingDefaults(dir: string): Partial<SamplingParams> {
   return out;
 }
 
-/** Weight loading progress on stderr: layers, GB read by rank 0 and GB/s; redrawn in place on a terminal. */
-function loadProgressPrinter(t0: number): (p: LoadProgress) => void {
+/**
+ * Weight loading progress on stderr: layers, GB read by rank 0 and GB/s (dummy weights are made on
+ * the device: layers only); redrawn in place on a terminal.
+ */
+function loadProgressPrinter(t0: number, dummy: boolean): (p: LoadProgress) => void {
   let lastPct = -1;
   return (p) => {
     const pct = Math.floor((100 * p.layers) / p.totalLayers);
     const s = (performance.now() - t0) / 1000;
     const gb = p.bytes / 1e9;
-    const line = `loading weights: ${p.layers}/${p.totalLayers} layers, ${gb.toFixed(2)} GB, ${(gb / Math.max(s, 1e-3)).toFixed(2)} GB/s`;
+    const line = dummy
+      ? `loading weights: ${p.layers}/${p.totalLayers} layers (dummy: random values made on the device)`
+      : `loading weights: ${p.layers}/${p.totalLayers} layers, ${gb.toFixed(2)} GB, ${(gb / Math.max(s, 1e-3)).toFixed(2)} GB/s`;
     if (process.stderr.isTTY) process.stderr.write(`\r${line}${p.layers === p.totalLayers ? "\n" : ""}`);
     else if (pct >= lastPct + 25 || p.layers === p.totalLayers) {
       lastPct = pct;
@@ -186,7 +191,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   log.info(`loading ${modelPath}`);
   const t0 = performance.now();
-  const { engine, info } = await startEngine(opts, loadProgressPrinter(t0));
+  const { engine, info } = await startEngine(opts, loadProgressPrinter(t0, a["load-format"] === "dummy"));
   log.info(`weights loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   log.info(
     `engine ready: context ${info.contextLength}, KV ${info.fullPoolTokens} full / ${info.swaPoolTokens} SWA tokens, ` +
