@@ -191,6 +191,20 @@ __device__ unsigned selectMass(const T* row, int cols, unsigned keyK, float mx, 
   return prefix;
 }
 
+// Merges (max, Σ exp(x − max), argmax) across a warp: every lane ends with the warp's triple.
+__device__ __forceinline__ void warpMergeStats(float& m, float& s, int& mi) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, off);
+    const float os = __shfl_xor_sync(0xffffffffu, s, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, mi, off);
+    const float nm = fmaxf(m, om);
+    s = (m == -CUDART_INF_F ? 0.f : s * expf(m - nm)) + (om == -CUDART_INF_F ? 0.f : os * expf(om - nm));
+    if (om > m || (om == m && oi < mi)) mi = oi;
+    m = nm;
+  }
+}
+
 // Pass 1 over a row: its max (lowest index among equal maxima) and log Σ exp(x), online.
 template <typename T>
 __device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut, float* lseOut, int* argmaxOut) {
@@ -208,16 +222,7 @@ __device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut
       s += expf(v - m);
     }
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float om = __shfl_xor_sync(0xffffffffu, m, off);
-    const float os = __shfl_xor_sync(0xffffffffu, s, off);
-    const int oi = __shfl_xor_sync(0xffffffffu, mi, off);
-    const float nm = fmaxf(m, om);
-    s = (m == -CUDART_INF_F ? 0.f : s * expf(m - nm)) + (om == -CUDART_INF_F ? 0.f : os * expf(om - nm));
-    if (om > m || (om == m && oi < mi)) mi = oi;
-    m = nm;
-  }
+  warpMergeStats(m, s, mi);
   if (lane == 0) {
     sh.wm[warp] = m;
     sh.wf[warp] = s;
@@ -228,16 +233,7 @@ __device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut
     m = lane < warps ? sh.wm[lane] : -CUDART_INF_F;
     s = lane < warps ? sh.wf[lane] : 0.f;
     mi = lane < warps ? sh.wi[lane] : 0x7fffffff;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const float om = __shfl_xor_sync(0xffffffffu, m, off);
-      const float os = __shfl_xor_sync(0xffffffffu, s, off);
-      const int oi = __shfl_xor_sync(0xffffffffu, mi, off);
-      const float nm = fmaxf(m, om);
-      s = (m == -CUDART_INF_F ? 0.f : s * expf(m - nm)) + (om == -CUDART_INF_F ? 0.f : os * expf(om - nm));
-      if (om > m || (om == m && oi < mi)) mi = oi;
-      m = nm;
-    }
+    warpMergeStats(m, s, mi);
     if (lane == 0) {
       sh.wm[0] = m;
       sh.wf[0] = s;
