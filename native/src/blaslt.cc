@@ -75,8 +75,15 @@ cublasStatus_t runAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, con
                    reinterpret_cast<void*>(a.workspace), a.workspaceBytes, stream);
 }
 
-// Candidates asked of the heuristic when the choice is timed.
+// Candidates asked of the heuristic when the choice is timed, and split-K variants of its first
+// kSplitBase (split 2, 3, 4, fp32 reduction in the workspace): an expert's down GEMM of a MoE
+// prefill (M = 5120, ~128 rows) has 40 output tiles for 132 SMs, and splitting K is how one
+// GEMM fills the GPU. Variants cuBLASLt rejects for a kernel fail their first run and drop out.
 constexpr int kCandidates = 8;
+constexpr int kSplitBase = 3;
+constexpr int kSplits[] = {2, 3, 4};
+constexpr int kMaxTried = kCandidates + kSplitBase * 3;
+enum { CUBLASLT_ALGO_CONFIG_SPLITK_NUM = 2, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME = 3, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2 };
 
 // The algorithm for layouts (p.a, lb, ld) — lb/ld are the bucket's n, or the call's own.
 //
@@ -98,14 +105,26 @@ bool chooseAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, cublasLtMa
   cublasStatus_t s = lt.heuristic(lt.handle, p.desc, p.a, lb, ld, ld, p.pref, timed ? kCandidates : 1, r, &count);
   found = false;
   if (s != 0 || count <= 0) return true;  // no algorithm (NOT_SUPPORTED and the like): the caller falls back
-  int usable[kCandidates];
+  cublasLtMatmulAlgo_t cands[kMaxTried];
   int nUsable = 0;
   for (int i = 0; i < count && i < kCandidates; i++)
-    if (r[i].state == 0 && r[i].workspaceSize <= a.workspaceBytes) usable[nUsable++] = i;
+    if (r[i].state == 0 && r[i].workspaceSize <= a.workspaceBytes) cands[nUsable++] = r[i].algo;
   if (nUsable == 0) return true;
   found = true;
-  algo = r[usable[0]].algo;
-  if (!timed || nUsable == 1) return true;
+  algo = cands[0];
+  if (!timed) return true;
+  if (lt.algoConfigSet) {
+    const int base = nUsable < kSplitBase ? nUsable : kSplitBase;
+    for (int i = 0; i < base; i++)
+      for (int split : kSplits) {
+        cublasLtMatmulAlgo_t v = cands[i];
+        const uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+        if (lt.algoConfigSet(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) == 0 &&
+            lt.algoConfigSet(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof(scheme)) == 0)
+          cands[nUsable++] = v;
+      }
+  }
+  if (nUsable == 1) return true;
 
   auto cu = [&](const char* what, CUresult res) {
     if (res != 0) err = cuErrorText(*timer, what, res);
@@ -113,14 +132,14 @@ bool chooseAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, cublasLtMa
   };
   if (!lt.tuneStart && !cu("cuEventCreate", timer->cuEventCreate(&lt.tuneStart, CU_EVENT_DEFAULT))) return false;
   if (!lt.tuneEnd && !cu("cuEventCreate", timer->cuEventCreate(&lt.tuneEnd, CU_EVENT_DEFAULT))) return false;
-  float best[kCandidates];
-  bool runs[kCandidates];
+  float best[kMaxTried];
+  bool runs[kMaxTried];
   for (int j = 0; j < nUsable; j++) best[j] = 3.0e38f, runs[j] = true;
   int reps = 1;
   for (int round = 0; round < 2; round++) {
     for (int j = 0; j < nUsable; j++) {
       if (!runs[j]) continue;
-      const cublasLtMatmulAlgo_t& cand = r[usable[j]].algo;
+      const cublasLtMatmulAlgo_t& cand = cands[j];
       if (runAlgo(lt, a, p, cand, stream) != 0) {  // e.g. a bucket's candidate that does not take this n
         runs[j] = false;
         continue;
@@ -150,7 +169,7 @@ bool chooseAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, cublasLtMa
   for (int j = 0; j < nUsable; j++)
     if (runs[j] && (pick < 0 || best[j] < best[pick])) pick = j;
   // None ran on this n: keep the heuristic's first (the caller re-plans this n if it fails).
-  if (pick >= 0) algo = r[usable[pick]].algo;
+  if (pick >= 0) algo = cands[pick];
   return true;
 }
 }  // namespace
@@ -180,6 +199,7 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
     sym(lib, "cublasLtMatmulPreferenceDestroy", lt.prefDestroy, missing);
     sym(lib, "cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute, missing);
     sym(lib, "cublasLtMatmulAlgoGetHeuristic", lt.heuristic, missing);
+    lt.algoConfigSet = reinterpret_cast<decltype(lt.algoConfigSet)>(dlsym(lib, "cublasLtMatmulAlgoConfigSetAttribute"));
     sym(lib, "cublasLtMatmul", lt.matmul, missing);
     sym(lib, "cublasLtGetStatusString", lt.statusString, missing);
     if (!missing.empty()) {

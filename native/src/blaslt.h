@@ -47,6 +47,8 @@ struct BlasLt {
                            const void*, cublasLtMatrixLayout_t, const void*, const void*, cublasLtMatrixLayout_t, void*,
                            cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t*, void*, size_t, CUstream);
   const char* (*statusString)(cublasStatus_t);
+  // Optional (null if absent): split-K variants of the heuristic's candidates.
+  cublasStatus_t (*algoConfigSet)(cublasLtMatmulAlgo_t*, int attr, const void* buf, size_t size);
   std::unordered_map<std::string, MatmulPlan> plans;
   // Chosen algorithms per shape with n (the token count) rounded up to a bucket: a new n in a
   // known bucket (per-expert row counts of MoE prefill, new prompt lengths) skips the heuristic
