@@ -28,10 +28,7 @@ template <typename T>
 __device__ void moeGather(const T* __restrict__ x, const int* __restrict__ perm, const float* __restrict__ score,
                           T* __restrict__ xin, int d) {
   const int row = perm[blockIdx.x];
-  const float s = score[row];
-  const T* src = x + (size_t)row * d;
-  T* dst = xin + (size_t)blockIdx.x * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = fromF<T>(toF(src[i]) * s);
+  scaleRow<T>(x + (size_t)row * d, xin + (size_t)blockIdx.x * d, score[row], d);
 }
 
 // out[r, :] = shared[r, :] + routed[inv[r], :]  (top-1: each row has exactly one routed row).

@@ -80,9 +80,7 @@ __device__ void moeGatherDev(const T* __restrict__ x, const int* __restrict__ pe
   if (i >= offsets[local]) return;
   const int row = perm[i];
   const float s = score[row];
-  const T* src = x + (size_t)row * d;
-  T* dst = xin + (size_t)i * d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) dst[c] = fromF<T>(toF(src[c]) * s);
+  scaleRow<T>(x + (size_t)row * d, xin + (size_t)i * d, s, d);
 }
 
 // Group g = -1 is the shared expert (x, all n tokens, width fs); g ≥ 0 local expert g (xin rows

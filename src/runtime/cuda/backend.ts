@@ -661,7 +661,11 @@ export class CudaBackend implements Backend {
     if (wt.numel !== d) throw new Error(`addRmsNorm: weight has ${wt.numel} elements, rows have ${d}`);
     if (!(xt.dtype === "f32" || this.t === "bf16")) xt = this.as(xt, "f32");
     const out = this.stepTensor([n, d], this.t);
-    this.k.launch(`add_rms_norm_${xt.dtype}_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(rt.ptr).ptr(xt.ptr).ptr(wt.ptr).ptr(out.ptr).i32(d).f32(eps));
+    // Rows of ≤ 8192 in bf16 with 16-byte rows: one thread per 8 elements (norm.cu, the vector kernel).
+    const vec = this.t === "bf16" && wt.dtype === "bf16" && d % 8 === 0 && d <= 8 * 1024 && [rt.ptr, xt.ptr, wt.ptr, out.ptr].every((p) => p % 16n === 0n);
+    const name = vec ? `add_rms_norm_vec_${xt.dtype}_bf16` : `add_rms_norm_${xt.dtype}_${this.t}`;
+    const threads = vec ? Math.max(32, Math.ceil(d / 8 / 32) * 32) : blockFor(d);
+    this.k.launch(name, [n], [threads], (a) => a.ptr(rt.ptr).ptr(xt.ptr).ptr(wt.ptr).ptr(out.ptr).i32(d).f32(eps));
     return out;
   }
 
@@ -802,6 +806,11 @@ export class CudaBackend implements Backend {
     return outs;
   }
 
+  /** Threads for a one-block-per-row kernel using common.cuh's scaleRow: one per 8 bf16 elements (≤ 1024), else blockFor. */
+  private rowThreads(d: number): number {
+    return this.t === "bf16" && d % 8 === 0 ? Math.max(32, Math.min(1024, Math.ceil(d / 8 / 32) * 32)) : blockFor(d);
+  }
+
   /** Output rows per GEMV block: as many as keep ≥ 2 blocks per SM (the rest split K within the block). */
   private rowsPerBlock(rows: number): number {
     for (const rb of [8, 4, 2]) if (Math.ceil(rows / rb) >= 2 * this.info.smCount) return rb;
@@ -932,7 +941,9 @@ export class CudaBackend implements Backend {
     const flags = (spec.rope ? PREP_ROPE : 0) | (spec.qkNorm ? PREP_QK_NORM : 0) | (spec.temperatureTuning ? PREP_TEMPERATURE : 0);
     const qRot = this.stepTensor([n, hq * dim], this.t);
     const invFreq = this.invFreq;
-    this.k.launch(`attn_prep_${this.t}`, [n], [128], (a) =>
+    // One warp per head (q, k and v heads of the row): at decode a row is all there is, and
+    // four warps walking 14+ heads serially were latency-bound (9 µs per layer in an ncu profile).
+    this.k.launch(`attn_prep_${this.t}`, [n], [Math.min(1024, 32 * (hq + 2 * hkv))], (a) =>
       a.ptr(qt.ptr).ptr(kt.ptr).ptr(vt.ptr).ptr(qRot.ptr).ptr(cache.k).ptr(cache.v).ptr(meta.positions).ptr(meta.rowSlot).ptr(invFreq)
         .i32(hq).i32(hkv).i32(dim).i32(flags).f32(p.eps).f32(p.floorScale).f32(p.attnScale),
     );
@@ -1065,7 +1076,7 @@ export class CudaBackend implements Backend {
     const invDev = permDev + BigInt(n * 4);
 
     const xin = this.stepTensor([n, d], this.t);
-    this.k.launch(`moe_gather_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(xt.ptr).ptr(permDev).ptr(scoreDev).ptr(xin.ptr).i32(d));
+    this.k.launch(`moe_gather_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(permDev).ptr(scoreDev).ptr(xin.ptr).i32(d));
     const shared = this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown);
 
     // This rank's experts own the sorted rows [lo, hi); the other rows get no routed part here.
@@ -1120,7 +1131,7 @@ export class CudaBackend implements Backend {
     const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
     this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
     const xin = this.stepTensor([n, d], this.t);
-    this.k.launch(`moe_gather_dev_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
+    this.k.launch(`moe_gather_dev_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
 
     const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
     // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
