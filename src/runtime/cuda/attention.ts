@@ -84,7 +84,10 @@ export function decodeRowsPerTile(hq: number, hkv: number): number {
 /** Splits of the key range for the decode kernel: enough blocks for ~4 per SM, ≥ 2 key tiles each. */
 export function decodeSplits(smCount: number, blocks: number, maxKeyTiles: number): number {
   const want = Math.ceil((4 * smCount) / Math.max(1, blocks));
-  return Math.max(1, Math.min(want, Math.floor(maxKeyTiles / 2), MAX_SPLITS));
+  const s = Math.max(1, Math.min(want, Math.floor(maxKeyTiles / 2), MAX_SPLITS));
+  // A power of two: any count is correct, and a CUDA graph is captured per count (splitsOf), so
+  // few distinct counts mean few captures as a sequence grows.
+  return 2 ** Math.floor(Math.log2(s));
 }
 
 /** The tile table for a step: pure, exported for tests. */
@@ -113,15 +116,20 @@ export class FlashAttention {
   private readonly smemSet = new Set<string>();
   /** The prefill kernel at head_dim 128: 4 warps × 32 rows (default) or 8 warps × 16 rows. */
   prefillVariant: PrefillVariant;
-  /**
-   * Decode splits from the block count alone, not from this step's context lengths: set it while
-   * capturing a CUDA graph that later steps replay with longer contexts (a split count is baked
-   * into the graph; any count is correct, but one chosen for short contexts is slow for long ones).
-   */
-  lengthIndependentSplits = false;
+  /** The decode split count last chosen for a step's metadata (1 for prefill): see splitsOf. */
+  private readonly splits = new WeakMap<object, number>();
 
   constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant } = {}) {
     this.prefillVariant = opts.prefillVariant ?? (process.env.TSGLANG_FA_PREFILL === "w8" ? "w8" : "w4");
+  }
+
+  /**
+   * The split count run() chose for this metadata (after a run, dry or not). A CUDA graph bakes
+   * the count in, and one chosen at a short context leaves a long one to a few blocks (a 1M-token
+   * decode ran at 28 ms/token that way), so the backend captures one graph per count.
+   */
+  splitsOf(key: object): number {
+    return this.splits.get(key) ?? 1;
   }
 
   /** Attention for one layer; `key` identifies the step's metadata for the pool (its tiles are cached on it). */
@@ -153,12 +161,13 @@ export class FlashAttention {
         const lo = chunk > 0 ? pos0 - (pos0 % chunk) : 0;
         maxKeyTiles = Math.max(maxKeyTiles, Math.ceil((pos0 + nRows - lo) / KEY_TILE));
       }
-      splits = decodeSplits(this.ctx.smCount, hkv * plan.count, this.lengthIndependentSplits ? 2 * MAX_SPLITS : maxKeyTiles);
+      splits = decodeSplits(this.ctx.smCount, hkv * plan.count, maxKeyTiles);
       if (splits > 1) {
         partO = this.ctx.scratch(a.rows * hq * splits * dim * 4);
         partML = this.ctx.scratch(a.rows * hq * splits * 8);
       }
     }
+    this.splits.set(key, splits);
     const grid: [number, number, number] = plan.kind === "decode" ? [hkv, plan.count, splits] : [hq, plan.count, 1];
     const tiles = plan.tiles;
     this.ctx.kernels.launch(name, grid, [w8 ? 256 : 128], (k) =>

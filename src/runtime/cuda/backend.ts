@@ -223,7 +223,8 @@ export class CudaBackend implements Backend {
   // ---- CUDA graphs (decodeGraph) ----
   private readonly graphSizes: number[];
   /** Executable graphs per model (the key decodeGraph gets) and padded batch size. */
-  private readonly graphs = new Map<object, Map<number, GraphEntry>>();
+  /** Captured decode steps per model, keyed by padded batch size and the attention split counts ("8/1,4"). */
+  private readonly graphs = new Map<object, Map<string, GraphEntry>>();
   /** Set while a graph step is prepared or captured: the step's inputs live at these fixed addresses. */
   private graph: { ids: DevicePtr; meta: Map<string, DevicePtr>; capturing: boolean; vocab: number } | null = null;
   /** Ints reserved per pool for a graph step's attention metadata (grows; growing drops the graphs). */
@@ -1215,8 +1216,6 @@ export class CudaBackend implements Backend {
       this.dropGraphs();
       this.graphMetaInts = Math.max(need, 2 * this.graphMetaInts, 16384);
     }
-    let entry = this.graphs.get(key)?.get(size);
-    if (entry) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
 
     this.beginStep();
     const ids = this.mem.stepAlloc(this.graphSizes[this.graphSizes.length - 1] * 4, true).ptr;
@@ -1224,12 +1223,18 @@ export class CudaBackend implements Backend {
     for (const pool of ["full", "swa"]) {
       if (this.kvLayers.some((l) => l.pool === pool)) meta.set(pool, this.mem.stepAlloc(this.graphMetaInts * 4, true).ptr);
     }
-    this.graph = { ids, meta, capturing: false, vocab: entry?.vocab ?? 0 };
+    let entry: GraphEntry | undefined;
+    this.graph = { ids, meta, capturing: false, vocab: 0 };
     try {
       this.native.htod(ids, padded.ids);
       for (const [i, spec] of this.kvLayers.entries()) this.stepMeta(padded, spec, this.kv[i].slots);
       this.prepareAttention(size);
-      entry ??= this.captureStep(key, size, padded, run) ?? undefined;
+      // One graph per batch size and per attention split counts (FlashAttention.splitsOf): the
+      // counts grow with the context, and a graph replays the ones it was captured with.
+      const graphKey = `${size}/${[...this.meta.values()].map((m) => this.fa?.splitsOf(m) ?? 1).join(",")}`;
+      entry = this.graphs.get(key)?.get(graphKey);
+      if (entry) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
+      entry ??= this.captureStep(key, graphKey, size, padded, run) ?? undefined;
     } finally {
       this.graph = null;
     }
@@ -1286,7 +1291,7 @@ export class CudaBackend implements Backend {
   }
 
   /** Records `run` on the stream as a graph; null (graphs then off, with the reason) when that fails. */
-  private captureStep(key: object, size: number, padded: StepBatch, run: (b: StepBatch) => Tensor): GraphEntry | null {
+  private captureStep(key: object, graphKey: string, size: number, padded: StepBatch, run: (b: StepBatch) => Tensor): GraphEntry | null {
     const g = this.graph!;
     let out: CudaTensor | null = null;
     let exec: DevicePtr | null = null;
@@ -1319,7 +1324,7 @@ export class CudaBackend implements Backend {
     const entry: GraphEntry = { exec, ptr: out.ptr, cols: out.shape[1], dtype: out.dtype, vocab: g.vocab, mark: this.mem.mark() };
     let sizes = this.graphs.get(key);
     if (!sizes) this.graphs.set(key, (sizes = new Map()));
-    sizes.set(size, entry);
+    sizes.set(graphKey, entry);
     this.graphStats.captures++;
     return entry;
   }
