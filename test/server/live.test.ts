@@ -226,6 +226,7 @@ describe("launch lifecycle and flags", () => {
     [["--model-path", "x", "--port", "abc"], /--port must be an integer/],
     [["--model-path", "x", "--schedule-policy", "random"], /--schedule-policy must be one of fcfs, lpm/],
     [["--model-path", "x", "--swa-full-tokens-ratio", "1.5"], /must be in \(0, 1\]/],
+    [["--model-path", "x", "--swa-full-tokens-ratio", "most"], /--swa-full-tokens-ratio must be a number or 'auto'/],
     [["--model-path", "x", "--mem-fraction-static", "0"], /must be in \(0, 1\)/],
     [["--model-path", "x", "--chunked-prefill-size", "0"], /-1 or a positive integer/],
     [["--model-path", "x", "--port", "70000"], /--port must be ≤ 65535/],
@@ -239,6 +240,21 @@ describe("launch lifecycle and flags", () => {
       assert.ok(!r.stderr.includes("    at "), "no stack trace");
     });
   }
+
+  it("--swa-full-tokens-ratio auto needs a GPU plan: on the CPU it serves with the default 0.8", async () => {
+    const srv = await launch(["--model-path", fixturePath("scout-tiny"), "--device", "cpu", "--swa-full-tokens-ratio", "auto"]);
+    try {
+      assert.match(srv.stderr(), /--swa-full-tokens-ratio auto needs a GPU memory plan; using 0\.8/);
+      const info = (await (await fetch(`${srv.url}/get_server_info`)).json()) as { internal_states: { full_pool_tokens: number; swa_pool_tokens: number }[] };
+      const st = info.internal_states[0];
+      assert.ok(st.swa_pool_tokens > 0 && st.swa_pool_tokens < st.full_pool_tokens, JSON.stringify(st));
+      const client = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "x", maxRetries: 0 });
+      const r = await client.completions.create({ model: fixturePath("scout-tiny"), prompt: "a", max_tokens: 2 });
+      assert.equal(r.choices.length, 1);
+    } finally {
+      await srv.stop();
+    }
+  });
 
   it("a missing model directory is one clear line", () => {
     const r = tsglang("launch", "--model-path", "/nonexistent/model");
