@@ -224,7 +224,7 @@ export async function main(argv: string[]): Promise<number> {
     },
     metrics: a["enable-metrics"] ? new Metrics(servedModelName, engine) : undefined,
     log,
-    state: { shuttingDown: false, inflight: 0, active: new Set() },
+    state: { shuttingDown: false, inflight: 0, active: new Set(), byRid: new Map() },
   };
 
   let server;

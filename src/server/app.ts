@@ -5,6 +5,7 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { handleAbortRequest } from "./abort.js";
 import { handleChat } from "./chat.js";
 import { handleCompletions } from "./completions.js";
 import type { ServerContext } from "./context.js";
@@ -50,6 +51,7 @@ const ROUTES: Route[] = [
   { methods: ["GET"], path: "/server_info", handler: (c, _q, s) => handleServerInfo(c, s) },
   { methods: ["GET"], path: "/get_server_info", handler: (c, _q, s) => handleServerInfo(c, s) },
   { methods: ["GET", "POST"], path: "/flush_cache", handler: (c, _q, s) => handleFlushCache(c, s) },
+  { methods: ["POST"], path: "/abort_request", handler: (c, _q, s, b) => handleAbortRequest(c, b, s), body: true },
   { methods: ["GET"], path: "/metrics", handler: (c, _q, s) => handleMetrics(c, s), open: true },
   { methods: ["POST"], path: "/tokenize", handler: (c, _q, s, b) => handleTokenize(c, b, s), body: true },
   { methods: ["POST"], path: "/v1/tokenize", handler: (c, _q, s, b) => handleTokenize(c, b, s), body: true },

@@ -112,7 +112,7 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   };
   const onUpdate = (u: GenUpdate) => {
     if (failed) return;
-    if (u.finish?.reason === "abort") {
+    if (u.finish?.reason === "abort" && !u.finish.requested) {
       failed = true;
       endStreamOnAbort(u.finish, sse, group);
       return;

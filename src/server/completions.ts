@@ -102,7 +102,7 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
   let group: GenGroup | undefined;
   const onUpdate = (u: GenUpdate) => {
     if (failed) return;
-    if (u.finish?.reason === "abort") {
+    if (u.finish?.reason === "abort" && !u.finish.requested) {
       failed = true;
       endStreamOnAbort(u.finish, sse, group);
       return;

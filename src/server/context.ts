@@ -49,6 +49,8 @@ export interface ServerState {
   inflight: number;
   /** Engine requests running for HTTP requests, so shutdown can abort them. */
   active: Set<{ abort(message: string, busy?: boolean): void }>;
+  /** Running choices by request id, for /abort_request (filled by startGenerations). */
+  byRid: Map<string, { abort(message: string, busy?: boolean, requested?: boolean): void }>;
 }
 
 export interface ServerContext {

@@ -1,6 +1,7 @@
 // SGLang's native POST /generate: `text` or `input_ids` (one or a batch), `sampling_params`
 // (SGLang names: max_new_tokens, stop, stop_token_ids, ...), `return_logprob`,
-// `logprob_start_len`, `top_logprobs_num`, `stream`. The answer is {text, output_ids, meta_info}
+// `logprob_start_len`, `top_logprobs_num`, `stream`, `rid` (the id /abort_request takes). The
+// answer is {text, output_ids, meta_info}
 // (a list for a batch or n > 1); streaming sends the cumulative text so far, as SGLang does.
 
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -72,6 +73,13 @@ export function parseGenerateRequest(ctx: ServerContext, body: unknown): Generat
       logprob.push({ on, start, top });
     }
   });
+  // SGLang's `rid`: the client's id for each choice (for /abort_request); one string, or one per choice.
+  if (o.rid !== undefined && o.rid !== null) {
+    const rids = Array.isArray(o.rid) ? o.rid : [o.rid];
+    if (!rids.every((r) => typeof r === "string" && r.length > 0 && r.length <= 256)) throw badRequest("'rid' must be a non-empty string (≤ 256 characters) or a list of them", "rid", "invalid_type");
+    if (rids.length !== specs.length) throw badRequest(`'rid' has ${rids.length} ids for ${specs.length} choices`, "rid");
+    rids.forEach((r, i) => (specs[i].rid = r as string));
+  }
   return { specs, logprob, textInLogprobs, single: !batch && specs.length === 1, stream };
 }
 
@@ -147,7 +155,7 @@ export async function handleGenerate(ctx: ServerContext, body: unknown, req: Inc
   let group: GenGroup | undefined;
   const onUpdate = (u: GenUpdate) => {
     if (failed) return;
-    if (u.finish?.reason === "abort") {
+    if (u.finish?.reason === "abort" && !u.finish.requested) {
       failed = true;
       endStreamOnAbort(u.finish, sse, group);
       return;

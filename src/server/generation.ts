@@ -4,6 +4,7 @@
 // needs (ids, logprobs, cached tokens, finish reason, timings).
 
 import { randomUUID } from "node:crypto";
+import { badRequest } from "./errors.js";
 import { EngineBusyError, type EngineOutput, type EngineRequest, type TokenLogprob } from "../engine/types.js";
 import type { SamplingParams } from "../engine/sampling.js";
 import type { ServerContext } from "./context.js";
@@ -26,6 +27,8 @@ export interface GenSpec {
   /** First prompt position whose logprob is wanted; -1 = none. */
   logprobStartLen: number;
   topLogprobsNum: number;
+  /** The client's request id (SGLang's `rid`); a fresh one when absent. */
+  rid?: string;
 }
 
 export interface Finish {
@@ -35,6 +38,8 @@ export interface Finish {
   message?: string;
   /** The engine refused for capacity (503), not for the request itself. */
   busy?: boolean;
+  /** Ended by /abort_request: the choice ends normally with finish_reason abort (not an error). */
+  requested?: boolean;
 }
 
 /** What one engine output added to a choice. */
@@ -69,7 +74,7 @@ export interface GenResult {
 }
 
 class Generation {
-  readonly rid = randomUUID().replace(/-/g, "");
+  readonly rid: string;
   private readonly asm: TextAssembler;
   private text = "";
   private readonly outputIds: number[] = [];
@@ -94,6 +99,7 @@ class Generation {
       skipSpecialTokens: spec.skipSpecialTokens,
       noStopTrim: spec.noStopTrim,
     });
+    this.rid = spec.rid ?? randomUUID().replace(/-/g, "");
     this.done = new Promise((r) => (this.resolve = r));
   }
 
@@ -119,11 +125,11 @@ class Generation {
     this.ctx.engine.submit(req, (o) => this.onOutput(o));
   }
 
-  /** Ends the choice now (client gone, shutdown); the engine frees its KV. */
-  abort(message: string, busy = false): void {
+  /** Ends the choice now (client gone, shutdown, /abort_request); the engine frees its KV. */
+  abort(message: string, busy = false, requested = false): void {
     if (this.finished) return;
     this.ctx.engine.abort(this.rid);
-    this.end({ reason: "abort", matchedStop: null, message, busy }, "", [], []);
+    this.end({ reason: "abort", matchedStop: null, message, busy, requested }, "", [], []);
   }
 
   private onOutput(o: EngineOutput): void {
@@ -228,11 +234,20 @@ export interface GenGroup {
  */
 export function startGenerations(ctx: ServerContext, specs: GenSpec[], onUpdate: (u: GenUpdate) => void = () => {}): GenGroup {
   const gens = specs.map((s, i) => new Generation(ctx, i, s, onUpdate));
+  const rids = ctx.state.byRid;
+  for (const [i, g] of gens.entries()) {
+    if (rids.has(g.rid) || gens.findIndex((h) => h.rid === g.rid) !== i) throw badRequest(`request id '${g.rid}' is already running`, "rid");
+  }
+  for (const g of gens) {
+    rids.set(g.rid, g);
+    void g.done.finally(() => rids.get(g.rid) === g && rids.delete(g.rid));
+  }
   for (let i = 0; i < gens.length; i++) {
     try {
       gens[i].start();
     } catch (e) {
       for (let j = 0; j < i; j++) gens[j].abort("not admitted");
+      for (const g of gens.slice(i)) if (rids.get(g.rid) === g) rids.delete(g.rid); // never started: no done to clear them
       if (e instanceof EngineBusyError) throw unavailable(`the server is busy: ${e.message}; retry later`);
       throw e;
     }

@@ -48,9 +48,9 @@ export function endStreamOnAbort(finish: Finish, sse: { error(e: ApiError): void
   group?.abort(CLIENT_GONE);
 }
 
-/** The first engine-side abort among the results, if any. */
+/** The first engine-side abort among the results, if any (an /abort_request is a normal end). */
 export function firstAbort(results: readonly GenResult[]): ApiError | undefined {
-  const r = results.find((x) => x.finish.reason === "abort");
+  const r = results.find((x) => x.finish.reason === "abort" && !x.finish.requested);
   return r ? abortError(r.finish) : undefined;
 }
 
