@@ -40,6 +40,7 @@ const FLAGS = {
   "disable-radix-cache": { type: "boolean", help: "turn off prefix caching" },
   "api-key": { type: "string", metavar: "KEY", help: "require 'Authorization: Bearer KEY' (health checks and metrics stay open)" },
   "enable-metrics": { type: "boolean", help: "serve Prometheus metrics at /metrics" },
+  "tool-call-parser": { type: "string", metavar: "NAME", help: "turn chat outputs into tool_calls: pythonic (Llama 4's [f(a=1), ...] format, as SGLang parses Llama 4)" },
   "log-level": { type: "string", default: "info", choices: LOG_LEVELS, help: "logging level" },
   tp: { type: "int", alias: ["tp-size"], default: 1, min: 1, help: "tensor-parallel ranks" },
   "ep-size": { type: "int", default: 1, min: 1, help: "expert-parallel size: 1 or equal to --tp (whole experts per rank)" },
@@ -64,6 +65,11 @@ export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boole
   const ratio = a["swa-full-tokens-ratio"];
   if (ratio !== "auto" && !(ratio > 0 && ratio <= 1)) throw new ArgsError(`--swa-full-tokens-ratio must be in (0, 1] or 'auto', got ${ratio}`);
   if (a["chunked-prefill-size"] === 0) throw new ArgsError("--chunked-prefill-size must be -1 or a positive integer, got 0");
+  const parser = a["tool-call-parser"];
+  if (parser !== undefined && parser !== "pythonic") {
+    // SGLang has no `llama4` key either (sglang-notes §4.1): Llama 4's calls are pythonic.
+    throw new ArgsError(`--tool-call-parser ${parser} is not available; Llama 4 writes its tool calls in the pythonic format: --tool-call-parser pythonic`);
+  }
   try {
     parseAttentionBackend(a["attention-backend"]);
   } catch (e) {
@@ -216,6 +222,7 @@ export async function main(argv: string[]): Promise<number> {
       tokenizerPath,
       apiKey: a["api-key"],
       enableMetrics: a["enable-metrics"],
+      toolCallParser: a["tool-call-parser"] === "pythonic" ? "pythonic" : undefined,
       serverArgs: { ...serverArgs, model_path: modelPath, served_model_name: servedModelName, context_length: info.contextLength },
       samplingDefaults: samplingDefaults(modelPath),
       eosTokenIds: [...new Set([...config.eosTokenIds, ...tokenizer.eosIds])].sort((x, y) => x - y),

@@ -6,12 +6,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ChatTemplateError, renderAndEncode, type ChatMessage } from "../tokenizer/chat_template.js";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
+import { startGenerations, type Finish, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
 import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, resolveMaxNewTokens, type GenParams } from "./params.js";
 import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
+import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
 import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
 
 interface ChatRequest {
@@ -22,6 +23,8 @@ interface ChatRequest {
   includeUsage: boolean;
   logprobs: boolean;
   topLogprobs: number;
+  /** Names of the offered functions when outputs are parsed for tool calls (--tool-call-parser, tools given, tool_choice not none). */
+  tools: ReadonlySet<string> | null;
 }
 
 export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest {
@@ -53,7 +56,21 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
     throw e;
   }
   const maxNewTokens = resolveMaxNewTokens(ctx, ids.length, params.maxTokens, "messages");
-  return { params, ids, maxNewTokens, stream, includeUsage, logprobs, topLogprobs };
+  const names = toolNames(o.tools);
+  const tools = ctx.config.toolCallParser && names.size > 0 && o.tool_choice !== "none" ? names : null;
+  return { params, ids, maxNewTokens, stream, includeUsage, logprobs, topLogprobs, tools };
+}
+
+/** The function names of OpenAI `tools` ([{type: "function", function: {name, ...}}]). */
+function toolNames(tools: unknown): Set<string> {
+  const names = new Set<string>();
+  if (tools === undefined || tools === null) return names;
+  (tools as unknown[]).forEach((t, i) => {
+    const fn = isObject(t) && t.type === "function" && isObject(t.function) ? t.function : null;
+    if (!fn || typeof fn.name !== "string" || fn.name === "") throw badRequest(`tools[${i}] must be {"type": "function", "function": {"name": ...}}`, "tools", "invalid_value");
+    names.add(fn.name);
+  });
+  return names;
 }
 
 // Fields whose meaning we cannot honour yet are refused rather than silently ignored.
@@ -110,6 +127,9 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
       sse.send(chunk([{ index: i, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }]));
     }
   };
+  // With tool-call parsing, text from a '[' on is held while it may still be a call list
+  // (ToolCallStream); at the end a call list goes out as one tool_calls delta.
+  const calls = specs.map(() => (r.tools ? new ToolCallStream(r.tools) : null));
   const onUpdate = (u: GenUpdate) => {
     if (failed) return;
     if (u.finish?.reason === "abort" && !u.finish.requested) {
@@ -118,9 +138,22 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
       return;
     }
     sendRoles();
+    const tc = calls[u.index];
+    let delta = tc ? tc.push(u.delta) : u.delta;
+    if (tc && u.finish) {
+      const end = tc.finish();
+      if (end.calls) {
+        const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
+        const content = delta + end.content;
+        sse.send(chunk([{ index: u.index, delta: { ...(content ? { content } : {}), tool_calls: toolCallsOf(end.calls) }, logprobs, finish_reason: null, matched_stop: null }]));
+        sse.send(chunk([{ index: u.index, delta: {}, logprobs: null, ...finishOf(u.finish, true) }]));
+        return;
+      }
+      delta += end.content;
+    }
     const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
-    if (u.delta !== "" || logprobs) {
-      sse.send(chunk([{ index: u.index, delta: { content: u.delta }, logprobs, finish_reason: null, matched_stop: null }]));
+    if (delta !== "" || logprobs) {
+      sse.send(chunk([{ index: u.index, delta: { content: delta }, logprobs, finish_reason: null, matched_stop: null }]));
     }
     if (u.finish) sse.send(chunk([{ index: u.index, delta: {}, logprobs: null, ...finishFields(u.finish) }]));
   };
@@ -134,10 +167,22 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
 }
 
 function choiceOf(ctx: ServerContext, r: ChatRequest, x: GenResult) {
+  const parsed = r.tools ? parsePythonicToolCalls(x.text, r.tools) : null;
   return {
     index: x.index,
-    message: { role: "assistant", content: x.text, reasoning_content: null, tool_calls: null },
+    message: { role: "assistant", content: parsed ? parsed.content : x.text, reasoning_content: null, tool_calls: parsed ? toolCallsOf(parsed.calls) : null },
     logprobs: r.logprobs ? chatLogprobs(ctx.texts, x.logprobs, r.topLogprobs) : null,
-    ...finishFields(x.finish),
+    ...finishOf(x.finish, parsed !== null),
   };
+}
+
+/** OpenAI's tool_calls entries (ids are fresh per call). */
+function toolCallsOf(calls: readonly ToolCall[]) {
+  return calls.map((c, index) => ({ index, id: `call_${randomUUID().replace(/-/g, "").slice(0, 24)}`, type: "function", function: { name: c.name, arguments: c.arguments } }));
+}
+
+/** finish_reason "tool_calls" when the output was a call list and ended by a stop, as OpenAI and SGLang report it. */
+function finishOf(f: Finish, calls: boolean) {
+  const fields = finishFields(f);
+  return calls && f.reason === "stop" ? { ...fields, finish_reason: "tool_calls" } : fields;
 }

@@ -37,6 +37,8 @@ export interface ServerConfig {
   eosTokenIds?: number[];
   /** The checkpoint's preferred sampling values (generation_config.json), as SGLang applies them. */
   samplingDefaults?: Partial<SamplingParams>;
+  /** `--tool-call-parser`: how chat outputs become tool_calls (pythonic: Llama 4's `[f(a=1)]`); none when absent. */
+  toolCallParser?: "pythonic";
   /** config.json's model_type and architectures, for /model_info. */
   modelType?: string;
   architectures?: string[];
