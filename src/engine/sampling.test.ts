@@ -39,3 +39,13 @@ test("a penalty changes the greedy token; ids outside the row are ignored", () =
   assert.equal(sampleToken(logits, p, new Rng(1)), 2);
   assert.equal(logits.length, 3);
 });
+
+test("logit_bias adds to the logits (after the other penalties) as part of the same edits", () => {
+  const p = { ...GREEDY, frequencyPenalty: 1, logitBias: [[2, 5], [0, -100], [1, 0.5]] as const };
+  const e = logitEdits(p, [], [1])!;
+  const logits = Float32Array.of(3, 2, 1, 0);
+  applyEdits(logits, e);
+  assert.deepEqual([...logits], [-97, 1.5, 6, 0]); // 3−100; 2−1+0.5; 1+5; untouched
+  assert.equal(sampleToken(logits, p, new Rng(1)), 2);
+  assert.equal(logitEdits({ ...GREEDY, logitBias: [] }, [], []), null);
+});

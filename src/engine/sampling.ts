@@ -18,6 +18,8 @@ export interface SamplingParams {
   frequencyPenalty: number;
   presencePenalty: number;
   repetitionPenalty: number;
+  /** OpenAI's logit_bias: [token id, bias] pairs added to the logits before sampling. */
+  logitBias?: readonly (readonly [number, number])[];
   seed?: number;
 }
 
@@ -83,6 +85,7 @@ export function logitEdits(p: SamplingParams, promptIds: readonly number[], outp
     for (const id of outputIds) counts.set(id, (counts.get(id) ?? 0) + 1);
     for (const [id, c] of counts) at(id).sub = p.frequencyPenalty * c + p.presencePenalty;
   }
+  for (const [id, bias] of p.logitBias ?? []) at(id).sub -= bias;
   for (const id of maskIds) at(id).flags |= EDIT_MASK;
   if (entry.size === 0) return null;
   const ids = new Int32Array(entry.size);

@@ -214,6 +214,21 @@ describe("scheduler", () => {
     assert.equal(steps, 5, "the prefill step and every decode step");
   });
 
+  test("logit_bias: +100 forces a token and -100 bans the greedy one, on the host path and through forwardSample", async () => {
+    const p = prompts(1)[0];
+    const base = await alone(p, 3);
+    for (const hostSampling of [true, false]) {
+      const h = await harness({ hostSampling });
+      h.sched.add(request("force", p, 4, { sampling: { ...GREEDY, logitBias: [[11, 100]] } }));
+      h.sched.add(request("ban", p, 1, { sampling: { ...GREEDY, logitBias: [[base[0], -100]] } }));
+      h.drain();
+      assert.deepEqual(tokens(h, "force"), [11, 11, 11, 11], `hostSampling ${hostSampling}`);
+      const banned = tokens(h, "ban");
+      assert.equal(banned.length, 1);
+      assert.notEqual(banned[0], base[0], `hostSampling ${hostSampling}`);
+    }
+  });
+
   test("prompt logprobs equal the float64 reference", async () => {
     const h = await harness({ chunkedPrefillSize: 10 });
     const p = golden.prompts[1];

@@ -62,15 +62,7 @@ interface Req {
 
 /** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
 function onlyNeedsArgmax(req: Req): boolean {
-  const p = req.r.sampling;
-  return (
-    !req.r.returnLogprob &&
-    (p.temperature <= 0 || p.topK === 1) &&
-    p.repetitionPenalty === 1 &&
-    p.frequencyPenalty === 0 &&
-    p.presencePenalty === 0 &&
-    req.output.length >= (req.r.minNewTokens ?? 0)
-  );
+  return !req.r.returnLogprob && isGreedy(req.r.sampling) && editsFor(req) === null;
 }
 
 /** Top logprobs within what the device sampler returns: its next token can be drawn there (forwardSample). */

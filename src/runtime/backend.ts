@@ -191,7 +191,8 @@ export interface SampledRows {
  * the same thing (sample.cu's logit_edit_rows; built by sampling.ts logitEdits): for each listed id,
  *   v' = (repeat ? (v > 0 ? v / repetition : v · repetition) : v) − sub, or −∞ when masked.
  * repeat marks ids of the prompt or output (HF's repetition penalty); sub is OpenAI's
- * frequency · count + presence over the output; masked ids are stop tokens before min_new_tokens.
+ * frequency · count + presence over the output minus the request's logit_bias; masked ids are
+ * stop tokens before min_new_tokens.
  */
 export interface LogitEdits {
   ids: Int32Array;

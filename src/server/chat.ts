@@ -83,9 +83,6 @@ function checkUnsupported(o: Json): void {
   if (tc !== undefined && tc !== null && tc !== "auto" && tc !== "none") {
     throw badRequest("'tool_choice' other than \"auto\" or \"none\" is not supported yet", "tool_choice");
   }
-  if (o.logit_bias !== undefined && o.logit_bias !== null && !(isObject(o.logit_bias) && Object.keys(o.logit_bias).length === 0)) {
-    throw badRequest("'logit_bias' is not supported yet", "logit_bias");
-  }
 }
 
 export async function handleChat(ctx: ServerContext, body: unknown, req: IncomingMessage, res: ServerResponse): Promise<void> {

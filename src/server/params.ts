@@ -48,6 +48,8 @@ export function parseGenParams(ctx: ServerContext, o: Json, names: FieldNames, d
     repetitionPenalty: optNumber(o, "repetition_penalty", d.repetitionPenalty, { gt: 0, max: 2 }),
   };
   if (seed !== undefined) sampling.seed = seed >>> 0;
+  const bias = logitBias(o, ctx.info.vocabSize);
+  if (bias.length > 0) sampling.logitBias = bias;
 
   const maxKey = names.maxTokens.find((k) => o[k] !== undefined && o[k] !== null) ?? names.maxTokens[0];
   const maxTokens = optInt(o, maxKey, dfltMaxTokens, { min: 0 });
@@ -66,6 +68,19 @@ export function parseGenParams(ctx: ServerContext, o: Json, names: FieldNames, d
     noStopTrim: optBool(o, "no_stop_trim", false),
     n: optInt(o, "n", 1, { min: 1, max: MAX_N }),
   };
+}
+
+/** OpenAI's `logit_bias`: {"token id": bias in [-100, 100]}, added to the logits before sampling. */
+function logitBias(o: Json, vocab: number): [number, number][] {
+  const v = o.logit_bias;
+  if (v === undefined || v === null) return [];
+  if (typeof v !== "object" || Array.isArray(v)) throw badRequest("'logit_bias' must be an object of token id → bias", "logit_bias", "invalid_type");
+  return Object.entries(v).map(([k, b]) => {
+    const id = Number(k);
+    if (!/^\d+$/.test(k) || id >= vocab) throw badRequest(`'logit_bias' key '${k}' is not a token id in [0, ${vocab})`, "logit_bias");
+    if (typeof b !== "number" || !Number.isFinite(b) || b < -100 || b > 100) throw badRequest(`'logit_bias' for token ${k} must be a number in [-100, 100]`, "logit_bias");
+    return [id, b];
+  });
 }
 
 /** The request's `model` must be the served name (or the model path, or SGLang's "default"). */

@@ -207,9 +207,13 @@ describe("server on the fake engine", () => {
       presence_penalty: -0.2,
       repetition_penalty: 1.1,
       min_tokens: 2,
+      logit_bias: { "17": 3.5, "4": -100 },
     });
     const q = s.engine.submitted.at(-1)!;
-    assert.deepEqual(q.sampling, { temperature: 0.5, topP: 0.9, topK: 20, minP: 0.05, frequencyPenalty: 0.1, presencePenalty: -0.2, repetitionPenalty: 1.1 });
+    assert.deepEqual(q.sampling, {
+      temperature: 0.5, topP: 0.9, topK: 20, minP: 0.05, frequencyPenalty: 0.1, presencePenalty: -0.2, repetitionPenalty: 1.1,
+      logitBias: [[4, -100], [17, 3.5]],
+    });
     assert.equal(q.maxNewTokens, 3);
     assert.equal(q.minNewTokens, 2);
     assert.deepEqual(q.stopTokenIds, s.tokenizer.eosIds);
@@ -239,6 +243,10 @@ describe("server on the fake engine", () => {
       ["stop_token_ids out of vocabulary", "/v1/completions", { model: MODEL, prompt: "a", stop_token_ids: [9999] }, 400, "stop_token_ids"],
       ["logprobs too many", "/v1/completions", { model: MODEL, prompt: "a", logprobs: 50 }, 400, "logprobs"],
       ["top_logprobs without logprobs", "/v1/chat/completions", chat({ top_logprobs: 2 }), 400, "top_logprobs"],
+      ["logit_bias not an object", "/v1/chat/completions", chat({ logit_bias: [1] }), 400, "logit_bias"],
+      ["logit_bias key not a token id", "/v1/chat/completions", chat({ logit_bias: { abc: 1 } }), 400, "logit_bias"],
+      ["logit_bias id out of vocabulary", "/v1/completions", { model: MODEL, prompt: "a", logit_bias: { "512": 1 } }, 400, "logit_bias"],
+      ["logit_bias beyond ±100", "/generate", { text: "a", sampling_params: { logit_bias: { "3": 101 } } }, 400, "logit_bias"],
       ["generate without a prompt", "/generate", { sampling_params: {} }, 400, "text"],
       ["generate bad sampling", "/generate", { text: "a", sampling_params: { top_k: -5 } }, 400, "top_k"],
       ["tokenize without prompt", "/tokenize", { model: MODEL }, 400, "prompt"],
