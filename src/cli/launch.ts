@@ -56,8 +56,22 @@ export function helpText(): string {
   return formatHelp("launch --model-path DIR", "Serve a model with SGLang's HTTP API (OpenAI-compatible routes and /generate).", FLAGS);
 }
 
+/**
+ * SGLang flags for capabilities tsglang does not have yet: refused with what is missing, rather
+ * than "unknown flag" (or a server that silently ignores them).
+ */
+const NOT_YET: Record<string, string> = {
+  "--enable-multimodal": "image input (--enable-multimodal) is not implemented yet: tsglang serves Llama 4 as a text model",
+  "--speculative-algorithm": "speculative decoding (--speculative-algorithm EAGLE3 and its --speculative-* flags) is not implemented yet",
+};
+for (const f of ["--speculative-draft-model-path", "--speculative-num-steps", "--speculative-eagle-topk", "--speculative-num-draft-tokens"]) {
+  NOT_YET[f] = NOT_YET["--speculative-algorithm"];
+}
+
 /** Parses and checks the flags; throws ArgsError with a one-line reason. */
 export function parseLaunchArgs(argv: string[]): { args: LaunchArgs; help: boolean } {
+  const notYet = argv.map((x) => x.split("=")[0]).find((x) => x in NOT_YET);
+  if (notYet) throw new ArgsError(NOT_YET[notYet]);
   const { values: a, help } = parseArgs(FLAGS, argv);
   // Ranges the table cannot say (open bounds, a hole at 0).
   const frac = a["mem-fraction-static"];

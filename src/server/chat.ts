@@ -41,6 +41,13 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
   if (!Array.isArray(o.messages)) throw badRequest("'messages' must be a non-empty array", "messages", "invalid_type");
   if (o.messages.length === 0) throw badRequest("'messages' must be a non-empty array", "messages", "invalid_value");
   if (o.tools !== undefined && o.tools !== null && !Array.isArray(o.tools)) throw badRequest("'tools' must be an array", "tools", "invalid_type");
+  // The template would render an image part as <|image|> with no image behind it: refuse instead.
+  (o.messages as unknown[]).forEach((m, i) => {
+    const parts = isObject(m) && Array.isArray(m.content) ? m.content : [];
+    if (parts.some((p) => isObject(p) && (p.type === "image_url" || p.type === "image"))) {
+      throw badRequest(`messages[${i}] has an image; image input (--enable-multimodal) is not implemented yet`, "messages", "invalid_value");
+    }
+  });
   const kwargs = o.chat_template_kwargs ?? {};
   if (!isObject(kwargs)) throw badRequest("'chat_template_kwargs' must be an object", "chat_template_kwargs", "invalid_type");
   if (!ctx.chatTemplate) throw badRequest("this server has no chat template; launch it with --chat-template", "messages");

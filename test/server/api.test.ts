@@ -233,6 +233,7 @@ describe("server on the fake engine", () => {
       ["empty messages", "/v1/chat/completions", chat({ messages: [] }), 400, "messages"],
       ["messages not an array", "/v1/chat/completions", chat({ messages: "hi" }), 400, "messages"],
       ["invalid role", "/v1/chat/completions", chat({ messages: [{ role: "wizard", content: "x" }] }), 400, "messages"],
+      ["image input (not implemented)", "/v1/chat/completions", chat({ messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }, { type: "text", text: "what is it?" }] }] }), 400, "messages"],
       ["prompt too long", "/v1/completions", { model: MODEL, prompt: Array(300).fill(5) }, 400, "prompt"],
       ["prompt + max_tokens too long", "/v1/completions", { model: MODEL, prompt: Array(200).fill(5), max_tokens: 100 }, 400, "prompt"],
       ["token id out of vocabulary", "/v1/completions", { model: MODEL, prompt: [1, 2, 512] }, 400, "prompt"],

@@ -232,6 +232,9 @@ describe("launch lifecycle and flags", () => {
     [["--model-path", "x", "--port", "70000"], /--port must be ≤ 65535/],
     [["--model-path", "x", "--context-length"], /needs a value/],
     [["--tp", "2", "--ep-size", "3"], /--ep-size must be 1 or equal to --tp/],
+    [["--model-path", "x", "--enable-multimodal"], /image input \(--enable-multimodal\) is not implemented yet/],
+    [["--model-path", "x", "--speculative-algorithm", "EAGLE3"], /speculative decoding .* is not implemented yet/],
+    [["--model-path", "x", "--speculative-num-steps=3"], /speculative decoding .* is not implemented yet/],
   ] as [string[], RegExp][]) {
     it(`rejects ${args.slice(-2).join(" ")}`, () => {
       const r = tsglang("launch", ...args);
