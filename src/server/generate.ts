@@ -10,7 +10,7 @@ import { badRequest } from "./errors.js";
 import { startGenerations, type Finish, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { nativeTopTriples, nativeTriples, promptEntries } from "./logprobs.js";
-import { NATIVE_FIELDS, makeSpec, parseGenParams, parsePrompts, resolveMaxNewTokens } from "./params.js";
+import { NATIVE_FIELDS, makeSpec, parseGenParams, parsePrompts, rejectNotYet, resolveMaxNewTokens } from "./params.js";
 import { abortOnDisconnect, endStreamOnAbort, firstAbort } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { optBool, optInt, requireObject, type Json } from "./validate.js";
@@ -43,6 +43,7 @@ export function parseGenerateRequest(ctx: ServerContext, body: unknown): Generat
   if (hasText && Array.isArray(o.text) && !o.text.every((t) => typeof t === "string")) {
     throw badRequest("'text' must be a string or an array of strings", "text", "invalid_type");
   }
+  rejectNotYet(o); // image_data, lora_path at the top level
   const { prompts, batch } = parsePrompts(ctx, o[key], key);
   const stream = optBool(o, "stream", false);
   const textInLogprobs = optBool(o, "return_text_in_logprobs", false);

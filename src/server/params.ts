@@ -33,7 +33,25 @@ export const NATIVE_FIELDS: FieldNames = { maxTokens: ["max_new_tokens"], minTok
 
 const MAX_N = 128;
 
+/** Request fields for capabilities not built yet: refused, so that no request silently loses them. */
+const NOT_YET: [string, string][] = [
+  ["json_schema", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ["regex", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ["ebnf", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ["structural_tag", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ["stop_regex", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ["lora_path", "LoRA adapters"],
+  ["image_data", "image input (--enable-multimodal)"],
+];
+
+export function rejectNotYet(o: Json): void {
+  for (const [key, what] of NOT_YET) {
+    if (o[key] !== undefined && o[key] !== null) throw badRequest(`'${key}': ${what} is not implemented yet`, key);
+  }
+}
+
 export function parseGenParams(ctx: ServerContext, o: Json, names: FieldNames, dfltMaxTokens: number | undefined): GenParams {
+  rejectNotYet(o);
   const d: SamplingParams = { ...GREEDY, temperature: 1, ...ctx.config.samplingDefaults };
   let topK = optInt(o, "top_k", d.topK, { min: -1 });
   if (topK === 0) topK = -1; // 0 means "off" for vLLM clients, as -1 does for SGLang's
