@@ -9,7 +9,7 @@ import { badRequest } from "./errors.js";
 import { startGenerations, type Finish, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
-import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, resolveMaxNewTokens, type GenParams } from "./params.js";
+import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, promptFromIds, resolveMaxNewTokens, type GenParams } from "./params.js";
 import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
@@ -53,8 +53,13 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
   if (!ctx.chatTemplate) throw badRequest("this server has no chat template; launch it with --chat-template", "messages");
   let ids: number[];
   try {
-    ({ ids } = renderAndEncode(ctx.tokenizer, ctx.chatTemplate, o.messages as ChatMessage[], {
+    // SGLang's input_ids: the prompt as token ids, bypassing the template (messages still checked).
+    if (o.input_ids !== undefined && o.input_ids !== null) {
+      if (!Array.isArray(o.input_ids) || o.input_ids.length === 0) throw badRequest("'input_ids' must be a non-empty array of token ids", "input_ids", "invalid_type");
+      ids = promptFromIds(ctx, o.input_ids, "input_ids").ids;
+    } else ({ ids } = renderAndEncode(ctx.tokenizer, ctx.chatTemplate, o.messages as ChatMessage[], {
       addGenerationPrompt: optBool(o, "add_generation_prompt", true),
+      continueFinalMessage: optBool(o, "continue_final_message", false),
       tools: (o.tools as unknown[] | null | undefined) ?? undefined,
       kwargs,
     }));

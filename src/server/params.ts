@@ -42,6 +42,7 @@ const NOT_YET: [string, string][] = [
   ["stop_regex", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
   ["lora_path", "LoRA adapters"],
   ["image_data", "image input (--enable-multimodal)"],
+  ["return_hidden_states", "returning hidden states"],
 ];
 
 export function rejectNotYet(o: Json): void {

@@ -41,6 +41,11 @@ export interface RenderOptions {
   eosToken?: string;
   /** Extra template variables (OpenAI `chat_template_kwargs`, e.g. tools_in_user_message). */
   kwargs?: Record<string, unknown>;
+  /**
+   * SGLang's / vLLM's continue_final_message: the last message (an assistant turn) is left open,
+   * so generation continues its text instead of starting a new turn.
+   */
+  continueFinalMessage?: boolean;
 }
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool', 'ipython']);
@@ -116,13 +121,29 @@ export function renderAndEncode(
   messages: ChatMessage[],
   opts: RenderOptions = {},
 ): { prompt: string; ids: number[] } {
-  const prompt = template.render(messages, {
+  const { continueFinalMessage, ...rest } = opts;
+  let prompt = template.render(messages, {
     bosToken: tokenizer.bosToken,
     eosToken: tokenizer.eosToken,
-    ...opts,
+    ...rest,
+    addGenerationPrompt: continueFinalMessage ? false : rest.addGenerationPrompt,
   });
+  if (continueFinalMessage) prompt = openFinalMessage(prompt, messages);
   const hasBos = tokenizer.bosToken !== undefined && prompt.startsWith(tokenizer.bosToken);
   return { prompt, ids: tokenizer.encode(prompt, { addSpecialTokens: !hasBos }) };
+}
+
+/** The prompt cut right after the final assistant message's text (dropping its end of turn). */
+function openFinalMessage(prompt: string, messages: ChatMessage[]): string {
+  const last = messages[messages.length - 1];
+  if (last?.role !== 'assistant') throw new ChatTemplateError('continue_final_message needs the last message to be an assistant message');
+  const c = last.content;
+  const text = typeof c === 'string' ? c : Array.isArray(c) ? c.map((p) => (p?.type === 'text' ? p.text ?? '' : '')).join('') : '';
+  // Templates may trim the content, so look for it without trailing blanks.
+  const want = text.trimEnd();
+  const at = want === '' ? -1 : prompt.lastIndexOf(want);
+  if (at < 0) throw new ChatTemplateError('continue_final_message: the final assistant message is empty or not found in the rendered prompt');
+  return prompt.slice(0, at + want.length);
 }
 
 // Checks roles and shapes, and brings messages to the form templates expect: content never

@@ -194,6 +194,21 @@ describe("server on the fake engine", () => {
     assert.equal(subs[0].sampling.temperature, 0.7);
   });
 
+  it("chat: continue_final_message leaves the last assistant turn open; input_ids bypass the template", async () => {
+    const messages = [{ role: "user", content: "2+2?" }, { role: "assistant", content: "The answer is" }];
+    const r = await post(`${s.url}/v1/chat/completions`, { model: MODEL, messages, max_tokens: 2, continue_final_message: true });
+    assert.equal(r.status, 200, r.text);
+    const prompt = s.tokenizer.decode(s.engine.submitted.at(-1)!.inputIds, { skipSpecialTokens: false });
+    assert.ok(prompt.endsWith("<|header_start|>assistant<|header_end|>\n\nThe answer is"), JSON.stringify(prompt.slice(-80)));
+    // input_ids bypass the template
+    await post(`${s.url}/v1/chat/completions`, { model: MODEL, messages, max_tokens: 2, input_ids: [1, 2, 3] });
+    assert.deepEqual(s.engine.submitted.at(-1)!.inputIds, [1, 2, 3]);
+    assert.equal((await post(`${s.url}/v1/chat/completions`, { model: MODEL, messages, input_ids: [1, 9999] })).status, 400);
+    const bad = await post(`${s.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: "user", content: "x" }], continue_final_message: true });
+    assert.equal(bad.status, 400);
+    assert.match(bad.json.error.message, /last message to be an assistant message/);
+  });
+
   it("sampling parameters reach the engine", async () => {
     await post(`${s.url}/v1/chat/completions`, {
       model: MODEL,
@@ -236,6 +251,7 @@ describe("server on the fake engine", () => {
       ["constrained decoding (not implemented)", "/generate", { text: "a", sampling_params: { json_schema: "{}" } }, 400, "json_schema"],
       ["regex (not implemented)", "/v1/completions", { model: MODEL, prompt: "a", regex: "a+" }, 400, "regex"],
       ["image_data (not implemented)", "/generate", { text: "a", image_data: "data:," }, 400, "image_data"],
+      ["return_hidden_states (not implemented)", "/generate", { text: "a", return_hidden_states: true }, 400, "return_hidden_states"],
       ["lora_path (not implemented)", "/v1/chat/completions", chat({ lora_path: "x" }), 400, "lora_path"],
       ["image input (not implemented)", "/v1/chat/completions", chat({ messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "data:," } }, { type: "text", text: "what is it?" }] }] }), 400, "messages"],
       ["prompt too long", "/v1/completions", { model: MODEL, prompt: Array(300).fill(5) }, 400, "prompt"],
