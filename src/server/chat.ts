@@ -6,11 +6,11 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ChatTemplateError, renderAndEncode, type ChatMessage } from "../tokenizer/chat_template.js";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type Finish, type GenGroup, type GenResult, type GenUpdate } from "./generation.js";
+import { startGenerations, type Finish, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
 import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, promptFromIds, resolveMaxNewTokens, type GenParams } from "./params.js";
-import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
+import { abortOnDisconnect, finishFields, firstAbort, nowSeconds, runStream, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
 import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
@@ -126,7 +126,6 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
     choices,
     ...(r.includeUsage ? { usage: usage ?? null } : {}),
   });
-  let failed = false;
   let rolesSent = false;
   // The role comes first, once per choice, as OpenAI streams it.
   const sendRoles = () => {
@@ -140,12 +139,6 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   // (ToolCallStream); at the end a call list goes out as one tool_calls delta.
   const calls = specs.map(() => (r.tools ? new ToolCallStream(r.tools) : null));
   const onUpdate = (u: GenUpdate) => {
-    if (failed) return;
-    if (u.finish?.reason === "abort" && !u.finish.requested) {
-      failed = true;
-      endStreamOnAbort(u.finish, sse, group);
-      return;
-    }
     sendRoles();
     const tc = calls[u.index];
     let delta = tc ? tc.push(u.delta) : u.delta;
@@ -166,11 +159,7 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
     }
     if (u.finish) sse.send(chunk([{ index: u.index, delta: {}, logprobs: null, ...finishFields(u.finish) }]));
   };
-  let group: GenGroup | undefined;
-  group = startGenerations(ctx, specs, onUpdate);
-  abortOnDisconnect(req, res, group);
-  if (!failed) sendRoles();
-  const results = await group.done;
+  const { results, failed } = await runStream(ctx, specs, req, res, sse, onUpdate, sendRoles);
   if (!failed && r.includeUsage) sse.send(chunk([], usageOf(results, r.params.n)));
   sse.done();
 }

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { startGenerations, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { completionLogprobs, promptEntries } from "./logprobs.js";
 import {
@@ -20,7 +20,7 @@ import {
   type GenParams,
   type Prompt,
 } from "./params.js";
-import { abortOnDisconnect, endStreamOnAbort, finishFields, firstAbort, nowSeconds, usageOf } from "./responses.js";
+import { abortOnDisconnect, finishFields, firstAbort, nowSeconds, runStream, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { isObject, optBool, optInt, optString, requireObject } from "./validate.js";
 
@@ -98,15 +98,7 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
     ...(r.includeUsage ? { usage: usage ?? null } : {}),
   });
   const offsets = new Map<number, number>(); // per choice: text offset of its next token
-  let failed = false;
-  let group: GenGroup | undefined;
   const onUpdate = (u: GenUpdate) => {
-    if (failed) return;
-    if (u.finish?.reason === "abort" && !u.finish.requested) {
-      failed = true;
-      endStreamOnAbort(u.finish, sse, group);
-      return;
-    }
     const first = !offsets.has(u.index);
     const echoNow = r.echo && first;
     const text = (echoNow ? promptText(u.index) : "") + u.delta;
@@ -128,9 +120,7 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
     }
     if (u.finish) sse.send(chunk([{ index: u.index, text: "", logprobs: null, ...finishFields(u.finish) }]));
   };
-  group = startGenerations(ctx, r.specs, onUpdate);
-  abortOnDisconnect(req, res, group);
-  const results = await group.done;
+  const { results, failed } = await runStream(ctx, r.specs, req, res, sse, onUpdate);
   if (!failed && r.includeUsage) sse.send(chunk([], usageOf(results, n)));
   sse.done();
 }

@@ -7,11 +7,11 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type Finish, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { startGenerations, type Finish, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { nativeTopTriples, nativeTriples, promptEntries } from "./logprobs.js";
 import { NATIVE_FIELDS, makeSpec, parseGenParams, parsePrompts, rejectNotYet, resolveMaxNewTokens } from "./params.js";
-import { abortOnDisconnect, endStreamOnAbort, firstAbort } from "./responses.js";
+import { abortOnDisconnect, firstAbort, runStream } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { optBool, optInt, requireObject, type Json } from "./validate.js";
 
@@ -152,15 +152,7 @@ export async function handleGenerate(ctx: ServerContext, body: unknown, req: Inc
     finish: undefined,
     startedAt: started,
   }));
-  let failed = false;
-  let group: GenGroup | undefined;
   const onUpdate = (u: GenUpdate) => {
-    if (failed) return;
-    if (u.finish?.reason === "abort" && !u.finish.requested) {
-      failed = true;
-      endStreamOnAbort(u.finish, sse, group);
-      return;
-    }
     const p = progress[u.index];
     p.text += u.delta;
     p.outputIds.push(...u.ids);
@@ -171,9 +163,6 @@ export async function handleGenerate(ctx: ServerContext, body: unknown, req: Inc
     if (u.delta === "" && u.ids.length === 0 && !u.finish) return;
     sse.send({ ...itemOf(ctx, r, u.index, p), index: u.index });
   };
-  group = startGenerations(ctx, r.specs, onUpdate);
-  group.rids.forEach((rid, i) => (progress[i].rid = rid));
-  abortOnDisconnect(req, res, group);
-  await group.done;
+  await runStream(ctx, r.specs, req, res, sse, onUpdate, (g) => g.rids.forEach((rid, i) => (progress[i].rid = rid)));
   sse.done();
 }

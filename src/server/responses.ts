@@ -1,9 +1,11 @@
 // Pieces every generation route shares: usage with cached tokens, SGLang's finish fields,
-// what an engine-side abort becomes, and aborting a request whose client went away.
+// what an engine-side abort becomes, aborting a request whose client went away, and running a
+// streamed request's choices.
 
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { ApiError } from "./errors.js";
-import { CLIENT_GONE, type Finish, type GenGroup, type GenResult } from "./generation.js";
+import type { ServerContext } from "./context.js";
+import { CLIENT_GONE, startGenerations, type Finish, type GenGroup, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 
 export interface Usage {
   prompt_tokens: number;
@@ -65,4 +67,35 @@ export function abortOnDisconnect(req: IncomingMessage, res: ServerResponse, gro
 
 export function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
+}
+
+/**
+ * Runs a streamed request's choices: `handle` sees each update until an engine-side abort, which
+ * ends the stream instead (endStreamOnAbort; later updates are dropped); a client that leaves
+ * aborts the engine requests. `started` runs once the choices are queued. Resolves when all end.
+ */
+export async function runStream(
+  ctx: ServerContext,
+  specs: GenSpec[],
+  req: IncomingMessage,
+  res: ServerResponse,
+  sse: { error(e: ApiError): void },
+  handle: (u: GenUpdate) => void,
+  started: (g: GenGroup) => void = () => {},
+): Promise<{ results: GenResult[]; failed: boolean }> {
+  let failed = false;
+  let group: GenGroup | undefined = undefined;
+  group = startGenerations(ctx, specs, (u) => {
+    if (failed) return;
+    if (u.finish?.reason === "abort" && !u.finish.requested) {
+      failed = true;
+      endStreamOnAbort(u.finish, sse, group);
+      return;
+    }
+    handle(u);
+  });
+  started(group);
+  abortOnDisconnect(req, res, group);
+  const results = await group.done;
+  return { results, failed };
 }
