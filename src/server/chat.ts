@@ -6,11 +6,11 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ChatTemplateError, renderAndEncode, type ChatMessage } from "../tokenizer/chat_template.js";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type Finish, type GenResult, type GenUpdate } from "./generation.js";
+import { type Finish, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
 import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, promptFromIds, resolveMaxNewTokens, type GenParams } from "./params.js";
-import { abortOnDisconnect, finishFields, firstAbort, nowSeconds, runStream, usageOf } from "./responses.js";
+import { finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
 import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
@@ -104,12 +104,8 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   const head = { id: `chatcmpl-${randomUUID().replace(/-/g, "")}`, created: nowSeconds(), model: ctx.config.servedModelName };
 
   if (!r.stream) {
-    const group = startGenerations(ctx, specs);
-    abortOnDisconnect(req, res, group);
-    const results = await group.done;
-    if (res.destroyed) return;
-    const err = firstAbort(results);
-    if (err) throw err;
+    const results = await runToEnd(ctx, specs, req, res);
+    if (!results) return;
     sendJson(res, 200, {
       ...head,
       object: "chat.completion",

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { completionLogprobs, promptEntries } from "./logprobs.js";
 import {
@@ -20,7 +20,7 @@ import {
   type GenParams,
   type Prompt,
 } from "./params.js";
-import { abortOnDisconnect, finishFields, firstAbort, nowSeconds, runStream, usageOf } from "./responses.js";
+import { finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { isObject, optBool, optInt, optString, requireObject } from "./validate.js";
 
@@ -70,12 +70,8 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
   };
 
   if (!r.stream) {
-    const group = startGenerations(ctx, r.specs);
-    abortOnDisconnect(req, res, group);
-    const results = await group.done;
-    if (res.destroyed) return;
-    const err = firstAbort(results);
-    if (err) throw err;
+    const results = await runToEnd(ctx, r.specs, req, res);
+    if (!results) return;
     const choices = results.map((x) => {
       const prefix = r.echo ? promptText(x.index) : "";
       const entries = [...(r.echo ? promptEntries(x.promptIds, x.promptLogprobs) : []), ...generated(x)];

@@ -7,11 +7,11 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { ServerContext } from "./context.js";
 import { badRequest } from "./errors.js";
-import { startGenerations, type Finish, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
+import { type Finish, type GenResult, type GenSpec, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { nativeTopTriples, nativeTriples, promptEntries } from "./logprobs.js";
 import { NATIVE_FIELDS, makeSpec, parseGenParams, parsePrompts, rejectNotYet, resolveMaxNewTokens } from "./params.js";
-import { abortOnDisconnect, firstAbort, runStream } from "./responses.js";
+import { runStream, runToEnd } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { optBool, optInt, requireObject, type Json } from "./validate.js";
 
@@ -129,12 +129,8 @@ function itemOf(ctx: ServerContext, r: GenerateRequest, i: number, x: Progress) 
 export async function handleGenerate(ctx: ServerContext, body: unknown, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const r = parseGenerateRequest(ctx, body);
   if (!r.stream) {
-    const group = startGenerations(ctx, r.specs);
-    abortOnDisconnect(req, res, group);
-    const results = await group.done;
-    if (res.destroyed) return;
-    const err = firstAbort(results);
-    if (err) throw err;
+    const results = await runToEnd(ctx, r.specs, req, res);
+    if (!results) return;
     const items = results.map((x) => itemOf(ctx, r, x.index, x));
     sendJson(res, 200, r.single ? items[0] : items);
     return;

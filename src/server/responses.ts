@@ -99,3 +99,17 @@ export async function runStream(
   const results = await group.done;
   return { results, failed };
 }
+
+/**
+ * Runs a non-streamed request's choices to their end: their results, or null when the client
+ * left meanwhile (nothing to send); an engine-side abort is thrown as its HTTP error.
+ */
+export async function runToEnd(ctx: ServerContext, specs: GenSpec[], req: IncomingMessage, res: ServerResponse): Promise<GenResult[] | null> {
+  const group = startGenerations(ctx, specs);
+  abortOnDisconnect(req, res, group);
+  const results = await group.done;
+  if (res.destroyed) return null;
+  const err = firstAbort(results);
+  if (err) throw err;
+  return results;
+}
