@@ -27,6 +27,8 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
                             for every row count the run can meet, as launch does before serving,
                             reported as gemm_warmup_s; then one prefill of other prompts runs, as
                             sglang's bench_one_batch warms up, reported as prefill_cold_s)
+  --chunked-prefill-size N  most prompt tokens per prefill forward (default 8192, as launch): whole
+                            prompts are grouped up to it, longer ones are prefilled in chunks
   --host-logits             decode steps download every logit row and take the argmax on the host
                             (default: greedy on the device where the model can, as SGLang samples
                             on the GPU; the next tokens are the same)
@@ -89,6 +91,7 @@ export async function main(argv: string[]): Promise<number> {
       json: { type: "boolean" },
       "host-logits": { type: "boolean" },
       "no-warmup": { type: "boolean" },
+      "chunked-prefill-size": { type: "string", default: "8192" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -105,6 +108,7 @@ export async function main(argv: string[]): Promise<number> {
   const batch = int("batch-size", values["batch-size"]!, 1);
   const inputLen = int("input-len", values["input-len"]!, 1);
   const outputLen = int("output-len", values["output-len"]!, 2);
+  const chunk = int("chunked-prefill-size", values["chunked-prefill-size"]!, 1);
   const lf = values["load-format"];
   if (lf !== "auto" && lf !== "dummy") throw new Error(`--load-format must be auto or dummy, got '${lf}'`);
 
@@ -134,9 +138,10 @@ export async function main(argv: string[]): Promise<number> {
   // Prompts: fixed pseudo-random ids, different per sequence.
   const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: inputLen }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize));
   const sync = () => be.synchronize?.();
-  // Prefill in groups of whole prompts of at most 8192 tokens (like chunked prefill), then
-  // gather each sequence's last-token logits for the first decode step.
-  const group = Math.max(1, Math.floor(8192 / inputLen));
+  // Prefill in groups of whole prompts of at most `chunk` tokens, a longer prompt in chunks of it
+  // (as the server's chunked prefill), keeping each sequence's last-token logits for the first
+  // decode step.
+  const group = Math.max(1, Math.floor(chunk / inputLen));
   // Warm-up (sglang's bench_one_batch does one too): one group of other prompts, so the timed
   // prefill meets new expert counts but no first-use costs (module loads, cuBLASLt handles and
   // planning of its shape buckets).
@@ -146,10 +151,11 @@ export async function main(argv: string[]): Promise<number> {
     const n = Math.min(batch, group);
     // Steps carry up to n prompts (prefill) or `batch` rows (decode); logits for up to `batch` rows.
     gemmWarmupS = warmupGemms(model, { maxTokens: Math.max(n * inputLen, batch), maxLogitRows: batch })?.seconds ?? null;
-    const warm = new ContiguousBatch(model, n, inputLen + 1);
+    const warmLen = Math.min(inputLen, chunk); // one forward's worth is what the warm-up is for
+    const warm = new ContiguousBatch(model, n, warmLen + 1);
     sync();
     const t0 = performance.now();
-    warm.append(Array.from({ length: n }, (_, b) => Array.from({ length: inputLen }, (_, i) => ((b + batch) * 7919 + i * 104723 + 17) % config.vocabSize)));
+    warm.append(Array.from({ length: n }, (_, b) => Array.from({ length: warmLen }, (_, i) => ((b + batch) * 7919 + i * 104723 + 17) % config.vocabSize)));
     sync();
     prefillColdS = (performance.now() - t0) / 1000;
   }
@@ -159,8 +165,13 @@ export async function main(argv: string[]): Promise<number> {
   let logits: Float32Array = new Float32Array(batch * vocabN);
   let t = performance.now();
   for (let g = 0; g < batch; g += group) {
-    const part = prompts.map((p, b) => (b >= g && b < g + group ? p : []));
-    logits.set(seqs.append(part), g * vocabN);
+    // `group` whole prompts, or (group 1) one prompt's chunks: the last chunk's logits are its last token's.
+    for (let at = 0; at < inputLen; at += chunk) {
+      const part = prompts.map((p, b) => (b >= g && b < g + group ? (group > 1 ? p : p.slice(at, at + chunk)) : []));
+      const out = seqs.append(part);
+      if (group > 1 || at + chunk >= inputLen) logits.set(out, g * vocabN);
+      if (group > 1) break;
+    }
   }
   sync();
   const prefillS = (performance.now() - t) / 1000;
@@ -168,6 +179,7 @@ export async function main(argv: string[]): Promise<number> {
   const vocab = config.vocabSize;
   const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
   let next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
+  const firstIds = [next[0][0]]; // sequence 0's greedy tokens: a check that two runs computed the same thing
   for (let s = 1; s < outputLen; s++) {
     t = performance.now();
     if (deviceGreedy) {
@@ -175,11 +187,13 @@ export async function main(argv: string[]): Promise<number> {
       sync();
       steps.push((performance.now() - t) / 1000);
       next = Array.from(ids, (id) => [id]);
+      firstIds.push(next[0][0]);
     } else {
       logits = seqs.append(next);
       sync();
       steps.push((performance.now() - t) / 1000);
       next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
+      firstIds.push(next[0][0]);
     }
   }
   // The first decode steps warm caches; report the median.
@@ -216,6 +230,7 @@ export async function main(argv: string[]): Promise<number> {
     copy_bandwidth_gb_s: copyBw / 1e9,
     bound_tokens_per_s: (batch * copyBw) / stepBytes,
     fraction_of_bound: stepBytes / stepS / copyBw,
+    first_sequence_ids: firstIds,
   };
   await close();
   if (values.json) console.log(JSON.stringify(result));

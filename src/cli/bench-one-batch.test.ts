@@ -1,0 +1,25 @@
+// bench-one-batch on the CPU fixture: prompts longer than --chunked-prefill-size are prefilled in
+// chunks (as the server does) and decode exactly what one whole-prompt forward gives.
+
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { test } from "node:test";
+import { fixturePath, packageRoot } from "../util/repo.js";
+
+const CLI = join(packageRoot(), "dist", "src", "cli", "main.js");
+
+function bench(...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, "bench-one-batch", "--model-path", fixturePath("scout-tiny"), "--device", "cpu", "--json", ...args], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+test("chunked prefill of long prompts decodes the same tokens as one forward", () => {
+  const whole = bench("--batch-size", "2", "--input-len", "90", "--output-len", "5");
+  assert.equal(whole.first_sequence_ids.length, 5);
+  for (const chunk of ["7", "64"]) {
+    const chunked = bench("--batch-size", "2", "--input-len", "90", "--output-len", "5", "--chunked-prefill-size", chunk);
+    assert.deepEqual(chunked.first_sequence_ids, whole.first_sequence_ids, `chunks of ${chunk}`);
+  }
+});
