@@ -10,7 +10,7 @@ import { type Finish, type GenResult, type GenUpdate } from "./generation.js";
 import { sendJson } from "./http.js";
 import { chatLogprobs } from "./logprobs.js";
 import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, promptFromIds, resolveMaxNewTokens, type GenParams } from "./params.js";
-import { finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
+import { UsageSoFar, finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
 import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
@@ -21,6 +21,8 @@ interface ChatRequest {
   maxNewTokens: number;
   stream: boolean;
   includeUsage: boolean;
+  /** stream_options.continuous_usage_stats (with include_usage): usage so far on every chunk. */
+  continuousUsage: boolean;
   logprobs: boolean;
   topLogprobs: number;
   /** Names of the offered functions when outputs are parsed for tool calls (--tool-call-parser, tools given, tool_choice not none). */
@@ -33,6 +35,7 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
   const params = parseGenParams(ctx, o, OPENAI_FIELDS, undefined);
   const stream = optBool(o, "stream", false);
   const includeUsage = stream && isObject(o.stream_options) && optBool(o.stream_options, "include_usage", false);
+  const continuousUsage = includeUsage && isObject(o.stream_options) && optBool(o.stream_options, "continuous_usage_stats", false);
   const logprobs = optBool(o, "logprobs", false);
   const topLogprobs = optInt(o, "top_logprobs", 0, { min: 0, max: 20 });
   if (topLogprobs > 0 && !logprobs) throw badRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
@@ -70,7 +73,7 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
   const maxNewTokens = resolveMaxNewTokens(ctx, ids.length, params.maxTokens, "messages");
   const names = toolNames(o.tools);
   const tools = ctx.config.toolCallParser && names.size > 0 && o.tool_choice !== "none" ? names : null;
-  return { params, ids, maxNewTokens, stream, includeUsage, logprobs, topLogprobs, tools };
+  return { params, ids, maxNewTokens, stream, includeUsage, continuousUsage, logprobs, topLogprobs, tools };
 }
 
 /** The function names of OpenAI `tools` ([{type: "function", function: {name, ...}}]). */
@@ -116,11 +119,12 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   }
 
   const sse = new SseStream(res);
+  const soFar = new UsageSoFar(r.ids.length);
   const chunk = (choices: unknown[], usage?: unknown) => ({
     ...head,
     object: "chat.completion.chunk",
     choices,
-    ...(r.includeUsage ? { usage: usage ?? null } : {}),
+    ...(r.includeUsage ? { usage: usage ?? (r.continuousUsage ? soFar.get() : null) } : {}),
   });
   let rolesSent = false;
   // The role comes first, once per choice, as OpenAI streams it.
@@ -135,6 +139,7 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
   // (ToolCallStream); at the end a call list goes out as one tool_calls delta.
   const calls = specs.map(() => (r.tools ? new ToolCallStream(r.tools) : null));
   const onUpdate = (u: GenUpdate) => {
+    soFar.add(u.ids.length);
     sendRoles();
     const tc = calls[u.index];
     let delta = tc ? tc.push(u.delta) : u.delta;

@@ -20,7 +20,7 @@ import {
   type GenParams,
   type Prompt,
 } from "./params.js";
-import { finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
+import { UsageSoFar, finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { isObject, optBool, optInt, optString, requireObject } from "./validate.js";
 
@@ -30,6 +30,8 @@ interface CompletionRequest {
   specs: GenSpec[];
   stream: boolean;
   includeUsage: boolean;
+  /** stream_options.continuous_usage_stats (with include_usage): usage so far on every chunk. */
+  continuousUsage: boolean;
   echo: boolean;
   /** undefined: no logprobs; otherwise the number of top alternatives (0..20). */
   logprobs: number | undefined;
@@ -41,6 +43,7 @@ export function parseCompletionRequest(ctx: ServerContext, body: unknown): Compl
   const params = parseGenParams(ctx, o, OPENAI_FIELDS, 16);
   const stream = optBool(o, "stream", false);
   const includeUsage = stream && isObject(o.stream_options) && optBool(o.stream_options, "include_usage", false);
+  const continuousUsage = includeUsage && isObject(o.stream_options) && optBool(o.stream_options, "continuous_usage_stats", false);
   const echo = optBool(o, "echo", false);
   const logprobs = optInt(o, "logprobs", undefined, { min: 0, max: 20 });
   if (optString(o, "suffix")) throw badRequest("'suffix' is not supported", "suffix");
@@ -56,7 +59,7 @@ export function parseCompletionRequest(ctx: ServerContext, body: unknown): Compl
     const maxNew = resolveMaxNewTokens(ctx, p.ids.length, params.maxTokens, "prompt");
     for (let j = 0; j < params.n; j++) specs.push(makeSpec(ctx, params, p.ids, maxNew, lp, j));
   }
-  return { params, prompts, specs, stream, includeUsage, echo, logprobs };
+  return { params, prompts, specs, stream, includeUsage, continuousUsage, echo, logprobs };
 }
 
 export async function handleCompletions(ctx: ServerContext, body: unknown, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -87,14 +90,16 @@ export async function handleCompletions(ctx: ServerContext, body: unknown, req: 
   }
 
   const sse = new SseStream(res);
+  const soFar = new UsageSoFar(r.prompts.reduce((a, p) => a + p.ids.length, 0));
   const chunk = (choices: unknown[], usage?: unknown) => ({
     ...head,
     object: "text_completion",
     choices,
-    ...(r.includeUsage ? { usage: usage ?? null } : {}),
+    ...(r.includeUsage ? { usage: usage ?? (r.continuousUsage ? soFar.get() : null) } : {}),
   });
   const offsets = new Map<number, number>(); // per choice: text offset of its next token
   const onUpdate = (u: GenUpdate) => {
+    soFar.add(u.ids.length);
     const first = !offsets.has(u.index);
     const echoNow = r.echo && first;
     const text = (echoNow ? promptText(u.index) : "") + u.delta;

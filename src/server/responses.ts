@@ -29,6 +29,24 @@ export function usageOf(results: readonly GenResult[], n: number): Usage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
 }
 
+/**
+ * Usage on every streamed chunk so far (stream_options.continuous_usage_stats, with
+ * include_usage, as SGLang and vLLM take it): prompt tokens as usageOf counts them, completion
+ * tokens as they arrive.
+ */
+export class UsageSoFar {
+  private completion = 0;
+  constructor(private readonly prompt: number) {}
+
+  add(tokens: number): void {
+    this.completion += tokens;
+  }
+
+  get(): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
+    return { prompt_tokens: this.prompt, completion_tokens: this.completion, total_tokens: this.prompt + this.completion };
+  }
+}
+
 /** OpenAI's finish_reason plus SGLang's matched_stop (the stop string or token id, else null). */
 export function finishFields(f: Finish): { finish_reason: string; matched_stop: string | number | null } {
   return { finish_reason: f.reason, matched_stop: f.matchedStop };

@@ -68,6 +68,27 @@ describe("server on the fake engine", () => {
     assert.ok(usage.prompt_tokens_details.cached_tokens > 0);
   });
 
+  it("stream_options.continuous_usage_stats puts the usage so far on every chunk (chat and completions)", async () => {
+    for (const [path, body] of [
+      ["/v1/chat/completions", { model: MODEL, messages: [{ role: "user", content: "Hi there" }], max_tokens: 6, temperature: 0, ignore_eos: true }],
+      ["/v1/completions", { model: MODEL, prompt: ["a b", "c d e"], max_tokens: 6, temperature: 0, ignore_eos: true }],
+    ] as const) {
+      const res = await fetch(`${s.url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true, continuous_usage_stats: true } }),
+      });
+      const chunks = (await sse(res)).filter((c) => c !== "[DONE]");
+      assert.ok(chunks.every((c) => c.usage && c.usage.total_tokens === c.usage.prompt_tokens + c.usage.completion_tokens), path);
+      const counts = chunks.map((c) => c.usage.completion_tokens);
+      assert.deepEqual([...counts].sort((a, b) => a - b), counts, `${path}: non-decreasing`);
+      const last = chunks[chunks.length - 1];
+      const choices = path === "/v1/completions" ? 2 : 1;
+      assert.equal(last.usage.completion_tokens, 6 * choices, path);
+      assert.equal(counts[counts.length - 2], 6 * choices, `${path}: the chunk before the final usage already counts every token`);
+    }
+  });
+
   it("chat: the prompt is the llama-4 template with one BOS", async () => {
     await client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "x" }], max_tokens: 1 });
     const ids = s.engine.submitted.at(-1)!.inputIds;
