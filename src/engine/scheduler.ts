@@ -58,6 +58,8 @@ interface Req {
   promptLogprobs: (TokenLogprob | null)[] | null;
   sentFirst: boolean;
   aborted: boolean;
+  /** editsFor's answer for the output length `at`. */
+  edits?: { at: number; edits: LogitEdits | null };
 }
 
 /** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
@@ -70,10 +72,17 @@ function canSampleOnDevice(req: Req): boolean {
   return !req.r.returnLogprob || req.r.topLogprobsNum <= SAMPLE_MAX_TOP;
 }
 
-/** Penalties and the min-new-tokens stop-token mask of a request's next token, as logit edits. */
+/**
+ * Penalties and the min-new-tokens stop-token mask of a request's next token, as logit edits.
+ * They change only when a token is accepted, so they are made once per output length (a step
+ * asks twice: onlyNeedsArgmax, then the sampling row).
+ */
 function editsFor(req: Req): LogitEdits | null {
-  const mask = req.output.length < (req.r.minNewTokens ?? 0) ? req.r.stopTokenIds : [];
-  return logitEdits(req.r.sampling, req.r.inputIds, req.output, mask);
+  if (req.edits?.at !== req.output.length) {
+    const mask = req.output.length < (req.r.minNewTokens ?? 0) ? req.r.stopTokenIds : [];
+    req.edits = { at: req.output.length, edits: logitEdits(req.r.sampling, req.r.inputIds, req.output, mask) };
+  }
+  return req.edits.edits;
 }
 
 export class Scheduler {
