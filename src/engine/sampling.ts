@@ -112,12 +112,6 @@ export function applyEdits(logits: Float32Array, e: LogitEdits): void {
   }
 }
 
-/** Applies repetition / frequency / presence penalties in place (OpenAI and HF semantics). */
-export function applyPenalties(logits: Float32Array, p: SamplingParams, promptIds: readonly number[], outputIds: readonly number[]): void {
-  const e = logitEdits(p, promptIds, outputIds);
-  if (e) applyEdits(logits, e);
-}
-
 /** True when sampleToken is the argmax and draws nothing from the Rng. */
 export function isGreedy(p: Pick<SamplingParams, "temperature" | "topK">): boolean {
   return p.temperature <= 0 || p.topK === 1;
