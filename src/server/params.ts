@@ -34,12 +34,9 @@ export const NATIVE_FIELDS: FieldNames = { maxTokens: ["max_new_tokens"], minTok
 const MAX_N = 128;
 
 /** Request fields for capabilities not built yet: refused, so that no request silently loses them. */
+const CONSTRAINED = ["json_schema", "regex", "ebnf", "structural_tag", "stop_regex"];
 const NOT_YET: [string, string][] = [
-  ["json_schema", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
-  ["regex", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
-  ["ebnf", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
-  ["structural_tag", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
-  ["stop_regex", "constrained decoding (json_schema, regex, ebnf, structural_tag, stop_regex)"],
+  ...CONSTRAINED.map((k): [string, string] => [k, `constrained decoding (${CONSTRAINED.join(", ")})`]),
   ["lora_path", "LoRA adapters"],
   ["image_data", "image input (--enable-multimodal)"],
   ["return_hidden_states", "returning hidden states"],
