@@ -16,6 +16,11 @@
 #include "nccl.h"
 
 namespace {
+constexpr char kErrorPrefix[] = "tsglang cuda: ";
+}  // namespace
+#include "napi_args.h"
+
+namespace {
 
 Driver drv{};
 bool driverLoaded = false;
@@ -32,51 +37,6 @@ thread_local bool blasLtLoaded = false;
 thread_local bool capturing = false;
 
 // ---- argument helpers: each throws a JS error and returns false on a bad argument ----
-
-void throwError(napi_env env, const std::string& msg) {
-  std::string full = "tsglang cuda: " + msg;
-  napi_throw_error(env, nullptr, full.c_str());
-}
-
-bool getArgs(napi_env env, napi_callback_info info, size_t want, napi_value* argv) {
-  size_t argc = want;
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  if (argc < want) {
-    throwError(env, "expected " + std::to_string(want) + " arguments, got " + std::to_string(argc));
-    return false;
-  }
-  return true;
-}
-
-template <typename U>
-bool getU64(napi_env env, napi_value v, U& out) {
-  static_assert(sizeof(U) == 8, "64-bit values only");
-  bool lossless = true;
-  uint64_t u = 0;
-  if (napi_get_value_bigint_uint64(env, v, &u, &lossless) == napi_ok) {
-    out = static_cast<U>(u);
-    return true;
-  }
-  double d;
-  if (napi_get_value_double(env, v, &d) == napi_ok && d >= 0) {
-    out = static_cast<U>(d);
-    return true;
-  }
-  throwError(env, "expected a BigInt device pointer/handle or a non-negative number");
-  return false;
-}
-
-bool getI64(napi_env env, napi_value v, int64_t& out) {
-  if (napi_get_value_int64(env, v, &out) == napi_ok) return true;
-  throwError(env, "expected a number");
-  return false;
-}
-
-bool getF64(napi_env env, napi_value v, double& out) {
-  if (napi_get_value_double(env, v, &out) == napi_ok) return true;
-  throwError(env, "expected a number");
-  return false;
-}
 
 bool getBytes(napi_env env, napi_value v, void*& data, size_t& bytes) {
   bool isTyped = false;

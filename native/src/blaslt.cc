@@ -1,15 +1,10 @@
 #include "blaslt.h"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
 
+#include "dl.h"
+
 namespace {
-template <typename F>
-void sym(void* lib, const char* name, F& out, std::string& missing) {
-  out = reinterpret_cast<F>(dlsym(lib, name));
-  if (!out && missing.empty()) missing = name;
-}
 
 // Largest power of two (≤ 256) dividing the address: what cuBLASLt may assume about the buffer.
 uint32_t alignmentOf(CUdeviceptr p) {
@@ -199,7 +194,7 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
     sym(lib, "cublasLtMatmulPreferenceDestroy", lt.prefDestroy, missing);
     sym(lib, "cublasLtMatmulPreferenceSetAttribute", lt.prefSetAttribute, missing);
     sym(lib, "cublasLtMatmulAlgoGetHeuristic", lt.heuristic, missing);
-    lt.algoConfigSet = reinterpret_cast<decltype(lt.algoConfigSet)>(dlsym(lib, "cublasLtMatmulAlgoConfigSetAttribute"));
+    sym(lib, "cublasLtMatmulAlgoConfigSetAttribute", lt.algoConfigSet, missing, false);
     sym(lib, "cublasLtMatmul", lt.matmul, missing);
     sym(lib, "cublasLtGetStatusString", lt.statusString, missing);
     if (!missing.empty()) {

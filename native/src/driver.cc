@@ -2,16 +2,7 @@
 // plain names to; they are stable in every driver since CUDA 4.
 #include "driver.h"
 
-#include <dlfcn.h>
-
-namespace {
-template <typename F>
-bool sym(void* lib, const char* name, F& out, std::string& missing) {
-  out = reinterpret_cast<F>(dlsym(lib, name));
-  if (!out && missing.empty()) missing = name;
-  return out != nullptr;
-}
-}  // namespace
+#include "dl.h"
 
 std::string loadDriver(const std::string* paths, int count, Driver& d, std::string& loadedFrom) {
   std::string errors;
@@ -51,21 +42,20 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuEventRecord", d.cuEventRecord, missing);
     sym(lib, "cuEventSynchronize", d.cuEventSynchronize, missing);
     // CUDA 12.8 added a _v2 of cuEventElapsedTime; older drivers have only the plain one.
-    std::string ignore;
-    if (!sym(lib, "cuEventElapsedTime_v2", d.cuEventElapsedTime, ignore)) sym(lib, "cuEventElapsedTime", d.cuEventElapsedTime, missing);
+    if (!sym(lib, "cuEventElapsedTime_v2", d.cuEventElapsedTime, missing, false)) sym(lib, "cuEventElapsedTime", d.cuEventElapsedTime, missing);
     sym(lib, "cuGetErrorName", d.cuGetErrorName, missing);
     sym(lib, "cuGetErrorString", d.cuGetErrorString, missing);
     // CUDA graphs: optional (ignore what is missing; the addon reports graphs as unavailable).
-    sym(lib, "cuStreamBeginCapture_v2", d.cuStreamBeginCapture, ignore);
-    sym(lib, "cuStreamEndCapture", d.cuStreamEndCapture, ignore);
-    sym(lib, "cuGraphInstantiateWithFlags", d.cuGraphInstantiateWithFlags, ignore);
-    sym(lib, "cuGraphLaunch", d.cuGraphLaunch, ignore);
-    sym(lib, "cuGraphExecDestroy", d.cuGraphExecDestroy, ignore);
-    sym(lib, "cuGraphDestroy", d.cuGraphDestroy, ignore);
-    sym(lib, "cuMemHostRegister_v2", d.cuMemHostRegister, ignore);
-    sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, ignore);
-    sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, ignore);
-    sym(lib, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess, ignore);
+    sym(lib, "cuStreamBeginCapture_v2", d.cuStreamBeginCapture, missing, false);
+    sym(lib, "cuStreamEndCapture", d.cuStreamEndCapture, missing, false);
+    sym(lib, "cuGraphInstantiateWithFlags", d.cuGraphInstantiateWithFlags, missing, false);
+    sym(lib, "cuGraphLaunch", d.cuGraphLaunch, missing, false);
+    sym(lib, "cuGraphExecDestroy", d.cuGraphExecDestroy, missing, false);
+    sym(lib, "cuGraphDestroy", d.cuGraphDestroy, missing, false);
+    sym(lib, "cuMemHostRegister_v2", d.cuMemHostRegister, missing, false);
+    sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, missing, false);
+    sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, missing, false);
+    sym(lib, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess, missing, false);
     if (!missing.empty()) {
       errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
       dlclose(lib);

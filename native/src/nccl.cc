@@ -12,6 +12,12 @@
 #include <vector>
 
 namespace {
+constexpr char kErrorPrefix[] = "tsglang nccl: ";
+}  // namespace
+#include "dl.h"
+#include "napi_args.h"
+
+namespace {
 
 typedef int ncclResult_t;  // 0 = ncclSuccess
 typedef struct ncclComm* ncclComm_t;
@@ -40,39 +46,6 @@ std::string loadedFrom;
 int version = 0;
 std::mutex loadLock;
 CUstream (*streamOf)() = nullptr;
-
-void throwError(napi_env env, const std::string& msg) {
-  std::string full = "tsglang nccl: " + msg;
-  napi_throw_error(env, nullptr, full.c_str());
-}
-
-bool getArgs(napi_env env, napi_callback_info info, size_t want, napi_value* argv) {
-  size_t argc = want;
-  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  if (argc < want) {
-    throwError(env, "expected " + std::to_string(want) + " arguments, got " + std::to_string(argc));
-    return false;
-  }
-  return true;
-}
-
-bool getU64(napi_env env, napi_value v, uint64_t& out) {
-  bool lossless = true;
-  if (napi_get_value_bigint_uint64(env, v, &out, &lossless) == napi_ok) return true;
-  double d;
-  if (napi_get_value_double(env, v, &d) == napi_ok && d >= 0) {
-    out = static_cast<uint64_t>(d);
-    return true;
-  }
-  throwError(env, "expected a BigInt pointer/handle or a non-negative number");
-  return false;
-}
-
-bool getI64(napi_env env, napi_value v, int64_t& out) {
-  if (napi_get_value_int64(env, v, &out) == napi_ok) return true;
-  throwError(env, "expected a number");
-  return false;
-}
 
 bool ready(napi_env env) {
   if (!loaded) {
@@ -108,12 +81,6 @@ napi_value undefined(napi_env env) {
   napi_value r;
   napi_get_undefined(env, &r);
   return r;
-}
-
-template <typename F>
-void sym(void* lib, const char* name, F& out, std::string& missing, bool required = true) {
-  out = reinterpret_cast<F>(dlsym(lib, name));
-  if (!out && required && missing.empty()) missing = name;
 }
 
 // ncclOpen(paths: string[]): { path, version } — the first library that loads with every entry point.
