@@ -175,13 +175,7 @@ int64_t blasLtBucket(int64_t n) {
 
 std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::string& loadedFrom) {
   std::string errors;
-  for (int i = 0; i < count; i++) {
-    void* lib = dlopen(paths[i].c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      const char* e = dlerror();
-      errors += "\n  " + paths[i] + ": " + (e ? e : "not found");
-      continue;
-    }
+  loadedFrom = openFirst(paths, count, [&](void* lib) -> std::string {
     std::string missing;
     sym(lib, "cublasLtCreate", lt.create, missing);
     sym(lib, "cublasLtGetVersion", lt.getVersion, missing);
@@ -197,21 +191,11 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
     sym(lib, "cublasLtMatmulAlgoConfigSetAttribute", lt.algoConfigSet, missing, false);
     sym(lib, "cublasLtMatmul", lt.matmul, missing);
     sym(lib, "cublasLtGetStatusString", lt.statusString, missing);
-    if (!missing.empty()) {
-      errors += "\n  " + paths[i] + ": has no " + missing;
-      dlclose(lib);
-      continue;
-    }
-    cublasStatus_t s = lt.create(&lt.handle);
-    if (s != 0) {
-      errors += "\n  " + paths[i] + ": " + statusText(lt, "cublasLtCreate", s);
-      dlclose(lib);
-      continue;
-    }
-    loadedFrom = paths[i];
-    return "";
-  }
-  return "cannot load cuBLASLt (libcublasLt.so.13 or .12); set TSGLANG_CUBLASLT to its path. Tried:" + errors;
+    if (!missing.empty()) return "has no " + missing;
+    const cublasStatus_t s = lt.create(&lt.handle);
+    return s == 0 ? "" : statusText(lt, "cublasLtCreate", s);
+  }, errors);
+  return loadedFrom.empty() ? "cannot load cuBLASLt (libcublasLt.so.13 or .12); set TSGLANG_CUBLASLT to its path. Tried:" + errors : "";
 }
 
 bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err) {

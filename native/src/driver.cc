@@ -6,13 +6,7 @@
 
 std::string loadDriver(const std::string* paths, int count, Driver& d, std::string& loadedFrom) {
   std::string errors;
-  for (int i = 0; i < count; i++) {
-    void* lib = dlopen(paths[i].c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      const char* e = dlerror();
-      errors += "\n  " + paths[i] + ": " + (e ? e : "not found");
-      continue;
-    }
+  loadedFrom = openFirst(paths, count, [&](void* lib) -> std::string {
     std::string missing;
     sym(lib, "cuInit", d.cuInit, missing);
     sym(lib, "cuDriverGetVersion", d.cuDriverGetVersion, missing);
@@ -56,15 +50,9 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, missing, false);
     sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, missing, false);
     sym(lib, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess, missing, false);
-    if (!missing.empty()) {
-      errors += "\n  " + paths[i] + ": has no " + missing + " (driver too old?)";
-      dlclose(lib);
-      continue;
-    }
-    loadedFrom = paths[i];
-    return "";
-  }
-  return "cannot load the CUDA driver library (libcuda.so.1); tried:" + errors;
+    return missing.empty() ? "" : "has no " + missing + " (driver too old?)";
+  }, errors);
+  return loadedFrom.empty() ? "cannot load the CUDA driver library (libcuda.so.1); tried:" + errors : "";
 }
 
 std::string cuErrorText(const Driver& d, const char* what, CUresult r) {

@@ -94,20 +94,17 @@ napi_value Open(napi_env env, napi_callback_info info) {
       throwError(env, "expected an array of library paths");
       return nullptr;
     }
-    std::string errors;
-    for (uint32_t i = 0; i < n && !loaded; i++) {
+    std::vector<std::string> paths(n);
+    for (uint32_t i = 0; i < n; i++) {
       napi_value s;
       napi_get_element(env, argv[0], i, &s);
       size_t len = 0;
       napi_get_value_string_utf8(env, s, nullptr, 0, &len);
-      std::string path(len, '\0');
-      napi_get_value_string_utf8(env, s, path.data(), len + 1, &len);
-      void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (!lib) {
-        const char* e = dlerror();
-        errors += "\n  " + path + ": " + (e ? e : "not found");
-        continue;
-      }
+      paths[i].assign(len, '\0');
+      napi_get_value_string_utf8(env, s, paths[i].data(), len + 1, &len);
+    }
+    std::string errors;
+    loadedFrom = openFirst(paths.data(), static_cast<int>(n), [&](void* lib) -> std::string {
       Nccl t{};
       std::string missing;
       sym(lib, "ncclGetVersion", t.getVersion, missing);
@@ -120,16 +117,12 @@ napi_value Open(napi_env env, napi_callback_info info) {
       sym(lib, "ncclGetLastError", t.getLastError, missing, false);
       int v = 0;
       if (missing.empty() && t.getVersion(&v) == 0 && v < 21000) missing = "bfloat16 support (NCCL " + std::to_string(v) + " < 2.10)";
-      if (!missing.empty()) {
-        errors += "\n  " + path + ": has no " + missing;
-        dlclose(lib);
-        continue;
-      }
+      if (!missing.empty()) return "has no " + missing;
       nccl = t;
       version = v;
-      loadedFrom = path;
-      loaded = true;
-    }
+      return "";
+    }, errors);
+    loaded = !loadedFrom.empty();
     if (!loaded) {
       throwError(env, "cannot load NCCL (libnccl.so.2), needed for --tp > 1 on CUDA; install it (e.g. the nvidia-nccl-cu12/cu13 wheel or the libnccl2 package) or set TSGLANG_NCCL to its path. Tried:" + errors);
       return nullptr;
