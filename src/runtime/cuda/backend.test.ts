@@ -367,8 +367,9 @@ function compare(logits: Float32Array, refRows: Float64Array, vocab: number, pos
  * every clear greedy token. bf16 cannot reach 2e-2 on these fixtures, and neither can
  * transformers: its own bf16 forward of the same weights drifts from the float64 reference by a
  * median 0.25 / 0.32 / 0.067 (max 4.8 / 8.2 / 0.35) on scout-tiny / maverick-tiny / the trained
- * demo model (tools/bf16_drift.py, bench/results/bf16-drift-h100-2026-11-27.json). So bf16 is held
- * to clear greedy tokens (margin > 0.5) identical, median drift < 0.5, and — the accuracy claim —
+ * demo model (tools/bf16_drift.py, bench/results/bf16-drift-h100-2026-11-27.json), and flips 1 of
+ * the 36 clear greedy tokens (margin > 0.5) of maverick-tiny. So bf16 is held, per fixture, to no
+ * more clear-token flips than transformers' bf16, median drift < 0.5, and — the accuracy claim —
  * a median drift over the fixture's positions no larger than transformers' bf16 drift.
  */
 const GOLDEN = {
@@ -377,7 +378,10 @@ const GOLDEN = {
 } as const;
 
 /** transformers' own bf16 drift from the float64 references, per fixture (tools/bf16_drift.py on an H100). */
-const TRANSFORMERS_BF16 = JSON.parse(readFileSync(join(packageRoot(), "bench", "results", "bf16-drift-h100-2026-11-27.json"), "utf8")).fixtures as Record<string, { bf16: { median: number } }>;
+const TRANSFORMERS_BF16 = JSON.parse(readFileSync(join(packageRoot(), "bench", "results", "bf16-drift-h100-2026-11-27.json"), "utf8")).fixtures as Record<
+  string,
+  { bf16: { median: number; prompts: { "greedy_margin_0.5": string }[] } }
+>;
 
 for (const precision of ["f32", "bf16"] as const) {
   for (const name of ["scout-tiny", "maverick-tiny", "demo-golden"]) {
@@ -394,6 +398,7 @@ for (const precision of ["f32", "bf16"] as const) {
       };
       after(() => gpu?.destroy());
       const forwardDrift: number[] = []; // per-position drift of the whole-sequence forwards
+      const flips = { forward: [] as string[], decode: [] as string[] }; // bf16: clear greedy tokens we got wrong
 
       const check = (label: string, d: Drift) => {
         const clear = d.greedyChecked.filter((g) => g.margin > limits.minMargin).length;
@@ -403,7 +408,10 @@ for (const precision of ["f32", "bf16"] as const) {
             `greedy identical ${clear - bad.length}/${clear} (margin > ${limits.minMargin})` +
             (limits.minMargin !== 0.05 ? `, ${d.greedyChecked.length - d.greedyMismatches.length}/${d.greedyChecked.length} (margin > 0.05)` : ""),
         );
-        assert.deepEqual(bad, [], `${label}: greedy tokens differ where the reference is clear`);
+        // f32: every clear token. bf16: transformers' own bf16 flips clear tokens too (1 of 36 on
+        // maverick-tiny), so flips are counted per fixture and held to its count (test below).
+        if (precision === "f32") assert.deepEqual(bad, [], `${label}: greedy tokens differ where the reference is clear`);
+        else flips[label.endsWith("forward") ? "forward" : "decode"].push(...bad.map((b) => `${label} ${b}`));
         assert.ok(d.worstAll < limits.maxLogprob, `${label}: max |Δ logprob| ${d.worstAll}`);
         assert.ok(d.median < limits.maxMedian, `${label}: median |Δ logprob| ${d.median}`);
       };
@@ -436,6 +444,14 @@ for (const precision of ["f32", "bf16"] as const) {
           const theirs = TRANSFORMERS_BF16[name].bf16.median;
           console.log(`# ${name} bf16: median |Δlogprob| ours ${ours.toExponential(2)}, transformers bf16 ${theirs.toExponential(2)} (ratio ${(ours / theirs).toFixed(2)})`);
           assert.ok(ours <= theirs, `median drift ${ours} exceeds transformers' bf16 ${theirs}`);
+        });
+        test("clear greedy tokens flipped no more often than by transformers' own bf16 forward", () => {
+          const theirs = TRANSFORMERS_BF16[name].bf16.prompts.reduce((a, p) => {
+            const [same, all] = p["greedy_margin_0.5"].split("/").map(Number);
+            return a + all - same;
+          }, 0);
+          console.log(`# ${name} bf16: clear tokens (margin > 0.5) flipped: ours ${JSON.stringify(flips)}, transformers bf16 ${theirs}`);
+          for (const ours of [flips.forward, flips.decode]) assert.ok(ours.length <= theirs, `flips ${ours} exceed transformers' bf16 count ${theirs}`);
         });
       }
     });
