@@ -55,7 +55,7 @@ async function harness(o: HarnessOptions = {}): Promise<Harness> {
   const size = o.poolTokens ?? 4096;
   const full = new TokenPool(size);
   const swa = hybrid ? new TokenPool(size) : null;
-  model.allocKv({ full: size, swa: size });
+  model.allocKv({ full: size, swa: size, rows: o.maxRunningRequests ?? 64, context: o.contextLength ?? 1024 });
   const chunk = hybrid ? config.attentionChunkSize : 0;
   const cache = new RadixCache({ full, swa, chunkSize: chunk, disabled: o.radix === false });
   const outputs = new Map<string, EngineOutput[]>();
@@ -315,6 +315,36 @@ describe("scheduler", () => {
     assert.ok(h.sched.flushCache());
     assert.equal(h.full.used, 0);
     assert.equal(h.swa!.used, 0);
+  });
+
+  test("a step carries only the slots its sequences gain (one per decode row), a new row's from 0", async () => {
+    const seen: { qLen: number; kvLen: number; slotsFrom: number; carried: number }[] = [];
+    const h = await harness({
+      chunkedPrefillSize: 16,
+      wrap: (m) => ({
+        cfg: m.cfg,
+        backend: m.backend,
+        attention: m.attention,
+        kvElementBytes: m.kvElementBytes,
+        kvMemoryBytes: () => m.kvMemoryBytes(),
+        allocKv: (sizes) => m.allocKv(sizes),
+        forward: (b) => {
+          for (const q of b.seqs) seen.push({ qLen: q.qLen, kvLen: q.kvLen, slotsFrom: q.slotsFrom, carried: q.fullSlots.length });
+          return m.forward(b);
+        },
+      }),
+    });
+    const p = golden.prompts[2].prompt_ids.slice(0, 40);
+    h.sched.add(request("first", p, 6));
+    h.drain();
+    h.sched.add(request("again", [...p, 7], 6)); // its first 40 positions come from the radix cache
+    h.drain();
+    assert.deepEqual(tokens(h, "again"), await alone([...p, 7], 6));
+    for (const q of seen) assert.equal(q.carried, q.kvLen - q.slotsFrom);
+    const decode = seen.filter((q) => q.qLen === 1 && q.kvLen > p.length + 1);
+    assert.ok(decode.length >= 8 && decode.every((q) => q.carried === 1), "decode rows carry one slot each");
+    const cachedStart = seen.find((q) => q.slotsFrom === 0 && q.kvLen - q.qLen > 0);
+    assert.ok(cachedStart, "the cached prefix's slots travel with the new row's first step");
   });
 
   test("a pool too small for everyone preempts and recomputes without changing outputs", async () => {

@@ -52,6 +52,10 @@ interface Req {
   cachedLen: number;
   /** Positions below this had their own SWA slots freed already. */
   swaFreedUpTo: number;
+  /** The backends' slot-table row while running (SeqSpan.row), else -1. */
+  row: number;
+  /** Positions [0, synced) of the row hold this request's slots; a step carries the rest. */
+  synced: number;
   node: RadixNode | null;
   rng: Rng;
   output: number[];
@@ -88,6 +92,8 @@ function editsFor(req: Req): LogitEdits | null {
 export class Scheduler {
   private waiting: Req[] = [];
   private running: Req[] = [];
+  /** Slot-table rows not held by a running request (the model's tables have maxRunningRequests rows). */
+  private readonly freeRows: number[];
   private readonly byRid = new Map<string, Req>();
   private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0, preemptions: 0 };
 
@@ -98,7 +104,9 @@ export class Scheduler {
     private readonly swaPool: TokenPool | null,
     private readonly opts: SchedulerOptions,
     private readonly emit: (o: EngineOutput) => void,
-  ) {}
+  ) {
+    this.freeRows = Array.from({ length: opts.maxRunningRequests }, (_, i) => opts.maxRunningRequests - 1 - i);
+  }
 
   get idle(): boolean {
     return this.waiting.length === 0 && this.running.length === 0;
@@ -123,6 +131,8 @@ export class Scheduler {
       slotLen: 0,
       cachedLen: 0,
       swaFreedUpTo: 0,
+      row: -1,
+      synced: 0,
       node: null,
       rng: new Rng(r.sampling.seed),
       output: [],
@@ -155,7 +165,7 @@ export class Scheduler {
   abortRunning(message: string): void {
     for (const req of [...this.running]) {
       this.freeOwned(req);
-      this.running.splice(this.running.indexOf(req), 1);
+      this.leaveRunning(req);
       this.finish(req, { reason: "abort", message });
     }
   }
@@ -219,7 +229,7 @@ export class Scheduler {
         break;
       }
       this.waiting.shift();
-      this.running.push(req);
+      this.enterRunning(req);
       work.push({ req, n });
       budget -= n;
     }
@@ -285,7 +295,7 @@ export class Scheduler {
   private preempt(req: Req): void {
     this.counters.preemptions++;
     this.freeOwned(req);
-    this.running.splice(this.running.indexOf(req), 1);
+    this.leaveRunning(req);
     req.kvLen = req.slotLen = req.cachedLen = req.swaFreedUpTo = 0;
     req.full = new SlotList();
     req.swa = new SlotList();
@@ -308,13 +318,17 @@ export class Scheduler {
         positions[row + i] = start + i;
       }
       const kvLen = start + n;
+      const from = Math.min(req.synced, start);
       seqs.push({
         qStart: row,
         qLen: n,
         kvLen,
-        fullSlots: req.full.data,
-        swaSlots: this.swaPool ? req.swa.data : req.full.data,
+        row: req.row,
+        slotsFrom: from,
+        fullSlots: req.full.data.subarray(from, kvLen),
+        swaSlots: (this.swaPool ? req.swa : req.full).data.subarray(from, kvLen),
       });
+      req.synced = kvLen; // a failed step aborts the request, and its row starts over
       // Rows to project: the last one when it yields a new token, plus prompt rows for prompt logprobs.
       const wantsToken = kvLen === req.ids.length;
       const wantsPrompt = req.r.returnLogprob && req.r.logprobStartLen >= 0 && start < req.promptLen - 1;
@@ -455,8 +469,7 @@ export class Scheduler {
 
   /** Hands a finished request's KV to the radix cache and removes it. */
   private retire(req: Req, finish: EngineOutput["finish"] | null): void {
-    const i = this.running.indexOf(req);
-    if (i >= 0) this.running.splice(i, 1);
+    if (this.running.includes(req)) this.leaveRunning(req);
     const len = req.kvLen;
     // Slots allocated for positions never computed go straight back.
     this.fullPool.free(req.full.data.subarray(len, req.slotLen));
@@ -469,6 +482,21 @@ export class Scheduler {
     req.node = null;
     if (finish) this.finish(req, finish);
     else this.byRid.delete(req.r.rid);
+  }
+
+  /** Joins the running set with a slot-table row of its own (free: running < maxRunningRequests). */
+  private enterRunning(req: Req): void {
+    const row = this.freeRows.pop();
+    if (row === undefined) throw new Error("scheduler: no free slot-table row for a running request");
+    req.row = row;
+    req.synced = 0;
+    this.running.push(req);
+  }
+
+  private leaveRunning(req: Req): void {
+    this.running.splice(this.running.indexOf(req), 1);
+    this.freeRows.push(req.row);
+    req.row = -1;
   }
 
   private freeOwned(req: Req): void {

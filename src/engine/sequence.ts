@@ -17,7 +17,7 @@ export class ContiguousBatch {
   ) {
     this.lens = new Array(batchSize).fill(0);
     this.slots = Array.from({ length: batchSize }, (_, b) => Int32Array.from({ length: capacity }, (_, i) => b * capacity + i));
-    model.allocKv({ full: batchSize * capacity, swa: batchSize * capacity });
+    model.allocKv({ full: batchSize * capacity, swa: batchSize * capacity, rows: batchSize, context: capacity });
   }
 
   length(b = 0): number {
@@ -76,7 +76,9 @@ export class ContiguousBatch {
         ids[row + i] = id;
         positions[row + i] = start + i;
       });
-      seqs.push({ qStart: row, qLen: t.length, kvLen: start + t.length, fullSlots: this.slots[b], swaSlots: this.slots[b] });
+      // Sequence b is slot-table row b; the step carries its new positions' slots.
+      const slots = this.slots[b].subarray(start, start + t.length);
+      seqs.push({ qStart: row, qLen: t.length, kvLen: start + t.length, row: b, slotsFrom: start, fullSlots: slots, swaSlots: slots });
       for (let i = Math.max(0, t.length - logitsFor); i < t.length; i++) logitRows.push(row + i);
       row += t.length;
     });

@@ -28,20 +28,20 @@ async function main(opts: EngineOptions): Promise<void> {
   const { model, config, description } = await load(opts, { hybridKv, tp, ep, device, attention });
   const hybrid = model.attention.some((a) => a.pool === "swa");
   const kvHeads = shardDims(config, { rank: 0, tp, ep }).kvHeads;
+  const maxRunning = opts.maxRunningRequests ?? 64;
   const deviceKv = model.kvMemoryBytes();
-  const plan = planKvPools(
-    config,
-    model.attention,
-    // On a GPU keep 5% of what is left for allocator slack and graph buffers.
-    { ...opts, kvBytes: opts.kvBytes ?? (deviceKv !== undefined ? Math.floor(deviceKv * 0.95) : undefined), elementBytes: model.kvElementBytes },
-    kvHeads,
-  );
-  model.allocKv({ full: plan.fullTokens, swa: plan.swaTokens });
+  const planFor = (kvBytes: number | undefined) => planKvPools(config, model.attention, { ...opts, kvBytes, elementBytes: model.kvElementBytes }, kvHeads);
+  // On a GPU keep 5% of what is left for allocator slack. The slot tables ([rows, context] per
+  // pool) come from the same memory and depend on the context the pools allow: plan, take them
+  // out, plan again (the context can only shrink, so the tables sized by the first plan fit).
+  const budget = opts.kvBytes ?? (deviceKv !== undefined ? Math.floor(deviceKv * 0.95) : undefined);
+  const tables = deviceKv === undefined ? 0 : (model.backend.slotTableBytes?.(maxRunning, planFor(budget).contextLength, hybrid ? 2 : 1) ?? 0);
+  const plan = planFor(budget === undefined ? undefined : budget - tables);
+  model.allocKv({ full: plan.fullTokens, swa: plan.swaTokens, rows: maxRunning, context: plan.contextLength });
   const fullPool = new TokenPool(plan.fullTokens);
   const swaPool = hybrid ? new TokenPool(plan.swaTokens) : null;
   const chunk = hybrid ? config.attentionChunkSize : 0;
   const cache = new RadixCache({ full: fullPool, swa: swaPool, chunkSize: chunk, disabled: opts.disableRadixCache });
-  const maxRunning = opts.maxRunningRequests ?? 64;
   const chunked = opts.chunkedPrefillSize === undefined ? 8192 : opts.chunkedPrefillSize > 0 ? opts.chunkedPrefillSize : Infinity;
   // Before "ready": plan every GEMM a step can run (a step: one prefill budget plus a decode row
   // per running request), so that no request pays first-use planning or kernel loads.

@@ -28,16 +28,30 @@ export interface AttentionSpec {
   pool: "full" | "swa";
 }
 
-/** One sequence's part of a step: `qLen` new tokens at positions [kvLen - qLen, kvLen). */
+/**
+ * One sequence's part of a step: `qLen` new tokens at positions [kvLen - qLen, kvLen).
+ *
+ * Each running sequence owns a row of the backends' slot tables (SlotTables; on a GPU they live
+ * in device memory, like SGLang's req_to_token): position p's KV sits at slot table[row][p].
+ * A step carries only what the row gains: the slots of positions [slotsFrom, kvLen), so a
+ * decode step sends one slot per pool and sequence however long the context (a 1M-token
+ * sequence's whole slot list crossing to each rank every step cost ~20 ms). A row's length is
+ * set to slotsFrom before the append, so a new occupant starts at 0 and a step applied twice
+ * gives the same table.
+ */
 export interface SeqSpan {
   /** First row of this sequence's tokens in the step's token list. */
   qStart: number;
   qLen: number;
   /** Tokens in the sequence after this step (cached prefix + new tokens). */
   kvLen: number;
-  /** Pool slot of every position 0..kvLen-1 in the full pool. */
+  /** The sequence's slot-table row, in [0, KvPoolSizes.rows). */
+  row: number;
+  /** First position whose slots this step carries (≤ kvLen − qLen: every new token's slot is carried or already held). */
+  slotsFrom: number;
+  /** Full-pool slots of positions [slotsFrom, kvLen). */
   fullSlots: Int32Array;
-  /** Pool slot of every position in the SWA pool; only positions inside the live chunk need be valid (-1 elsewhere). */
+  /** SWA-pool slots of positions [slotsFrom, kvLen); -1 for a position whose SWA KV is gone (outside the live chunk). */
   swaSlots: Int32Array;
 }
 
@@ -55,6 +69,10 @@ export interface KvPoolSizes {
   full: number;
   /** Slots in the pool used by chunked-local layers when the hybrid cache is on. */
   swa: number;
+  /** Slot-table rows: sequences that can run at once (SeqSpan.row). */
+  rows: number;
+  /** Positions per slot-table row: the longest sequence. */
+  context: number;
 }
 
 /** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
@@ -107,6 +125,8 @@ export interface Backend {
   randomWeight?(shape: number[], std: number, seed: number, fill?: number): Tensor;
   /** Memory left for KV pools once the weights are loaded; absent where memory is the host's. */
   kvMemoryBytes?(): number;
+  /** Device bytes allocKv takes for the slot tables of `rows` × `context` in `pools` pools (counted before the pools are sized). */
+  slotTableBytes?(rows: number, context: number, pools: number): number;
   /** Waits for queued device work (timing); a no-op on the CPU. */
   synchronize?(): void;
   /**

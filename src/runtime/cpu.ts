@@ -12,6 +12,7 @@ import type {
   StepBatch,
   Tensor,
 } from "./backend.js";
+import { SlotTables } from "./slot_tables.js";
 import { toFloat32 } from "./dtype.js";
 import { Rng } from "../util/rng.js";
 import type { Collective } from "./collective.js";
@@ -110,6 +111,7 @@ export class CpuBackend implements Backend {
   readonly elementBytes = 4;
   private params: AttentionParams | null = null;
   private kv: LayerKv[] = [];
+  private tables: SlotTables | null = null;
 
   /** `collective` connects tensor-parallel ranks (threads sharing memory); none for one rank. */
   constructor(private readonly collective?: Collective) {}
@@ -189,6 +191,7 @@ export class CpuBackend implements Backend {
   allocKv(params: AttentionParams, layers: AttentionSpec[], sizes: KvPoolSizes): void {
     this.params = params;
     const width = params.numKvHeads * params.headDim;
+    this.tables = new SlotTables(sizes, [...new Set(layers.map((l) => l.pool))]);
     this.kv = layers.map((l) => {
       const slots = l.pool === "full" ? sizes.full : sizes.swa;
       return { k: new Float32Array(slots * width), v: new Float32Array(slots * width) };
@@ -197,7 +200,9 @@ export class CpuBackend implements Backend {
 
   attention(layer: number, spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor, batch: StepBatch): CpuTensor {
     const p = this.params;
-    if (!p) throw new Error("attention before allocKv");
+    const tables = this.tables;
+    if (!p || !tables) throw new Error("attention before allocKv");
+    tables.apply(batch);
     const { numHeads: hq, numKvHeads: hkv, headDim: hd } = p;
     const qd = new Float32Array(t(q).data); // copies: RoPE and norms modify them
     const kd = new Float32Array(t(k).data);
@@ -227,7 +232,7 @@ export class CpuBackend implements Backend {
     const scale = 1 / Math.sqrt(hd);
     const group = hq / hkv;
     for (const s of batch.seqs) {
-      const slots = spec.pool === "full" ? s.fullSlots : s.swaSlots;
+      const slots = tables.slots(spec.pool, s.row);
       const first = s.kvLen - s.qLen;
       for (let i = 0; i < s.qLen; i++) {
         const slot = slots[first + i];

@@ -87,8 +87,9 @@ function runScenario(rng: Rng, gpu: CudaBackend, sc: Scenario, what: string): vo
   const { hq, hkv, dim } = sc;
   const invFreq = new Float32Array(dim / 2).map((_, i) => Math.fround(1 / Math.pow(10000, (2 * i) / dim)));
   const params: AttentionParams = { numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq, floorScale: 4, attnScale: 0.3 };
-  cpu.allocKv(params, sc.layers, { full: sc.fullSlots, swa: sc.swaSlots });
-  gpu.allocKv(params, sc.layers, { full: sc.fullSlots, swa: sc.swaSlots });
+  const sizes = { full: sc.fullSlots, swa: sc.swaSlots, rows: sc.seqSlots.length, context: Math.max(...sc.seqSlots.map((l) => l.length)) };
+  cpu.allocKv(params, sc.layers, sizes);
+  gpu.allocKv(params, sc.layers, sizes);
   const lens = sc.seqSlots.map(() => 0);
   for (const [si, step] of sc.steps.entries()) {
     const seqs: SeqSpan[] = [];
@@ -103,7 +104,8 @@ function runScenario(rng: Rng, gpu: CudaBackend, sc: Scenario, what: string): vo
         const liveFrom = lens[s] - (lens[s] % sc.swa.chunk);
         for (let u = liveFrom; u < kvLen; u++) swa[u] = sc.swa.base[s] + (u % sc.swa.ring);
       }
-      seqs.push({ qStart: row, qLen: q, kvLen, fullSlots: sc.seqSlots[s], swaSlots: swa });
+      // Sequence s is table row s; a step carries its new positions' slots only.
+      seqs.push({ qStart: row, qLen: q, kvLen, row: s, slotsFrom: lens[s], fullSlots: sc.seqSlots[s].subarray(lens[s], kvLen), swaSlots: swa.subarray(lens[s], kvLen) });
       for (let i = 0; i < q; i++) positions.push(lens[s] + i);
       row += q;
       lens[s] = kvLen;
@@ -204,9 +206,9 @@ describe("fa3 attention kernels vs cpu (bf16)", { skip }, () => {
       const be = new CudaBackend({ precision, attention: "fa3", memoryBytes: 64 * MIB, stepBytes: 16 * MIB, poison: true });
       try {
         const n = 5, hq = 4, hkv = 2;
-        be.allocKv({ numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq: new Float32Array(dim / 2).fill(0.01), floorScale: 8, attnScale: 0.1 }, [spec], { full: 8, swa: 0 });
+        be.allocKv({ numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq: new Float32Array(dim / 2).fill(0.01), floorScale: 8, attnScale: 0.1 }, [spec], { full: 8, swa: 0, rows: 1, context: 8 });
         const slots = Int32Array.from({ length: n }, (_, i) => i);
-        const batch: StepBatch = { ids: new Int32Array(n), positions: slots, seqs: [{ qStart: 0, qLen: n, kvLen: n, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
+        const batch: StepBatch = { ids: new Int32Array(n), positions: slots, seqs: [{ qStart: 0, qLen: n, kvLen: n, row: 0, slotsFrom: 0, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
         be.beginStep();
         const out = be.attention(0, spec, be.upload(randn(rng, n * hq * dim), [n, hq * dim], precision), be.upload(randn(rng, n * hkv * dim), [n, hkv * dim], precision), be.upload(randn(rng, n * hkv * dim), [n, hkv * dim], precision), batch);
         assert.equal(be.attentionKernel, "cuda", `${precision} d${dim}`);

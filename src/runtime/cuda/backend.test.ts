@@ -188,8 +188,8 @@ for (const precision of ["f32", "bf16"] as const) {
           { rope: false, qkNorm: false, temperatureTuning: true, chunkSize: 0, pool: "full" },
           { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: chunk, pool: "swa" },
         ];
-        cpu.allocKv(params, layers, { full: fullSlots, swa: swaSlots });
-        g().allocKv(params, layers, { full: fullSlots, swa: swaSlots });
+        cpu.allocKv(params, layers, { full: fullSlots, swa: swaSlots, rows: 2, context: 48 });
+        g().allocKv(params, layers, { full: fullSlots, swa: swaSlots, rows: 2, context: 48 });
         // Two sequences with scattered slots; the SWA pool holds only each sequence's live chunk.
         const perm = Int32Array.from({ length: fullSlots }, (_, i) => i);
         for (let i = fullSlots - 1; i > 0; i--) {
@@ -212,7 +212,8 @@ for (const precision of ["f32", "bf16"] as const) {
             const swa = new Int32Array(kvLen).fill(-1);
             const liveFrom = lens[s] - (lens[s] % chunk);
             for (let u = liveFrom; u < kvLen; u++) swa[u] = swaBase[s] + (u % (3 * chunk));
-            seqs.push({ qStart: row, qLen: q, kvLen, fullSlots: seqFull[s], swaSlots: swa });
+            // Sequence s is table row s; a step carries its new positions' slots only.
+            seqs.push({ qStart: row, qLen: q, kvLen, row: s, slotsFrom: lens[s], fullSlots: seqFull[s].subarray(lens[s], kvLen), swaSlots: swa.subarray(lens[s], kvLen) });
             for (let i = 0; i < q; i++) positions.push(lens[s] + i);
             row += q;
             lens[s] = kvLen;
@@ -236,9 +237,9 @@ for (const precision of ["f32", "bf16"] as const) {
         const n = 64, hq = 8, hkv = 2, dim = 64;
         const params: AttentionParams = { numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq: new Float32Array(dim / 2).fill(0.01), floorScale: 8, attnScale: 0.1 };
         const spec: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
-        be.allocKv(params, [spec], { full: n, swa: 0 });
+        be.allocKv(params, [spec], { full: n, swa: 0, rows: 1, context: n });
         const slots = Int32Array.from({ length: n }, (_, i) => i);
-        const batch: StepBatch = { ids: new Int32Array(n), positions: slots, seqs: [{ qStart: 0, qLen: n, kvLen: n, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
+        const batch: StepBatch = { ids: new Int32Array(n), positions: slots, seqs: [{ qStart: 0, qLen: n, kvLen: n, row: 0, slotsFrom: 0, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
         const q = randn(rng, n * hq * dim), kv = randn(rng, n * hkv * dim);
         be.beginStep();
         const layer = () => be.attention(0, spec, be.upload(q, [n, hq * dim], precision), be.upload(kv, [n, hkv * dim], precision), be.upload(kv, [n, hkv * dim], precision), batch);
@@ -258,14 +259,22 @@ for (const precision of ["f32", "bf16"] as const) {
 
     test("attention rejects a missing KV slot instead of reading it", () => {
       const params: AttentionParams = { numHeads: 2, numKvHeads: 1, headDim: 16, eps: 1e-5, invFreq: new Float32Array(8).fill(0.1), floorScale: 8, attnScale: 0.1 };
-      const spec: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
-      g().allocKv(params, [spec], { full: 8, swa: 0 });
-      g().beginStep();
-      const slots = Int32Array.from([0, -1, 2]);
-      const batch: StepBatch = { ids: new Int32Array(1), positions: Int32Array.from([2]), seqs: [{ qStart: 0, qLen: 1, kvLen: 3, fullSlots: slots, swaSlots: slots }], logitRows: new Int32Array(0) };
+      const global: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
+      const local: AttentionSpec = { ...global, chunkSize: 4, pool: "swa" };
       const q = g().upload(randn(rng, 32), [1, 32], precision);
       const kv = g().upload(randn(rng, 16), [1, 16], precision);
-      assert.throws(() => g().attention(0, spec, q, kv, kv, batch), /position 1 is gone/);
+      const step = (spec: AttentionSpec, kvLen: number, full: number[], swa: number[]) => {
+        g().beginStep();
+        const seq = { qStart: 0, qLen: 1, kvLen, row: 0, slotsFrom: 0, fullSlots: Int32Array.from(full), swaSlots: Int32Array.from(swa) };
+        return () => g().attention(spec === global ? 0 : 1, spec, q, kv, kv, { ids: new Int32Array(1), positions: Int32Array.from([kvLen - 1]), seqs: [seq], logitRows: new Int32Array(0) });
+      };
+      g().allocKv(params, [global, local], { full: 8, swa: 8, rows: 1, context: 8 });
+      // A full slot is never gone, and every slot must lie inside its pool.
+      assert.throws(step(global, 3, [0, -1, 2], [0, 1, 2]), /full slot -1 for position 1 is outside the pool of 8/);
+      assert.throws(step(global, 3, [0, 1, 9], [0, 1, 2]), /full slot 9 for position 2/);
+      // SWA KV may be gone before the live chunk ([4, 6) here), not inside it.
+      assert.doesNotThrow(step(local, 6, [0, 1, 2, 3, 4, 5], [-1, -1, -1, -1, 4, 5]));
+      assert.throws(step(local, 6, [0, 1, 2, 3, 4, 5], [-1, -1, -1, -1, -1, 5]), /KV for position 4 is gone/);
     });
 
     test("device count, backend choice and copy bandwidth", async () => {

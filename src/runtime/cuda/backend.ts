@@ -46,6 +46,7 @@ import type {
 } from "../backend.js";
 import { SAMPLE_MAX_TOP } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
+import { type Pool, SlotTables } from "../slot_tables.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
 import { Kernels } from "./kernels.js";
@@ -143,12 +144,14 @@ interface LayerKv {
 interface StepMeta {
   positions: DevicePtr;
   rowPos: DevicePtr;
+  /** Per row: where its sequence's row starts in slotTable (row · context). */
   rowSlotBase: DevicePtr;
   rowSlot: DevicePtr;
+  /** The pool's device slot table, [rows + 1, context] int32. */
   slotTable: DevicePtr;
   /** Chunk sizes whose key ranges were already checked against the slots this step. */
   checked: Set<number>;
-  /** The sequences with their slot-list offsets in slotTable (the fa kernels' tiles). */
+  /** The sequences with their rows' offsets in slotTable (the fa kernels' tiles). */
   seqs: FaSeq[];
 }
 
@@ -227,11 +230,20 @@ export class CudaBackend implements Backend {
   private readonly graphs = new Map<object, Map<string, GraphEntry>>();
   /** Set while a graph step is prepared or captured: the step's inputs live at these fixed addresses. */
   private graph: { ids: DevicePtr; meta: Map<string, DevicePtr>; capturing: boolean; vocab: number } | null = null;
-  /** Ints reserved per pool for a graph step's attention metadata (grows; growing drops the graphs). */
-  private graphMetaInts = 0;
   private kvLayers: AttentionSpec[] = [];
   /** The spare slot of each pool that padding rows of a graph step write and read. */
   private padSlot = { full: -1, swa: -1 };
+  /**
+   * The per-sequence slot tables (SeqSpan): the host copy (bounds checks) and one device table
+   * per pool in use, [rows + 1, context] int32, which the attention kernels read. Row `padRow`
+   * (the last) is the padding rows' of graph steps: position 0 holds the spare slot, as does
+   * every entry never written.
+   */
+  private tables: SlotTables | null = null;
+  private readonly deviceTables = new Map<Pool, DevicePtr>();
+  private padRow = -1;
+  /** Staging for a step's (index, slot) pairs: persistent, so graph steps' step memory keeps its layout. */
+  private appendBuf: { ptr: DevicePtr; ints: number } | null = null;
   /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
   graphStats = { captures: 0, replays: 0, gpuMs: 0, off: "" };
   private graphEvents: [DevicePtr, DevicePtr] | null = null;
@@ -920,6 +932,21 @@ export class CudaBackend implements Backend {
       this.native.memset(v, this.poison ? 0xff : 0, slots * width, 1);
       this.kv.push({ k, v, slots });
     }
+    for (const t of this.deviceTables.values()) this.mem.release(t);
+    this.deviceTables.clear();
+    const pools = [...new Set(layers.map((l) => l.pool))];
+    this.padRow = sizes.rows;
+    this.tables = new SlotTables({ ...sizes, rows: sizes.rows + 1 }, pools);
+    for (const pool of pools) {
+      const entries = (sizes.rows + 1) * sizes.context;
+      const t = this.mem.alloc(entries * 4, `the ${pool} pool's slot table (${sizes.rows + 1} rows × ${sizes.context})`);
+      this.native.memset(t, this.padSlot[pool], entries, 4);
+      this.deviceTables.set(pool, t);
+    }
+  }
+
+  slotTableBytes(rows: number, context: number, pools: number): number {
+    return pools * (rows + 1) * context * 4;
   }
 
   attention(layer: number, spec: AttentionSpec, q: Tensor, k: Tensor, v: Tensor, batch: StepBatch): CudaTensor {
@@ -963,35 +990,39 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * The step's attention metadata for one pool, built and uploaded once per (step, pool):
-   * per row its RoPE position, mask position, new-token slot and where its sequence's slot list
-   * starts in one concatenated table. Every slot a kernel will touch is checked here, on the
-   * host, so a bad slot is an error message and never an out-of-bounds device access.
+   * The step's attention metadata for one pool, built and uploaded once per (step, pool): per
+   * row its RoPE position, mask position, new-token slot and where its sequence's row starts in
+   * the pool's slot table. The first call of a step also appends the step's new slots to the
+   * tables (appendSlots). Every slot a kernel will touch is checked on the host (the tables'
+   * entries when appended, the new tokens' and the live window's here), so a bad slot is an
+   * error message and never an out-of-bounds device access.
    */
   private stepMeta(batch: StepBatch, spec: AttentionSpec, poolSlots: number): StepMeta {
+    const tables = this.tables;
+    const slotTable = this.deviceTables.get(spec.pool);
+    if (!tables || slotTable === undefined) throw new Error(`attention: no ${spec.pool} slot table (allocKv first)`);
     if (this.metaBatch !== batch || this.metaStep !== this.step) {
       this.meta.clear();
       this.metaBatch = batch;
       this.metaStep = this.step;
+      this.appendSlots(batch);
     }
     let m = this.meta.get(spec.pool);
     const n = batch.ids.length;
-    const slotsOf = (s: StepBatch["seqs"][number]) => (spec.pool === "full" ? s.fullSlots : s.swaSlots);
+    const context = tables.sizes.context;
+    const slotsOf = (row: number) => (row === this.padRow ? Int32Array.of(this.padSlot[spec.pool]) : tables.slots(spec.pool, row));
     if (!m) {
       if (batch.positions.length !== n) throw new Error(`attention: ${batch.positions.length} positions for ${n} tokens`);
-      const total = batch.seqs.reduce((acc, s) => acc + s.kvLen, 0);
-      const host = new Int32Array(4 * n + total);
+      const host = new Int32Array(4 * n);
       const seqs: FaSeq[] = [];
       host.set(batch.positions, 0);
       const rowPos = host.subarray(n, 2 * n).fill(-1);
       const rowSlotBase = host.subarray(2 * n, 3 * n);
       const rowSlot = host.subarray(3 * n, 4 * n);
-      let base = 4 * n;
       for (const s of batch.seqs) {
-        const slots = slotsOf(s);
-        if (slots.length < s.kvLen) throw new Error(`attention: a sequence of ${s.kvLen} tokens has only ${slots.length} ${spec.pool} slots`);
         if (s.qLen > s.kvLen || s.qStart + s.qLen > n) throw new Error(`attention: sequence rows [${s.qStart}, ${s.qStart + s.qLen}) do not fit the step`);
-        host.set(slots.subarray(0, s.kvLen), base);
+        const slots = slotsOf(s.row);
+        if (slots.length < s.kvLen) throw new Error(`attention: a sequence of ${s.kvLen} tokens has only ${slots.length} ${spec.pool} slots`);
         const first = s.kvLen - s.qLen;
         for (let i = 0; i < s.qLen; i++) {
           const row = s.qStart + i;
@@ -999,33 +1030,50 @@ export class CudaBackend implements Backend {
           const slot = slots[first + i];
           if (slot < 0 || slot >= poolSlots) throw new Error(`attention: no valid ${spec.pool} KV slot for position ${first + i} (slot ${slot}, pool of ${poolSlots})`);
           rowPos[row] = first + i;
-          rowSlotBase[row] = base - 4 * n;
+          rowSlotBase[row] = s.row * context;
           rowSlot[row] = slot;
         }
-        seqs.push({ qStart: s.qStart, qLen: s.qLen, kvLen: s.kvLen, slotBase: base - 4 * n });
-        base += s.kvLen;
+        seqs.push({ qStart: s.qStart, qLen: s.qLen, kvLen: s.kvLen, slotBase: s.row * context });
       }
       const missing = rowPos.indexOf(-1);
       if (missing >= 0) throw new Error(`attention: row ${missing} belongs to no sequence`);
       const dev = this.uploadMeta(spec.pool, host); // every layer of the step reads it
       const at = (i: number) => dev + BigInt(i * 4);
-      m = { positions: at(0), rowPos: at(n), rowSlotBase: at(2 * n), rowSlot: at(3 * n), slotTable: at(4 * n), checked: new Set(), seqs };
+      m = { positions: at(0), rowPos: at(n), rowSlotBase: at(2 * n), rowSlot: at(3 * n), slotTable, checked: new Set(), seqs };
       this.meta.set(spec.pool, m);
     }
-    if (!m.checked.has(spec.chunkSize)) {
-      // The keys read are [lo(p), p] for every query p; their union is [lo(first), kvLen).
+    if (!m.checked.has(spec.chunkSize) && spec.chunkSize > 0) {
+      // The keys read are [lo(p), p] for every query p; their union is [lo(first), kvLen). A
+      // global layer's keys are every position, each checked when its slot was appended.
       for (const s of batch.seqs) {
         if (s.qLen === 0) continue;
-        const slots = slotsOf(s);
+        const slots = slotsOf(s.row);
         const first = s.kvLen - s.qLen;
-        const lo = spec.chunkSize > 0 ? first - (first % spec.chunkSize) : 0;
-        for (let u = lo; u < s.kvLen; u++) {
+        for (let u = first - (first % spec.chunkSize); u < s.kvLen; u++) {
           if (slots[u] < 0 || slots[u] >= poolSlots) throw new Error(`attention: KV for position ${u} is gone (${spec.pool} slot ${slots[u]})`);
         }
       }
-      m.checked.add(spec.chunkSize);
     }
+    m.checked.add(spec.chunkSize);
     return m;
+  }
+
+  /** Appends the step's new slots to the host tables (validated) and copies them to the device tables. */
+  private appendSlots(batch: StepBatch): void {
+    const appends = this.tables!.apply(batch, this.padRow);
+    for (const [pool, table] of this.deviceTables) {
+      const pairs = appends[pool];
+      if (pairs.length === 0) continue;
+      if (!this.appendBuf || this.appendBuf.ints < pairs.length) {
+        if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
+        const ints = Math.max(pairs.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
+        this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
+      }
+      const buf = this.appendBuf.ptr;
+      this.native.htod(buf, pairs);
+      const count = pairs.length / 2;
+      this.k.launch("slot_table_write", [Math.ceil(count / 256)], [256], (a) => a.ptr(table).ptr(buf).i32(count).i32(this.padSlot[pool]));
+    }
   }
 
   // ---- MoE ----
@@ -1209,19 +1257,13 @@ export class CudaBackend implements Backend {
       if (s.qStart !== i || s.qLen !== 1 || batch.logitRows[i] !== i) return null;
     }
     const padded = this.padBatch(batch, size);
-    // Attention metadata (4 ints per row + every slot list) in a reserved block per pool; a
-    // larger reservation moves every later address, so the graphs captured so far go.
-    const need = 4 * size + padded.seqs.reduce((a, s) => a + s.kvLen, 0);
-    if (need > this.graphMetaInts) {
-      this.dropGraphs();
-      this.graphMetaInts = Math.max(need, 2 * this.graphMetaInts, 16384);
-    }
 
     this.beginStep();
     const ids = this.mem.stepAlloc(this.graphSizes[this.graphSizes.length - 1] * 4, true).ptr;
     const meta = new Map<string, DevicePtr>();
     for (const pool of ["full", "swa"]) {
-      if (this.kvLayers.some((l) => l.pool === pool)) meta.set(pool, this.mem.stepAlloc(this.graphMetaInts * 4, true).ptr);
+      // Attention metadata, 4 ints per row (the slot lists are in the device tables), in a fixed block per pool.
+      if (this.kvLayers.some((l) => l.pool === pool)) meta.set(pool, this.mem.stepAlloc(this.graphMetaInts() * 4, true).ptr);
     }
     let entry: GraphEntry | undefined;
     this.graph = { ids, meta, capturing: false, vocab: 0 };
@@ -1248,7 +1290,12 @@ export class CudaBackend implements Backend {
     return new CudaTensor([n, entry.cols], entry.ptr, entry.dtype, PERSISTENT, 0);
   }
 
-  /** The batch with padding rows up to `size` (each its own one-token sequence in the spare slots). */
+  /** Ints of a graph step's attention metadata per pool: 4 per row of the largest captured size. */
+  private graphMetaInts(): number {
+    return 4 * this.graphSizes[this.graphSizes.length - 1];
+  }
+
+  /** The batch with padding rows up to `size` (each a one-token sequence on the padding row, in the spare slots). */
   private padBatch(b: StepBatch, size: number): StepBatch {
     const n = b.ids.length;
     if (size === n) return b;
@@ -1259,7 +1306,7 @@ export class CudaBackend implements Backend {
     const full = Int32Array.of(this.padSlot.full);
     const swa = Int32Array.of(this.padSlot.swa);
     const seqs = [...b.seqs];
-    for (let i = n; i < size; i++) seqs.push({ qStart: i, qLen: 1, kvLen: 1, fullSlots: full, swaSlots: swa });
+    for (let i = n; i < size; i++) seqs.push({ qStart: i, qLen: 1, kvLen: 1, row: this.padRow, slotsFrom: 0, fullSlots: full, swaSlots: swa });
     return { ...b, ids, positions, seqs, logitRows: Int32Array.from({ length: size }, (_, i) => i) };
   }
 
@@ -1285,7 +1332,7 @@ export class CudaBackend implements Backend {
     const fixed = this.graph?.meta.get(pool);
     if (fixed === undefined) return this.uploadInts(host, true);
     if (this.graph!.capturing) throw new Error("cuda backend: attention metadata built inside a CUDA-graph capture");
-    if (host.length > this.graphMetaInts) throw new Error(`cuda backend: graph metadata of ${host.length} ints outgrew its ${this.graphMetaInts}`);
+    if (host.length > this.graphMetaInts()) throw new Error(`cuda backend: graph metadata of ${host.length} ints outgrew its ${this.graphMetaInts()}`);
     this.native.htod(fixed, host);
     return fixed;
   }
