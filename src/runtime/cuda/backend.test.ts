@@ -261,12 +261,12 @@ for (const precision of ["f32", "bf16"] as const) {
       const params: AttentionParams = { numHeads: 2, numKvHeads: 1, headDim: 16, eps: 1e-5, invFreq: new Float32Array(8).fill(0.1), floorScale: 8, attnScale: 0.1 };
       const global: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
       const local: AttentionSpec = { ...global, chunkSize: 4, pool: "swa" };
-      const q = g().upload(randn(rng, 32), [1, 32], precision);
-      const kv = g().upload(randn(rng, 16), [1, 16], precision);
-      const step = (spec: AttentionSpec, kvLen: number, full: number[], swa: number[]) => {
+      const step = (spec: AttentionSpec, kvLen: number, full: number[], swa: number[]) => () => {
         g().beginStep();
+        const q = g().upload(randn(rng, 32), [1, 32], precision);
+        const kv = g().upload(randn(rng, 16), [1, 16], precision);
         const seq = { qStart: 0, qLen: 1, kvLen, row: 0, slotsFrom: 0, fullSlots: Int32Array.from(full), swaSlots: Int32Array.from(swa) };
-        return () => g().attention(spec === global ? 0 : 1, spec, q, kv, kv, { ids: new Int32Array(1), positions: Int32Array.from([kvLen - 1]), seqs: [seq], logitRows: new Int32Array(0) });
+        g().attention(spec === global ? 0 : 1, spec, q, kv, kv, { ids: new Int32Array(1), positions: Int32Array.from([kvLen - 1]), seqs: [seq], logitRows: new Int32Array(0) });
       };
       g().allocKv(params, [global, local], { full: 8, swa: 8, rows: 1, context: 8 });
       // A full slot is never gone, and every slot must lie inside its pool.
