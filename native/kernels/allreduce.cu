@@ -193,7 +193,7 @@ __device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long 
   }
 
   // The last block to finish advances the epoch for the next call (the next kernel on this
-  // stream starts after this one ends, so it sees the store).
+  // stream waits for this one to end before its first access, so it sees the store).
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();  // this block's epoch read is done before it counts itself
@@ -208,10 +208,14 @@ __device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long 
 // x[n] (in place) = the sum over ranks of every rank's x, identical on every rank.
 extern "C" __global__ void __launch_bounds__(512)
     allreduce_bf16(const __grid_constant__ Peers p, bf16* x, unsigned long long n, unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   allReduce(p, x, n, capacity, timeoutNs, rank, nranks);
 }
 
 extern "C" __global__ void __launch_bounds__(512)
     allreduce_f32(const __grid_constant__ Peers p, float* x, unsigned long long n, unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   allReduce(p, x, n, capacity, timeoutNs, rank, nranks);
 }

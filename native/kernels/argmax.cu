@@ -63,7 +63,23 @@ __device__ void argmaxPairs(const T* __restrict__ x, int cols, int offset, float
   }
 }
 
-extern "C" __global__ void argmax_rows_f32(const float* x, int cols, int* ids) { argmaxRows(x, cols, ids); }
-extern "C" __global__ void argmax_rows_bf16(const bf16* x, int cols, int* ids) { argmaxRows(x, cols, ids); }
-extern "C" __global__ void argmax_pairs_f32(const float* x, int cols, int offset, float* pairs) { argmaxPairs(x, cols, offset, pairs); }
-extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset, float* pairs) { argmaxPairs(x, cols, offset, pairs); }
+extern "C" __global__ void argmax_rows_f32(const float* x, int cols, int* ids) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  argmaxRows(x, cols, ids);
+}
+extern "C" __global__ void argmax_rows_bf16(const bf16* x, int cols, int* ids) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  argmaxRows(x, cols, ids);
+}
+extern "C" __global__ void argmax_pairs_f32(const float* x, int cols, int offset, float* pairs) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  argmaxPairs(x, cols, offset, pairs);
+}
+extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset, float* pairs) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  argmaxPairs(x, cols, offset, pairs);
+}

@@ -91,6 +91,8 @@ __device__ void attention(const T* __restrict__ q, const T* __restrict__ kPool, 
   extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32) attention_##TN(                                 \
       const T* q, const T* kPool, const T* vPool, const int* slotTable, const int* rowSlotBase, const int* rowPos, \
       T* out, int hq, int hkv, int dim, int chunk, float scale) {                                                \
+    gridDependencyWait();                                                                                        \
+    gridDependencyLaunchDependents();                                                                            \
     attention<T>(q, kPool, vPool, slotTable, rowSlotBase, rowPos, out, hq, hkv, dim, chunk, scale);              \
   }
 

@@ -359,9 +359,13 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
 #define FA_PASS q, kPool, vPool, slotTable, tiles, out, partO, partML, hq, hkv, chunk, nSplit, scaleLog2
 #define FA_KERNELS(D)                                                                                             \
   extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_prefill_d##D(FA_ARGS) {                      \
+    gridDependencyWait();                                                                                         \
+    gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 2, false, 2>(FA_PASS);                                                                   \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_decode_d##D(FA_ARGS) {                       \
+    gridDependencyWait();                                                                                         \
+    gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 1, true, 3>(FA_PASS);                                                                    \
   }                                                                                                              \
   static_assert(faSmemBytes<D, 4, 2, 2>() == 96 * D * 8 && faSmemBytes<D, 4, 1, 3>() == 112 * D * 8, "smem");
@@ -374,6 +378,8 @@ FA_KERNELS(128)
 // A prefill variant (TSGLANG_FA_PREFILL=w8): 8 warps × 1 m-tile (128 rows, 16 per warp), fewer
 // registers (≤ 128: 16 warps per SM) for twice the shared-memory reads per FLOP. Same 96 KB.
 extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_w8_d128(FA_ARGS) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   flashAttention<128, 8, 1, false, 2>(FA_PASS);
 }
 static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
@@ -382,6 +388,8 @@ static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
 // (row, head), threads over the head dim. Memory-bound and small (n·Hq·splits·(D + 2) floats).
 extern "C" __global__ void attention_fa_combine_bf16(const float* __restrict__ partO, const float2* __restrict__ partML,
                                                      bf16* __restrict__ out, int hq, int nSplit, int dim) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   const size_t rh = (size_t)blockIdx.x * hq + blockIdx.y;
   const float2* ml = partML + rh * nSplit;
   float mMax = -CUDART_INF_F;

@@ -93,6 +93,8 @@ __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const
                                              const int* positions, const int* rowSlot, const float* invFreq,    \
                                              int hq, int hkv, int dim, int flags, float eps, float floorScale,  \
                                              float attnScale) {                                                 \
+    gridDependencyWait();                                                                                       \
+    gridDependencyLaunchDependents();                                                                           \
     attnPrep<T>(q, k, v, qOut, kPool, vPool, positions, rowSlot, invFreq, hq, hkv, dim, flags, eps, floorScale, \
                 attnScale);                                                                                     \
   }

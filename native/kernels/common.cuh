@@ -7,6 +7,25 @@
 
 typedef __nv_bfloat16 bf16;
 
+// Programmatic dependent launch (the host launches every kernel with it on sm_90): a kernel's
+// blocks may start while the previous kernel in the stream still runs. Every kernel therefore
+// calls gridDependencyWait() first, in every block, before any global-memory access — it returns
+// once the previous grid has finished and its writes are visible, and since that grid waited for
+// its own predecessor the same way, the whole stream stays ordered. Then
+// gridDependencyLaunchDependents() lets the next kernel get resident and reach its own wait while
+// this one works (after the wait, not before: at most one grid waits behind a running one).
+// Both are no-ops without PDL; the sm_80 / compute_80 builds have neither instruction.
+__device__ __forceinline__ void gridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gridDependencyLaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float toF(float x) { return x; }
 __device__ __forceinline__ float toF(bf16 x) { return __bfloat162float(x); }
 

@@ -16,11 +16,27 @@ __device__ void siluMul(const T* __restrict__ gu, T* __restrict__ out, size_t n,
   }
 }
 
-extern "C" __global__ void silu_mul_bf16(const bf16* gu, bf16* out, size_t n, int f) { siluMul(gu, out, n, f); }
-extern "C" __global__ void silu_mul_f32(const float* gu, float* out, size_t n, int f) { siluMul(gu, out, n, f); }
+extern "C" __global__ void silu_mul_bf16(const bf16* gu, bf16* out, size_t n, int f) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  siluMul(gu, out, n, f);
+}
+extern "C" __global__ void silu_mul_f32(const float* gu, float* out, size_t n, int f) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  siluMul(gu, out, n, f);
+}
 
-extern "C" __global__ void cast_f32_bf16(const float* in, bf16* out, size_t n) { GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]); }
-extern "C" __global__ void cast_bf16_f32(const bf16* in, float* out, size_t n) { GRID_STRIDE(i, n) out[i] = __bfloat162float(in[i]); }
+extern "C" __global__ void cast_f32_bf16(const float* in, bf16* out, size_t n) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]);
+}
+extern "C" __global__ void cast_bf16_f32(const bf16* in, float* out, size_t n) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  GRID_STRIDE(i, n) out[i] = __bfloat162float(in[i]);
+}
 
 // out[i, :] = x[rows[i], :] for elements of 2 or 4 bytes; one block per output row.
 template <typename E>
@@ -30,5 +46,13 @@ __device__ void gatherRows(const E* __restrict__ x, const int* __restrict__ rows
   for (int i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
 }
 
-extern "C" __global__ void gather_rows_u16(const uint16_t* x, const int* rows, uint16_t* out, int width) { gatherRows(x, rows, out, width); }
-extern "C" __global__ void gather_rows_u32(const uint32_t* x, const int* rows, uint32_t* out, int width) { gatherRows(x, rows, out, width); }
+extern "C" __global__ void gather_rows_u16(const uint16_t* x, const int* rows, uint16_t* out, int width) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  gatherRows(x, rows, out, width);
+}
+extern "C" __global__ void gather_rows_u32(const uint32_t* x, const int* rows, uint32_t* out, int width) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  gatherRows(x, rows, out, width);
+}

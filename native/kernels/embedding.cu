@@ -16,8 +16,16 @@ __device__ void embedding(const T* __restrict__ table, const int* __restrict__ i
   for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = toF(src[i]);
 }
 
-extern "C" __global__ void embedding_bf16(const bf16* table, const int* ids, float* out, int d) { embedding(table, ids, out, d); }
-extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, int d) { embedding(table, ids, out, d); }
+extern "C" __global__ void embedding_bf16(const bf16* table, const int* ids, float* out, int d) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  embedding(table, ids, out, d);
+}
+extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, int d) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  embedding(table, ids, out, d);
+}
 
 // A CUDA-graph step under tensor parallelism: the ids at the step's fixed address are global
 // (the same on every rank), so the rank's slice [start, start + rows) is taken on the device;
@@ -35,8 +43,12 @@ __device__ void embeddingShard(const T* __restrict__ table, const int* __restric
 }
 
 extern "C" __global__ void embedding_shard_bf16(const bf16* table, const int* ids, float* out, int d, int start, int rows) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   embeddingShard(table, ids, out, d, start, rows);
 }
 extern "C" __global__ void embedding_shard_f32(const float* table, const int* ids, float* out, int d, int start, int rows) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   embeddingShard(table, ids, out, d, start, rows);
 }

@@ -28,6 +28,18 @@ __device__ void gemmFallback(const T* __restrict__ x, const T* __restrict__ w, O
   if (row < n && col < out) y[(size_t)row * out + col] = fromF<O>(acc);
 }
 
-extern "C" __global__ void gemm_fallback_bf16_bf16(const bf16* x, const bf16* w, bf16* y, int n, int out, int in, int wT) { gemmFallback(x, w, y, n, out, in, wT); }
-extern "C" __global__ void gemm_fallback_bf16_f32(const bf16* x, const bf16* w, float* y, int n, int out, int in, int wT) { gemmFallback(x, w, y, n, out, in, wT); }
-extern "C" __global__ void gemm_fallback_f32_f32(const float* x, const float* w, float* y, int n, int out, int in, int wT) { gemmFallback(x, w, y, n, out, in, wT); }
+extern "C" __global__ void gemm_fallback_bf16_bf16(const bf16* x, const bf16* w, bf16* y, int n, int out, int in, int wT) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  gemmFallback(x, w, y, n, out, in, wT);
+}
+extern "C" __global__ void gemm_fallback_bf16_f32(const bf16* x, const bf16* w, float* y, int n, int out, int in, int wT) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  gemmFallback(x, w, y, n, out, in, wT);
+}
+extern "C" __global__ void gemm_fallback_f32_f32(const float* x, const float* w, float* y, int n, int out, int in, int wT) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  gemmFallback(x, w, y, n, out, in, wT);
+}

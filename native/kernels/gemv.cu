@@ -55,6 +55,8 @@ __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w
 #define GEMV_KERNEL(NT, TN, T, ON, O)                                                                          \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                   \
       gemv##NT##_##TN##_##ON(const T* x, const T* w, O* y, int n, int in, int out, int rb) {                  \
+    gridDependencyWait();                                                                                      \
+    gridDependencyLaunchDependents();                                                                          \
     gemv<T, O, NT>(x, w, y, n, in, out, rb);                                                                   \
   }
 #define GEMV_KERNELS(NT)                    \
@@ -71,6 +73,8 @@ GEMV_KERNELS(8)
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                   \
       gemv3_##NT##_##TN(const T* x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,   \
                         int out1, const T* w2, T* y2, int out2) {                                               \
+    gridDependencyWait();                                                                                       \
+    gridDependencyLaunchDependents();                                                                           \
     gemv3<T, NT>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);                                       \
   }
 GEMV3_KERNEL(1, bf16, bf16)

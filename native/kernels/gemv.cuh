@@ -29,11 +29,13 @@ template <> struct Vec<bf16> { static constexpr int N = 8; };
 template <> struct Vec<float> { static constexpr int N = 4; };
 
 // Weights are read once: bypass L1 (keeps it for the activations) and prefetch 256 B into L2.
+// volatile: the compiler sees no memory access in this asm and could otherwise move it above
+// gridDependencyWait() (the PTX is the same either way today).
 __device__ __forceinline__ uint4 ldWeight(const uint4* p) {
   uint4 r;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
   return r;
 }
 

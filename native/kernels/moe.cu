@@ -44,12 +44,18 @@ __device__ void moeCombine(const T* __restrict__ shared, const T* __restrict__ r
 
 #define MOE_KERNELS(TN, T)                                                                                          \
   extern "C" __global__ void moe_route_##TN(const T* logits, int* expert, float* score, int n, int e) {          \
+    gridDependencyWait();                                                                                          \
+    gridDependencyLaunchDependents();                                                                              \
     moeRoute<T>(logits, expert, score, n, e);                                                                      \
   }                                                                                                                \
   extern "C" __global__ void moe_gather_##TN(const T* x, const int* perm, const float* score, T* xin, int d) {   \
+    gridDependencyWait();                                                                                          \
+    gridDependencyLaunchDependents();                                                                              \
     moeGather<T>(x, perm, score, xin, d);                                                                          \
   }                                                                                                                \
   extern "C" __global__ void moe_combine_##TN(const T* shared, const T* routed, const int* inv, T* out, int d) {  \
+    gridDependencyWait();                                                                                          \
+    gridDependencyLaunchDependents();                                                                              \
     moeCombine<T>(shared, routed, inv, out, d);                                                                    \
   }
 

@@ -146,21 +146,29 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_gate_up##NT##_##TN(const T* x, const T* xin, const T* sharedGateUp, const T* gateUp, const int* offsets,   \
                              T* actShared, T* act, int n, int d, int fs, int f, int local, int withShared, int rb) { \
+    gridDependencyWait();                                                                                            \
+    gridDependencyLaunchDependents();                                                                                \
     moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, withShared, rb);     \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_down##NT##_##TN(const T* actShared, const T* act, const T* sharedDown, const T* down, const int* offsets,   \
                           const int* perm, T* out, int n, int d, int fs, int f, int local, int withShared, int rb) { \
+    gridDependencyWait();                                                                                            \
+    gridDependencyLaunchDependents();                                                                                \
     moeDown<T, NT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared, rb);        \
   }
 
 #define MOE_DECODE_KERNELS(TN, T)                                                                                   \
   extern "C" __global__ void moe_route_sort_##TN(const T* logits, int n, int e, int first, int local, int* perm,   \
                                                  float* score, int* offsets) {                                       \
+    gridDependencyWait();                                                                                            \
+    gridDependencyLaunchDependents();                                                                                \
     moeRouteSort<T>(logits, n, e, first, local, perm, score, offsets);                                               \
   }                                                                                                                  \
   extern "C" __global__ void moe_gather_dev_##TN(const T* x, const int* perm, const float* score, const int* offsets, \
                                                  int local, T* xin, int d) {                                         \
+    gridDependencyWait();                                                                                            \
+    gridDependencyLaunchDependents();                                                                                \
     moeGatherDev<T>(x, perm, score, offsets, local, xin, d);                                                         \
   }                                                                                                                  \
   MOE_GEMV_KERNELS(1, TN, T)                                                                                         \

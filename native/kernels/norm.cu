@@ -94,17 +94,25 @@ __device__ void addRmsNormVec(float* __restrict__ res, const X* __restrict__ x, 
 }
 
 extern "C" __global__ void add_rms_norm_vec_f32_bf16(float* res, const float* x, const bf16* w, bf16* out, int d, float eps) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   addRmsNormVec<float>(res, x, w, out, d, eps);
 }
 extern "C" __global__ void add_rms_norm_vec_bf16_bf16(float* res, const bf16* x, const bf16* w, bf16* out, int d, float eps) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   addRmsNormVec<bf16>(res, x, w, out, d, eps);
 }
 
 #define NORM_KERNELS(XN, X, TN, T)                                                                            \
   extern "C" __global__ void rms_norm_##XN##_##TN(const X* x, const T* w, T* out, int d, float eps) {       \
+    gridDependencyWait();                                                                                    \
+    gridDependencyLaunchDependents();                                                                        \
     rmsNorm<X, T>(x, w, out, d, eps);                                                                        \
   }                                                                                                          \
   extern "C" __global__ void add_rms_norm_##XN##_##TN(float* res, const X* x, const T* w, T* out, int d, float eps) { \
+    gridDependencyWait();                                                                                    \
+    gridDependencyLaunchDependents();                                                                        \
     addRmsNorm<X, T>(res, x, w, out, d, eps);                                                                \
   }
 
@@ -112,5 +120,13 @@ NORM_KERNELS(f32, float, bf16, bf16)
 NORM_KERNELS(bf16, bf16, bf16, bf16)
 NORM_KERNELS(f32, float, f32, float)
 
-extern "C" __global__ void add_bf16(float* res, const bf16* x, size_t n) { addInPlace(res, x, n); }
-extern "C" __global__ void add_f32(float* res, const float* x, size_t n) { addInPlace(res, x, n); }
+extern "C" __global__ void add_bf16(float* res, const bf16* x, size_t n) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  addInPlace(res, x, n);
+}
+extern "C" __global__ void add_f32(float* res, const float* x, size_t n) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  addInPlace(res, x, n);
+}

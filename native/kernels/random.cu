@@ -31,5 +31,13 @@ __device__ void randomNormal(T* __restrict__ out, size_t n, uint32_t seed, float
   }
 }
 
-extern "C" __global__ void random_normal_bf16(bf16* out, size_t n, uint32_t seed, float std, float fill) { randomNormal(out, n, seed, std, fill); }
-extern "C" __global__ void random_normal_f32(float* out, size_t n, uint32_t seed, float std, float fill) { randomNormal(out, n, seed, std, fill); }
+extern "C" __global__ void random_normal_bf16(bf16* out, size_t n, uint32_t seed, float std, float fill) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  randomNormal(out, n, seed, std, fill);
+}
+extern "C" __global__ void random_normal_f32(float* out, size_t n, uint32_t seed, float std, float fill) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  randomNormal(out, n, seed, std, fill);
+}

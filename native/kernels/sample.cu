@@ -414,9 +414,13 @@ __device__ void sampleRow(const T* __restrict__ logits, int cols, const float* _
 }
 
 extern "C" __global__ void __launch_bounds__(1024) sample_rows_f32(const float* x, int cols, const float* params, const float* edited, float* out) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   sampleRow(x, cols, params, edited, out);
 }
 extern "C" __global__ void __launch_bounds__(1024) sample_rows_bf16(const bf16* x, int cols, const float* params, const float* edited, float* out) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   sampleRow(x, cols, params, edited, out);
 }
 
@@ -446,8 +450,12 @@ __device__ void editRow(const T* __restrict__ logits, int cols, const int* __res
 }
 
 extern "C" __global__ void logit_edit_rows_f32(const float* x, int cols, const int* rows, const int* offsets, const int4* entries, float* edited) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   editRow(x, cols, rows, offsets, entries, edited);
 }
 extern "C" __global__ void logit_edit_rows_bf16(const bf16* x, int cols, const int* rows, const int* offsets, const int4* entries, float* edited) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   editRow(x, cols, rows, offsets, entries, edited);
 }

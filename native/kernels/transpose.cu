@@ -23,5 +23,13 @@ __device__ void transpose(const E* __restrict__ in, E* __restrict__ out, int row
   }
 }
 
-extern "C" __global__ void transpose_u16(const uint16_t* in, uint16_t* out, int rows, int cols) { transpose(in, out, rows, cols); }
-extern "C" __global__ void transpose_u32(const uint32_t* in, uint32_t* out, int rows, int cols) { transpose(in, out, rows, cols); }
+extern "C" __global__ void transpose_u16(const uint16_t* in, uint16_t* out, int rows, int cols) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  transpose(in, out, rows, cols);
+}
+extern "C" __global__ void transpose_u32(const uint32_t* in, uint32_t* out, int rows, int cols) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  transpose(in, out, rows, cols);
+}

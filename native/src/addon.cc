@@ -30,6 +30,10 @@ std::mutex driverLock;
 thread_local CUcontext ctx = nullptr;
 thread_local CUstream stream = nullptr;
 thread_local CUdevice device = 0;
+// Programmatic dependent launch is possible: cuLaunchKernelEx exists and the device is sm_90, the
+// only target build.sh compiles with griddepcontrol (sm_90a SASS). Other devices run sm_80 SASS or
+// JIT the compute_80 PTX, whose kernels never wait for their predecessor, so they must not overlap it.
+thread_local bool pdlCapable = false;
 thread_local BlasLt lt{};
 thread_local bool blasLtLoaded = false;
 // Between graphBeginCapture and graphEndCapture: work is recorded, not run, so cuBLASLt planning
@@ -185,6 +189,7 @@ napi_value Init(napi_env env, napi_callback_info info) {
   int major = 0, minor = 0, sms = 0, l2 = 0, smem = 0, version = 0;
   drv.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device);
   drv.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device);
+  pdlCapable = drv.cuLaunchKernelEx != nullptr && major == 9 && minor == 0;
   drv.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device);
   drv.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, device);
   drv.cuDeviceGetAttribute(&smem, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device);
@@ -373,21 +378,43 @@ napi_value SetMaxDynamicShared(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
-// launch(fn, gx, gy, gz, bx, by, bz, sharedBytes, args): args is the kernel's parameter block,
-// packed by JS with C alignment, handed over whole through CU_LAUNCH_PARAM_BUFFER_POINTER.
+// launch(fn, gx, gy, gz, bx, by, bz, sharedBytes, args, pdl): args is the kernel's parameter block,
+// packed by JS with C alignment, handed over whole through CU_LAUNCH_PARAM_BUFFER_POINTER. pdl: the
+// kernel may start before the previous one in the stream ends (programmatic dependent launch; it
+// must then wait for it with griddepcontrol.wait before touching memory) — honoured only where
+// pdlCapable, else an ordinary launch.
 napi_value Launch(napi_env env, napi_callback_info info) {
-  napi_value argv[9];
-  if (!getArgs(env, info, 9, argv) || !ensureDevice(env)) return nullptr;
+  napi_value argv[10];
+  if (!getArgs(env, info, 10, argv) || !ensureDevice(env)) return nullptr;
   uint64_t fn;
   int64_t g[3], b[3], smem;
   void* params;
   size_t bytes;
+  bool pdl;
   if (!getU64(env, argv[0], fn)) return nullptr;
   for (int i = 0; i < 3; i++)
     if (!getI64(env, argv[1 + i], g[i]) || !getI64(env, argv[4 + i], b[i])) return nullptr;
-  if (!getI64(env, argv[7], smem) || !getBytes(env, argv[8], params, bytes)) return nullptr;
+  if (!getI64(env, argv[7], smem) || !getBytes(env, argv[8], params, bytes) || !getBool(env, argv[9], pdl)) return nullptr;
   size_t size = bytes;
   void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, params, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+  if (pdl && pdlCapable) {
+    CUlaunchAttribute attr{};
+    attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    CUlaunchConfig config{};
+    config.gridDimX = static_cast<unsigned>(g[0]);
+    config.gridDimY = static_cast<unsigned>(g[1]);
+    config.gridDimZ = static_cast<unsigned>(g[2]);
+    config.blockDimX = static_cast<unsigned>(b[0]);
+    config.blockDimY = static_cast<unsigned>(b[1]);
+    config.blockDimZ = static_cast<unsigned>(b[2]);
+    config.sharedMemBytes = static_cast<unsigned>(smem);
+    config.hStream = stream;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    CHECK("cuLaunchKernelEx", drv.cuLaunchKernelEx(&config, reinterpret_cast<CUfunction>(fn), nullptr, extra));
+    return undefined(env);
+  }
   CHECK("cuLaunchKernel", drv.cuLaunchKernel(reinterpret_cast<CUfunction>(fn), g[0], g[1], g[2], b[0], b[1], b[2],
                                              static_cast<unsigned>(smem), stream, nullptr, extra));
   return undefined(env);

@@ -33,6 +33,34 @@ enum { CU_STREAM_CAPTURE_MODE_RELAXED = 2 };
 #define CU_LAUNCH_PARAM_BUFFER_POINTER ((void*)0x01)
 #define CU_LAUNCH_PARAM_BUFFER_SIZE ((void*)0x02)
 
+// cuLaunchKernelEx (CUDA 11.6+), for one launch attribute: programmatic dependent launch.
+enum { CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
+// A 64-byte union in cuda.h whose largest members hold pointers (hence the 8-byte alignment);
+// only the member the addon sets is named.
+typedef union alignas(8) CUlaunchAttributeValue_union {
+  char pad[64];
+  int programmaticStreamSerializationAllowed;
+} CUlaunchAttributeValue;
+typedef struct CUlaunchAttribute_st {
+  int id;  // CUlaunchAttributeID, an enum
+  char pad[8 - sizeof(int)];
+  CUlaunchAttributeValue value;
+} CUlaunchAttribute;
+typedef struct CUlaunchConfig_st {
+  unsigned gridDimX, gridDimY, gridDimZ;
+  unsigned blockDimX, blockDimY, blockDimZ;
+  unsigned sharedMemBytes;
+  CUstream hStream;
+  CUlaunchAttribute* attrs;
+  unsigned numAttrs;
+} CUlaunchConfig;
+// The layout cuda.h gives these on LP64 (checked against CUDA 13's header).
+static_assert(sizeof(CUlaunchAttributeValue) == 64, "CUlaunchAttributeValue");
+static_assert(sizeof(CUlaunchAttribute) == 72 && offsetof(CUlaunchAttribute, value) == 8, "CUlaunchAttribute");
+static_assert(sizeof(CUlaunchConfig) == 56 && offsetof(CUlaunchConfig, hStream) == 32 &&
+                  offsetof(CUlaunchConfig, attrs) == 40 && offsetof(CUlaunchConfig, numAttrs) == 48,
+              "CUlaunchConfig");
+
 // ---- cuBLASLt (libcublasLt.so.13 / .12) ----
 typedef int cublasStatus_t;  // 0 = CUBLAS_STATUS_SUCCESS
 typedef struct cublasLtContext* cublasLtHandle_t;

@@ -50,6 +50,7 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, missing, false);
     sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, missing, false);
     sym(lib, "cuCtxEnablePeerAccess", d.cuCtxEnablePeerAccess, missing, false);
+    sym(lib, "cuLaunchKernelEx", d.cuLaunchKernelEx, missing, false);
     return missing.empty() ? "" : "has no " + missing + " (driver too old?)";
   }, errors);
   return loadedFrom.empty() ? "cannot load the CUDA driver library (libcuda.so.1); tried:" + errors : "";

@@ -48,6 +48,8 @@ struct Driver {
   // Peer access between the ranks' GPUs (the custom all-reduce); optional like the graph calls.
   CUresult (*cuDeviceCanAccessPeer)(int*, CUdevice, CUdevice);
   CUresult (*cuCtxEnablePeerAccess)(CUcontext, unsigned);
+  // Launches with attributes (programmatic dependent launch); optional like the graph calls.
+  CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
 };
 
 /** Opens the first library of `paths` that loads and resolves every entry point; "" on success, else why not. */

@@ -49,6 +49,12 @@ inline bool getI64(napi_env env, napi_value v, int64_t& out) {
   return false;
 }
 
+inline bool getBool(napi_env env, napi_value v, bool& out) {
+  if (napi_get_value_bool(env, v, &out) == napi_ok) return true;
+  throwError(env, "expected a boolean");
+  return false;
+}
+
 inline bool getF64(napi_env env, napi_value v, double& out) {
   if (napi_get_value_double(env, v, &out) == napi_ok) return true;
   throwError(env, "expected a number");

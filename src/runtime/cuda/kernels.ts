@@ -65,6 +65,14 @@ export class Kernels {
   private readonly args = new KernelArgs();
   /** TSGLANG_CUDA_SYNC=1: wait after every launch so a fault names its kernel. */
   private readonly syncEach = process.env.TSGLANG_CUDA_SYNC === "1";
+  /**
+   * Programmatic dependent launch (on by default; TSGLANG_PDL=0 for A/B timing): each kernel may
+   * get resident while its predecessor runs, overlapping the launch gap between the small kernels
+   * of a decode step. Safe because every kernel in native/kernels waits for its predecessor before
+   * touching memory (pdl_contract.test.ts). cuBLASLt and NCCL launch ordinarily, and an ordinary
+   * launch after a PDL one, or a PDL one after an ordinary one, is fully ordered.
+   */
+  private readonly pdl = process.env.TSGLANG_PDL !== "0";
   /** The stream is being captured into a CUDA graph: no per-launch synchronisation. */
   capturing = false;
   /** Launches are skipped (the host side of ops runs alone: CUDA-graph step preparation). */
@@ -98,7 +106,7 @@ export class Kernels {
     const gx = grid[0], gy = grid[1] ?? 1, gz = grid[2] ?? 1;
     if (gx * gy * gz === 0 || this.dry) return; // nothing to do (empty batch, or a dry run)
     const params = fill(this.args.reset()).packed();
-    this.native.launch(this.fn(name), gx, gy, gz, block[0], block[1] ?? 1, block[2] ?? 1, sharedBytes, params);
+    this.native.launch(this.fn(name), gx, gy, gz, block[0], block[1] ?? 1, block[2] ?? 1, sharedBytes, params, this.pdl);
     if (this.syncEach && !this.capturing) {
       try {
         this.native.synchronize();

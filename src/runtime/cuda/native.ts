@@ -48,8 +48,12 @@ export interface NativeCuda {
   moduleLoad(image: Uint8Array): DevicePtr;
   getFunction(module: DevicePtr, name: string): DevicePtr;
   setMaxDynamicShared(fn: DevicePtr, bytes: number): void;
-  /** Launches `fn` on the stream with a parameter block packed in C layout (see KernelArgs). */
-  launch(fn: DevicePtr, gx: number, gy: number, gz: number, bx: number, by: number, bz: number, sharedBytes: number, params: Uint8Array): void;
+  /**
+   * Launches `fn` on the stream with a parameter block packed in C layout (see KernelArgs).
+   * pdl: programmatic dependent launch — the kernel may start before the previous one ends and
+   * must wait for it (griddepcontrol.wait) first; the addon honours it on sm_90 only.
+   */
+  launch(fn: DevicePtr, gx: number, gy: number, gz: number, bx: number, by: number, bz: number, sharedBytes: number, params: Uint8Array, pdl: boolean): void;
   /**
    * Column-major D[m, n] = alpha·op(A)[m, k]·op(B)[k, n] + beta·D through cuBLASLt, fp32 compute.
    * trans: 0 = N, 1 = T. Returns false when cuBLASLt has no algorithm for the shape.

@@ -1,0 +1,53 @@
+// The programmatic-dependent-launch contract, checked in the kernel sources (no GPU needed):
+// Kernels.launch lets every kernel start before its predecessor ends, so each __global__ body
+// must open with gridDependencyWait() (before any memory access or early return, in every
+// block), then gridDependencyLaunchDependents(). Kernels defined inside #define bodies are
+// scanned the same way once their line continuations are removed.
+
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { packageRoot } from "../../util/repo.js";
+
+const PROLOGUE = "gridDependencyWait();gridDependencyLaunchDependents();";
+
+/** Every __global__ function in `source`: its name and the text of its body from the opening brace on. */
+function kernels(source: string): { name: string; body: string }[] {
+  const text = source.replace(/\\\n/g, "\n").replace(/\/\/[^\n]*/g, "");
+  const found: { name: string; body: string }[] = [];
+  for (const m of text.matchAll(/__global__/g)) {
+    let i = m.index + m[0].length;
+    let depth = 0;
+    let name = "";
+    for (; i < text.length; i++) {
+      const c = text[i];
+      if (c === "(") {
+        // the last identifier before the first top-level "(" that is not __launch_bounds__ is the name
+        if (depth === 0) {
+          const id = /([\w#]+)\s*$/.exec(text.slice(m.index, i))?.[1] ?? "";
+          if (id !== "__launch_bounds__") name ||= id;
+        }
+        depth++;
+      } else if (c === ")") depth--;
+      else if (c === "{" && depth === 0) break;
+    }
+    found.push({ name, body: text.slice(i + 1) });
+  }
+  return found;
+}
+
+test("every kernel waits for its predecessor first, then lets its dependents launch", () => {
+  const dir = join(packageRoot(), "native", "kernels");
+  const files = readdirSync(dir).filter((f) => f.endsWith(".cu"));
+  let count = 0;
+  for (const file of files) {
+    for (const k of kernels(readFileSync(join(dir, file), "utf8"))) {
+      count++;
+      const start = k.body.replace(/\s+/g, "").slice(0, PROLOGUE.length);
+      assert.equal(start, PROLOGUE, `${file}: kernel ${k.name} must begin with gridDependencyWait(); gridDependencyLaunchDependents();`);
+    }
+  }
+  // 48 definitions today (macros counted once): guards against a scan that silently finds nothing.
+  assert.ok(count >= 48, `found only ${count} __global__ definitions in native/kernels`);
+});
