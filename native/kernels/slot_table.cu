@@ -7,6 +7,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void slot_table_write(int* __restrict__ table, const int2* __restrict__ pairs, int n, int spare) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int2 p = pairs[i];
