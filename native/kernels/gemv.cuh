@@ -61,10 +61,20 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {  // 4 fp
 }
 
 // acc[r][t] += Σ W_r[v]·X_t[v] over this lane's vectors v = v0 + lane + 32·i < v1.
-// x rows are xb + xo[t] (in 16-byte vectors).
-template <typename T, int ROWS, int NT>
-__device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], int v0,
-                                        int v1, int lane, float (&acc)[ROWS][NT]) {
+// x rows are xb + xo[t] (in 16-byte vectors). SCALED: X_t = round_T(x_t · xs[t]), the MoE
+// decode's gathered expert input computed on the fly, rounded as a gather kernel would store it.
+template <typename T, int NT, bool SCALED>
+__device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], int t, float (&xf)[Vec<T>::N]) {
+  unpack(ldAct(p), xf);
+  if (SCALED) {
+#pragma unroll
+    for (int i = 0; i < Vec<T>::N; i++) xf[i] = toF(fromF<T>(xf[i] * xs[t]));
+  }
+}
+
+template <typename T, int ROWS, int NT, bool SCALED>
+__device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
+                                        int v0, int v1, int lane, float (&acc)[ROWS][NT]) {
   constexpr int E = Vec<T>::N;
   int v = v0 + lane;
   for (; v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
@@ -81,7 +91,7 @@ __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uin
 #pragma unroll
       for (int t = 0; t < NT; t++) {
         float xf[E];
-        unpack(ldAct(xb + xo[t] + v + 32 * u), xf);
+        loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -96,7 +106,7 @@ __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uin
 #pragma unroll
     for (int t = 0; t < NT; t++) {
       float xf[E];
-      unpack(ldAct(xb + xo[t] + v), xf);
+      loadAct<T, NT, SCALED>(xb + xo[t] + v, xs, t, xf);
 #pragma unroll
       for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -126,11 +136,17 @@ struct GemvSlot {
 
 // One pass: NT tokens (the first `cnt` real; the rest repeat the last) of activation rows
 // x + (tok0 + t)·in against ROWS weight rows per warp (wRow[r], or none when `active` is false).
+// With `gather` the rows are x + rowOf[tok0 + t]·in scaled by scaleOf[rowOf[tok0 + t]] (SCALED).
 // Then epi(t, sums) runs once per (row, real token), in lane t of the warp with part 0.
 // Every thread of the block must call it (it synchronises).
-template <typename T, int ROWS, int NT, typename Epi>
+struct GemvGather {
+  const int* rowOf;
+  const float* scaleOf;
+};
+
+template <typename T, int ROWS, int NT, bool SCALED, typename Epi>
 __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
-                                         int in, int tok0, int cnt, Epi epi) {
+                                         int in, int tok0, int cnt, GemvGather gather, Epi epi) {
   __shared__ float red[GEMV_WARPS][2][GEMV_MAX_NT];
   const int vectors = in / Vec<T>::N;
   float acc[ROWS][NT];
@@ -144,11 +160,16 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
     const uint4* wp[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; r++) wp[r] = reinterpret_cast<const uint4*>(wRow[r]);
-    const uint4* xb = reinterpret_cast<const uint4*>(x + (size_t)tok0 * in);
+    const uint4* xb = reinterpret_cast<const uint4*>(SCALED ? x : x + (size_t)tok0 * in);
     int xo[NT];
+    float xs[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) xo[t] = min(t, cnt - 1) * vectors;
-    laneDot<T, ROWS, NT>(wp, xb, xo, v0, v1, s.lane, acc);
+    for (int t = 0; t < NT; t++) {
+      const int row = SCALED ? gather.rowOf[tok0 + min(t, cnt - 1)] : min(t, cnt - 1);
+      xo[t] = row * vectors;
+      xs[t] = SCALED ? gather.scaleOf[row] : 1.f;
+    }
+    laneDot<T, ROWS, NT, SCALED>(wp, xb, xo, xs, v0, v1, s.lane, acc);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
@@ -191,15 +212,15 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
 // on padding); epi gets the token index relative to tok0. Block-uniform cnt. MAXNT (1, 2, 4 or
 // 8) is the kernel variant the host picked from the batch size: small batches get the small
 // register footprint (more warps per SM, more loads in flight).
-template <typename T, int ROWS, int MAXNT, typename Epi>
+template <typename T, int ROWS, int MAXNT, bool SCALED = false, typename Epi>
 __device__ __forceinline__ void gemvTokens(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
-                                           int in, int tok0, int cnt, Epi epi) {
+                                           int in, int tok0, int cnt, Epi epi, GemvGather gather = {nullptr, nullptr}) {
   for (int c0 = 0; c0 < cnt; c0 += MAXNT) {
     const int c = min(MAXNT, cnt - c0);
     auto at = [&](int t, const float (&v)[ROWS]) { epi(c0 + t, v); };
-    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
-    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
-    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1)>(s, wRow, active, x, in, tok0 + c0, c, at);
-    else gemvPass<T, ROWS, 1>(s, wRow, active, x, in, tok0 + c0, c, at);
+    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else gemvPass<T, ROWS, 1, SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
   }
 }

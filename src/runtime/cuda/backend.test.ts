@@ -285,8 +285,9 @@ for (const precision of ["f32", "bf16"] as const) {
       console.log(`# ${precision}: device-to-device copy ${(bw / 1e9).toFixed(0)} GB/s (read + write)`);
     });
 
-    // 37 rows: the device MoE kernels; 300: the host-sorted path (one GEMM per expert).
-    for (const [transpose, slice, n] of [[true, false, 37], [false, false, 37], [true, true, 37], [true, false, 300], [false, false, 300], [false, true, 300]] as const) {
+    // 3 and 5 rows: decode, routed inside the gate_up kernel (1 row: the golden decode tests); 37 rows: the device MoE kernels
+    // (sort and gather kernels); 300: the host-sorted path (one GEMM per expert).
+    for (const [transpose, slice, n] of [[false, false, 3], [false, true, 3], [false, false, 5], [false, true, 5], [true, false, 37], [false, false, 37], [true, true, 37], [true, false, 300], [false, false, 300], [false, true, 300]] as const) {
       test(`moe: top-1 sigmoid on the input + shared expert (${n} rows, ${transpose ? "[E, in, out] checkpoint layout" : "[E, out, in]"}${slice ? ", experts 1–2 of 4 on this rank" : ""})`, () => {
         const d = 64, f = 48, e = 4;
         g().beginStep();

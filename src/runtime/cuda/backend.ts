@@ -183,6 +183,8 @@ const GEMV_MAX_TOKENS = 8;
 const GEMV_DEFAULT_MAX_TOKENS = 4;
 /** The device MoE runs the shared expert inside its kernels up to this many tokens (measured: 8 tokens 73% of copy, vs 68% host-sorted). */
 const MOE_SHARED_IN_KERNEL_MAX = 8;
+/** moe_decode.cu's MOE_ROUTED_MAX_LOCAL: experts per rank the in-kernel routing holds. */
+const MOE_ROUTED_MAX_LOCAL = 256;
 
 const PREP_ROPE = 1;
 const PREP_QK_NORM = 2;
@@ -1176,12 +1178,7 @@ export class CudaBackend implements Backend {
 
     const logits = this.linear(xt, w.router);
     const perm = this.mem.stepAlloc(n * 4).ptr;
-    const score = this.mem.stepAlloc(n * 4).ptr;
     const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
-    this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
-    const xin = this.stepTensor([n, d], this.t);
-    this.k.launch(`moe_gather_dev_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
-
     const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
     // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
     const out = withShared ? this.stepTensor([n, d], this.t) : this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown);
@@ -1192,10 +1189,22 @@ export class CudaBackend implements Backend {
     const rbUp = this.rowsPerBlock(cols);
     // Many tokens (no shared group): one expert per grid row instead of each block walking them all.
     const ys = withShared ? 1 : local;
-    this.k.launch(`moe_gate_up${nt}_${this.t}`, [Math.ceil(cols / rbUp), ys], [GEMV_THREADS], (a) =>
-      a.ptr(xt.ptr).ptr(xin.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
-        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbUp),
-    );
+    if (withShared && local <= MOE_ROUTED_MAX_LOCAL) {
+      // Decode: routing and the scaled gather happen inside the gate_up kernel.
+      this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [Math.ceil(cols / rbUp)], [GEMV_THREADS], (a) =>
+        a.ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
+          .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
+      );
+    } else {
+      const score = this.mem.stepAlloc(n * 4).ptr;
+      this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
+      const xin = this.stepTensor([n, d], this.t);
+      this.k.launch(`moe_gather_dev_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
+      this.k.launch(`moe_gate_up${nt}_${this.t}`, [Math.ceil(cols / rbUp), ys], [GEMV_THREADS], (a) =>
+        a.ptr(xt.ptr).ptr(xin.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
+          .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbUp),
+      );
+    }
     const rbDown = this.rowsPerBlock(d);
     this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown), ys], [GEMV_THREADS], (a) =>
       a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
