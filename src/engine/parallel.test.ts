@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { readGolden } from "../model/golden.js";
 import { fixturePath } from "../util/repo.js";
-import { loadParallel } from "./parallel.js";
+import { compact, loadParallel } from "./parallel.js";
+import { MessageChannel } from "node:worker_threads";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
 
@@ -74,4 +75,23 @@ test("--tp 2: greedy steps (forwardArgmax, every rank in step) give the referenc
   } finally {
     await model.close();
   }
+});
+
+test("a step crosses to the ranks without the slot lists its views sit in", async () => {
+  // A decode step of a 1M-token request: its slots are a one-element view into a 4 MB list.
+  const list = new Int32Array(1 << 20).fill(7);
+  const seq = { qStart: 0, qLen: 1, kvLen: 1000, row: 3, slotsFrom: 999, fullSlots: list.subarray(999, 1000), swaSlots: list.subarray(999, 1000) };
+  const batch = { ids: Int32Array.of(5), positions: Int32Array.of(999), seqs: [seq], logitRows: Int32Array.of(0) };
+  const sent = compact(batch);
+  assert.equal(sent.seqs[0].fullSlots.buffer.byteLength, 4);
+  assert.deepEqual([...sent.seqs[0].swaSlots], [7]);
+  assert.equal(sent.ids, batch.ids, "arrays that own their buffer are not copied");
+  // What postMessage actually carries: the clone of the compact batch holds 4-byte slot buffers.
+  const { port1, port2 } = new MessageChannel();
+  const got = new Promise<typeof sent>((resolve) => port2.once("message", resolve));
+  port1.postMessage(sent);
+  const received = await got;
+  port1.close();
+  assert.equal(received.seqs[0].fullSlots.buffer.byteLength, 4);
+  assert.equal(received.seqs[0].row, 3);
 });

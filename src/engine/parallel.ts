@@ -36,6 +36,24 @@ export interface ParallelOptions {
   cuda?: Omit<CudaBackendOptions, "device" | "nccl">;
 }
 
+/**
+ * The batch as it should cross to another thread: postMessage clones a typed array's whole
+ * buffer, and a step's slot arrays are views into each request's growing slot list (4 MB for a
+ * 1M-token request), so views are copied out first — a decode step then sends a few bytes.
+ */
+export function compact(batch: StepBatch): StepBatch {
+  const own = (a: Int32Array) => (a.byteLength === a.buffer.byteLength ? a : a.slice());
+  return {
+    ids: own(batch.ids),
+    positions: own(batch.positions),
+    logitRows: own(batch.logitRows),
+    seqs: batch.seqs.map((s) => {
+      const fullSlots = own(s.fullSlots);
+      return { ...s, fullSlots, swaSlots: s.swaSlots === s.fullSlots ? fullSlots : own(s.swaSlots) };
+    }),
+  };
+}
+
 /** How a rank reaches the others: shared memory (CPU ranks), or an NCCL communicator id and the peer-memory exchange (GPU ranks). */
 type Link = { device: "cpu"; collective: SharedCollectiveInit } | { device: "cuda"; nccl: NcclInit; peers: PeerExchange };
 
@@ -122,13 +140,15 @@ class ParallelModel implements ForwardModel {
   }
 
   forward(batch: StepBatch): Float32Array {
-    for (const w of this.workers) w.postMessage({ type: "forward", batch } satisfies RankMessage);
+    const sent = compact(batch);
+    for (const w of this.workers) w.postMessage({ type: "forward", batch: sent } satisfies RankMessage);
     return this.lead.model.forward(batch);
   }
 
   /** Greedy steps: every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks (CUDA). */
   forwardArgmax(batch: StepBatch): Int32Array {
-    for (const w of this.workers) w.postMessage({ type: "forwardArgmax", batch } satisfies RankMessage);
+    const sent = compact(batch);
+    for (const w of this.workers) w.postMessage({ type: "forwardArgmax", batch: sent } satisfies RankMessage);
     return this.lead.model.forwardArgmax!(batch);
   }
 
