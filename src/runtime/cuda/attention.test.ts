@@ -42,7 +42,9 @@ test("fa3 tile planning: prefill tiles of 128 rows longest first, decode tiles o
   assert.equal(planTiles([{ qStart: 0, qLen: 1, kvLen: 4, slotBase: 0 }], 128, 1).kind, "prefill");
   assert.equal(decodeSplits(132, 8, 128), 64); // batch 1, 8 KV heads, 8k keys: capped
   assert.equal(decodeSplits(132, 256, 128), 2); // 3 wanted, rounded down to a power of two
-  assert.equal(decodeSplits(132, 2, 1000), 64); // a tp-4 rank's 2 KV heads at a long context
+  assert.equal(decodeSplits(132, 2, 1000), 64); // a tp-4 rank's 2 KV heads at 64K keys: ≤ 64 splits
+  assert.equal(decodeSplits(132, 2, 3125), 64); // ... at 200K keys: 97 splits of ≥ 32 tiles, rounded down
+  assert.equal(decodeSplits(132, 2, 15625), 256); // ... at 1M keys: 2 blocks per SM
   assert.equal(decodeSplits(132, 8, 3), 1); // short contexts are not split
   assert.equal(faUnsupported(128, 40, 8), null);
   assert.match(faUnsupported(96, 40, 8) ?? "", /head_dim 96/);
