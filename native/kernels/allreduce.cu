@@ -30,7 +30,7 @@
 // about 10 µs over NVLink); larger ones go to NCCL.
 #include <stdio.h>
 
-#include "common.cuh"
+#include "norm.cuh"
 
 constexpr int AR_MAX_RANKS = 8;
 constexpr int AR_MAX_BLOCKS = 32;  // peer_allreduce.ts: MAX_BLOCKS
@@ -141,19 +141,54 @@ __device__ __forceinline__ void reduceUnits(const Peers& p, T* __restrict__ x, u
   }
 }
 
+// A call's epoch and staging half, read once per block from this rank's signal buffer.
+struct Call {
+  unsigned long long epoch;
+  size_t half;  // in 16-byte units
+};
+
+__device__ Call beginCall(const Peers& p, unsigned long long capacity, int rank, int nranks) {
+  if (gridDim.x > AR_MAX_BLOCKS || nranks > AR_MAX_RANKS) __trap();  // the host never launches these
+  __shared__ unsigned long long callEpoch;
+  // The previous call's last block wrote the epoch before that kernel ended: a plain read sees it.
+  if (threadIdx.x == 0) callEpoch = *reinterpret_cast<volatile unsigned long long*>(p.signal[rank] + SIG_EPOCH) + 1;
+  __syncthreads();
+  const unsigned long long epoch = callEpoch;
+  return {epoch, (epoch & 1) * (capacity / sizeof(uint4))};
+}
+
+// Barrier with block b of every rank (this one included: its own slot is then set too), after
+// this block's staging stores and before its reads of the peers' buffers.
+__device__ void meetPeers(const Peers& p, unsigned long long epoch, unsigned long long timeoutNs, int rank, int nranks) {
+  __syncthreads();  // the block's staging stores come before the release below
+  if ((int)threadIdx.x < nranks) {
+    const int k = threadIdx.x;
+    storeRelease(p.signal[k] + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + rank, epoch);
+    waitFor(p.signal[rank] + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + k, epoch, timeoutNs, rank, k);
+  }
+  __syncthreads();  // the acquires above come before every thread's reads of the peers' buffers
+}
+
+// The last block to finish advances the epoch for the next call (the next kernel on this
+// stream waits for this one to end before its first access, so it sees the store).
+__device__ void endCall(unsigned long long* mySignal, unsigned long long epoch) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // this block's epoch read is done before it counts itself
+    if (atomicAdd(mySignal + SIG_ARRIVED, 1ull) == gridDim.x - 1) {
+      __threadfence();
+      mySignal[SIG_ARRIVED] = 0;
+      mySignal[SIG_EPOCH] = epoch;
+    }
+  }
+}
+
 template <typename T>
 __device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long n, unsigned long long capacity,
                           unsigned long long timeoutNs, int rank, int nranks) {
   constexpr int V = Lanes<T>::N;
-  if (gridDim.x > AR_MAX_BLOCKS || nranks > AR_MAX_RANKS) __trap();  // the host never launches these
-  unsigned long long* const mySignal = p.signal[rank];
-  __shared__ unsigned long long callEpoch;
-  // The previous call's last block wrote the epoch before that kernel ended: a plain read sees it.
-  if (threadIdx.x == 0) callEpoch = *reinterpret_cast<volatile unsigned long long*>(mySignal + SIG_EPOCH) + 1;
-  __syncthreads();
-  const unsigned long long epoch = callEpoch;
-  const size_t half = (epoch & 1) * (capacity / sizeof(uint4));
-  uint4* const mine = const_cast<uint4*>(p.data[rank]) + half;
+  const Call call = beginCall(p, capacity, rank, nranks);
+  uint4* const mine = const_cast<uint4*>(p.data[rank]) + call.half;
   // x is split into 16-byte units, unit u to thread u mod (grid · block): the same units on every
   // rank whatever x's alignment (a unaligned x is copied element by element).
   const size_t units = (n + V - 1) / V;
@@ -171,38 +206,63 @@ __device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long 
       mine[u] = *reinterpret_cast<const uint4*>(v);
     }
   }
-
-  // Barrier with block b of every rank (this one included: its own slot is then set too).
-  __syncthreads();  // the block's staging stores come before the release below
-  if ((int)threadIdx.x < nranks) {
-    const int k = threadIdx.x;
-    storeRelease(p.signal[k] + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + rank, epoch);
-    waitFor(mySignal + SIG_FLAGS + blockIdx.x * AR_MAX_RANKS + k, epoch, timeoutNs, rank, k);
-  }
-  __syncthreads();  // the acquires above come before every thread's reads of the peers' buffers
-
+  meetPeers(p, call.epoch, timeoutNs, rank, nranks);
   switch (nranks) {  // a compile-time rank count keeps every rank's 16 bytes in registers
-    case 2: reduceUnits<T, 2>(p, x, n, half, units, aligned, first, stride); break;
-    case 3: reduceUnits<T, 3>(p, x, n, half, units, aligned, first, stride); break;
-    case 4: reduceUnits<T, 4>(p, x, n, half, units, aligned, first, stride); break;
-    case 5: reduceUnits<T, 5>(p, x, n, half, units, aligned, first, stride); break;
-    case 6: reduceUnits<T, 6>(p, x, n, half, units, aligned, first, stride); break;
-    case 7: reduceUnits<T, 7>(p, x, n, half, units, aligned, first, stride); break;
-    case 8: reduceUnits<T, 8>(p, x, n, half, units, aligned, first, stride); break;
-    default: reduceUnits<T, 1>(p, x, n, half, units, aligned, first, stride);
+    case 2: reduceUnits<T, 2>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 3: reduceUnits<T, 3>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 4: reduceUnits<T, 4>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 5: reduceUnits<T, 5>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 6: reduceUnits<T, 6>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 7: reduceUnits<T, 7>(p, x, n, call.half, units, aligned, first, stride); break;
+    case 8: reduceUnits<T, 8>(p, x, n, call.half, units, aligned, first, stride); break;
+    default: reduceUnits<T, 1>(p, x, n, call.half, units, aligned, first, stride);
   }
+  endCall(p.signal[rank], call.epoch);
+}
 
-  // The last block to finish advances the epoch for the next call (the next kernel on this
-  // stream waits for this one to end before its first access, so it sees the store).
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();  // this block's epoch read is done before it counts itself
-    if (atomicAdd(mySignal + SIG_ARRIVED, 1ull) == gridDim.x - 1) {
-      __threadfence();
-      mySignal[SIG_ARRIVED] = 0;
-      mySignal[SIG_EPOCH] = epoch;
+// The all-reduce of a layer's row-parallel output fused with the residual add and RMSNorm that
+// follow it (decode: rows ≤ AR_MAX_BLOCKS of d ≤ 8 · blockDim bf16, d % 8 == 0): block b holds
+// row b, a thread 8 of its elements — staged, met, summed over ranks in rank order in registers,
+// rounded to bf16 as the plain all-reduce stores them — then res[b] += sum and
+// out[b] = RMSNorm(res[b])·w exactly as add_rms_norm_vec. One launch instead of two per
+// all-reduce (97 per Scout step at tp 4). Same protocol, staging halves and epochs as allReduce,
+// so the two can follow each other in any order.
+template <int R>
+__device__ __forceinline__ void sumUnit(const Peers& p, size_t u, float (&acc)[8]) {
+  uint4 v[R];
+#pragma unroll
+  for (int k = 0; k < R; k++) v[k] = __ldcg(p.data[k] + u);
+  Lanes<bf16>::load(v[0], acc);
+#pragma unroll
+  for (int k = 1; k < R; k++) Lanes<bf16>::add(v[k], acc);
+}
+
+__device__ void allReduceAddRmsNorm(const Peers& p, const bf16* __restrict__ x, float* __restrict__ res, const bf16* __restrict__ w,
+                                    bf16* __restrict__ out, int d, float eps, unsigned long long capacity,
+                                    unsigned long long timeoutNs, int rank, int nranks) {
+  const Call call = beginCall(p, capacity, rank, nranks);
+  const size_t row = (size_t)blockIdx.x * d;
+  const int c = threadIdx.x * 8;
+  const size_t u = call.half + (row + c) / 8;
+  if (c < d) const_cast<uint4*>(p.data[rank])[u] = *reinterpret_cast<const uint4*>(x + row + c);
+  meetPeers(p, call.epoch, timeoutNs, rank, nranks);
+  float xv[8] = {};
+  if (c < d) {
+    switch (nranks) {
+      case 2: sumUnit<2>(p, u, xv); break;
+      case 3: sumUnit<3>(p, u, xv); break;
+      case 4: sumUnit<4>(p, u, xv); break;
+      case 5: sumUnit<5>(p, u, xv); break;
+      case 6: sumUnit<6>(p, u, xv); break;
+      case 7: sumUnit<7>(p, u, xv); break;
+      case 8: sumUnit<8>(p, u, xv); break;
+      default: sumUnit<1>(p, u, xv);
     }
+#pragma unroll
+    for (int k = 0; k < 8; k++) xv[k] = __bfloat162float(__float2bfloat16_rn(xv[k]));
   }
+  addRmsNormRow8(res + row, xv, w, out + row, d, eps);
+  endCall(p.signal[rank], call.epoch);
 }
 
 // x[n] (in place) = the sum over ranks of every rank's x, identical on every rank.
@@ -218,4 +278,12 @@ extern "C" __global__ void __launch_bounds__(512)
   gridDependencyWait();
   gridDependencyLaunchDependents();
   allReduce(p, x, n, capacity, timeoutNs, rank, nranks);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    allreduce_add_rms_norm_bf16(const __grid_constant__ Peers p, const bf16* x, float* res, const bf16* w, bf16* out, int d, float eps,
+                                unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  allReduceAddRmsNorm(p, x, res, w, out, d, eps, capacity, timeoutNs, rank, nranks);
 }

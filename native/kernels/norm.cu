@@ -2,7 +2,7 @@
 // activation type, then multiply by the weight. The residual stream is fp32 (X = addend type).
 // Roofline: memory-bound, one read of x (+ residual read/write) and one write of out per element;
 // one block per row keeps the row in L1 for the second pass, so DRAM sees each byte once.
-#include "common.cuh"
+#include "norm.cuh"
 
 template <typename X, typename T>
 __device__ void rmsNormRow(const X* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int d, float eps) {
@@ -44,53 +44,14 @@ __device__ void addInPlace(float* __restrict__ res, const X* __restrict__ x, siz
 // (21 µs per call for one row in an ncu profile of a Scout-rank decode step, 2026-11-27; the
 // bytes, 50 KB, take ~20 ns at copy bandwidth, so the kernel is pure latency). Needs d % 8 == 0,
 // d ≤ 8 · blockDim, 16-byte rows; the host checks and launches ⌈d / 8⌉ threads (rounded to a warp).
-__device__ __forceinline__ void load8(const bf16* p, float (&v)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    const float2 f = __bfloat1622float2(h[k]);
-    v[2 * k] = f.x;
-    v[2 * k + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-
 template <typename X>
 __device__ void addRmsNormVec(float* __restrict__ res, const X* __restrict__ x, const bf16* __restrict__ w, bf16* __restrict__ out,
                               int d, float eps) {
   const size_t row = (size_t)blockIdx.x * d;
   const int c = threadIdx.x * 8;
-  const bool mine = c < d;
-  float r[8] = {}, xv[8];
-  if (mine) {
-    load8(res + row + c, r);
-    load8(x + row + c, xv);
-#pragma unroll
-    for (int k = 0; k < 8; k++) r[k] += xv[k];
-    reinterpret_cast<float4*>(res + row + c)[0] = make_float4(r[0], r[1], r[2], r[3]);
-    reinterpret_cast<float4*>(res + row + c)[1] = make_float4(r[4], r[5], r[6], r[7]);
-  }
-  float ss = 0.f;
-#pragma unroll
-  for (int k = 0; k < 8; k++) ss += r[k] * r[k];
-  const float inv = 1.0f / sqrtf(blockSum(ss) / d + eps);
-  if (!mine) return;
-  float wv[8];
-  load8(w + c, wv);
-  uint4 o;
-  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&o);
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    // as rmsNormRow: normalise in fp32, round to bf16, then multiply by the weight
-    const float a = __bfloat162float(__float2bfloat16_rn(r[2 * k] * inv)) * wv[2 * k];
-    const float b = __bfloat162float(__float2bfloat16_rn(r[2 * k + 1] * inv)) * wv[2 * k + 1];
-    h[k] = __floats2bfloat162_rn(a, b);
-  }
-  *reinterpret_cast<uint4*>(out + row + c) = o;
+  float xv[8] = {};
+  if (c < d) load8(x + row + c, xv);
+  addRmsNormRow8(res + row, xv, w, out + row, d, eps);
 }
 
 extern "C" __global__ void add_rms_norm_vec_f32_bf16(float* res, const float* x, const bf16* w, bf16* out, int d, float eps) {

@@ -162,15 +162,22 @@ export class Llama4Model implements ForwardModel {
     const w = this.weights;
     const eps = this.cfg.rmsNormEps;
     const tp = this.shard.tp > 1;
+    // residual += delta, then the next norm; under tensor parallelism delta is each rank's partial
+    // sum of a row-parallel projection, all-reduced first (in the same launch where the backend can).
+    const addNorm = (residual: Tensor, delta: Tensor, norm: Tensor): Tensor => {
+      if (!tp) return be.addRmsNorm(residual, delta, norm, eps);
+      if (be.allReduceAddRmsNorm) return be.allReduceAddRmsNorm(residual, delta, norm, eps);
+      be.allReduce!(delta);
+      return be.addRmsNorm(residual, delta, norm, eps);
+    };
     const x = be.embedding(w.embed, batch.ids, this.dims.vocabStart);
     if (tp) be.allReduce!(x);
     let h = be.rmsNorm(x, w.layers[0].inputNorm, eps);
     for (let i = 0; i < this.cfg.numLayers; i++) {
       const lw = w.layers[i];
       const [q, k, v] = be.linearMany ? be.linearMany(h, [lw.q, lw.k, lw.v]) : [be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v)];
-      const attn = be.linear(be.attention(i, this.attention[i], q, k, v, batch), lw.o);
-      if (tp) be.allReduce!(attn); // o_proj is row-parallel: each rank holds a partial sum
-      h = be.addRmsNorm(x, attn, lw.postAttnNorm, eps);
+      const attn = be.linear(be.attention(i, this.attention[i], q, k, v, batch), lw.o); // row-parallel under tp
+      h = addNorm(x, attn, lw.postAttnNorm);
       const ffn = this.cfg.layers[i].moe
         ? be.moe(h, {
             router: lw.router!,
@@ -182,9 +189,8 @@ export class Llama4Model implements ForwardModel {
             expertStart: this.dims.expertStart,
           })
         : be.linear(be.siluMul(be.linear(h, lw.mlpGateUp!)), lw.mlpDown!);
-      if (tp) be.allReduce!(ffn); // down projections are row-parallel (or experts are spread)
       const nextNorm = i + 1 < this.cfg.numLayers ? w.layers[i + 1].inputNorm : w.norm;
-      h = be.addRmsNorm(x, ffn, nextNorm, eps);
+      h = addNorm(x, ffn, nextNorm); // down projections are row-parallel (or experts are spread)
     }
     const last: Tensor = be.gatherRows(h, batch.logitRows);
     // fp32 logits straight from the GEMM's accumulators: no bf16 rounding of logprobs, and no

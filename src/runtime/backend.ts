@@ -140,6 +140,8 @@ export interface Backend {
 
   /** Tensor parallelism: sums x over all ranks, in place. */
   allReduce?(x: Tensor): void;
+  /** Tensor parallelism: allReduce(x), then addRmsNorm(residual, x, w, eps), fused where the backend can (x is left unspecified). */
+  allReduceAddRmsNorm?(residual: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
   /** Tensor parallelism: [rows, cols] on each rank → [rows, cols·ranks], rank-major columns. */
   allGatherColumns?(x: Tensor): Tensor;
 

@@ -856,6 +856,25 @@ export class CudaBackend implements Backend {
   }
 
   /**
+   * allReduce(x) then addRmsNorm(residual, x, w, eps) — in one launch of the custom all-reduce
+   * for decode-sized bf16 rows (allreduce.cu's fused kernel, bit-identical to the two), else the two.
+   */
+  allReduceAddRmsNorm(residual: Tensor, x: Tensor, w: Tensor, eps: number): CudaTensor {
+    const rt = this.residual(residual, "allReduceAddRmsNorm");
+    const xt = this.tensor(x);
+    const wt = this.tensor(w);
+    const [n, d] = rows(rt, "allReduceAddRmsNorm");
+    const fused = this.peerAr?.coversRows(n, d) && this.t === "bf16" && xt.dtype === "bf16" && wt.dtype === "bf16" && xt.numel === n * d && wt.numel === d;
+    if (!fused || ![rt.ptr, xt.ptr, wt.ptr].every((p) => p % 16n === 0n)) {
+      this.allReduce(xt);
+      return this.addRmsNorm(rt, xt, wt, eps);
+    }
+    const out = this.stepTensor([n, d], this.t);
+    this.peerAr!.runAddRmsNorm(xt.ptr, rt.ptr, wt.ptr, out.ptr, n, d, eps);
+    return out;
+  }
+
+  /**
    * Sets up the custom all-reduce over peer memory (peer_allreduce.ts) with the other ranks of
    * this backend's communicator: every rank calls it concurrently, with the group's shared
    * exchange. All-reduces that fit then take it on every rank, the rest NCCL; if any rank cannot

@@ -16,7 +16,7 @@
 // threads in workerData; waiting on it polls with timers, so rank 0's thread stays free to hear
 // that another rank failed.
 
-import type { Kernels } from "./kernels.js";
+import type { KernelArgs, Kernels } from "./kernels.js";
 import { ALIGN } from "./memory.js";
 import type { DevicePtr, NativeCuda } from "./native.js";
 
@@ -207,6 +207,22 @@ export class PeerAllReduce {
     this.launch(`allreduce_${dtype}`, x, count, Math.min(MAX_BLOCKS, Math.ceil(units / THREADS)));
   }
 
+  /** Can runAddRmsNorm take `rows` rows of `d` bf16 (a block per row, a thread per 8 elements)? */
+  coversRows(rows: number, d: number): boolean {
+    return rows >= 1 && rows <= MAX_BLOCKS && d % 8 === 0 && d <= 8 * 1024 && this.covers(rows * d * 2);
+  }
+
+  /**
+   * allreduce_add_rms_norm_bf16: x [rows, d] bf16 summed over ranks (as run() would store it),
+   * then res += it (fp32, in place) and out = RMSNorm(res)·w — the layer's next norm in the
+   * same launch. Every rank calls it where it would call run() (same sequence, same shapes).
+   */
+  runAddRmsNorm(x: DevicePtr, res: DevicePtr, w: DevicePtr, out: DevicePtr, rows: number, d: number, eps: number): void {
+    if (!this.coversRows(rows, d)) throw new Error(`custom all-reduce: ${rows} rows of ${d} do not fit the fused add + RMSNorm`);
+    this.launchWith("allreduce_add_rms_norm_bf16", rows, Math.max(32, Math.ceil(d / 8 / 32) * 32), (a) =>
+      a.ptr(x).ptr(res).ptr(w).ptr(out).i32(d).f32(eps));
+  }
+
   /**
    * A call of no elements: once it ends on this rank, every rank has reached it, so no peer still
    * reads this rank's staging buffer (their earlier calls are done) and it may be freed. Every
@@ -219,10 +235,15 @@ export class PeerAllReduce {
   }
 
   private launch(kernel: string, x: DevicePtr, count: number, blocks: number): void {
-    this.host.kernels.launch(kernel, [blocks], [THREADS], (a) => {
+    this.launchWith(kernel, blocks, THREADS, (a) => a.ptr(x).u64(count));
+  }
+
+  /** A kernel taking the peers' buffers, then `args`, then (capacity, timeout, rank, ranks). */
+  private launchWith(kernel: string, blocks: number, threads: number, args: (a: KernelArgs) => KernelArgs): void {
+    this.host.kernels.launch(kernel, [blocks], [threads], (a) => {
       for (let k = 0; k < PEER_AR_MAX_RANKS; k++) a.ptr(this.data[k] ?? 0n);
       for (let k = 0; k < PEER_AR_MAX_RANKS; k++) a.ptr(this.signal[k] ?? 0n);
-      return a.ptr(x).u64(count).u64(this.maxBytes).u64(this.timeoutNs).i32(this.rank).i32(this.ranks);
+      return args(a).u64(this.maxBytes).u64(this.timeoutNs).i32(this.rank).i32(this.ranks);
     });
     if (!this.host.kernels.dry) this.calls++;
   }

@@ -144,6 +144,11 @@ class RankCheck {
     return { bf16: this.ar.maxBytes / 2, f32: this.ar.maxBytes / 4 };
   }
 
+  /** An id for inputs made outside a Case. */
+  freshId(): number {
+    return this.caseId++;
+  }
+
   /** A case: a view at `ptr`, this rank's input, and what every rank must get. */
   newCase(ptr: DevicePtr, count: number, dtype: DType, label: string): Case {
     const id = this.caseId++;
@@ -230,6 +235,46 @@ function checkSizes(rc: RankCheck, arena: Arena): void {
       if (c.custom) rc.failures.push(`rank ${rc.rank}: ${c.label} is past the threshold but took the custom path`);
       c.allReduce();
       rc.check(c);
+    }
+  }
+}
+
+/**
+ * The all-reduce fused with the residual add and RMSNorm (decode rows, allreduce_add_rms_norm)
+ * against the two ops it replaces, on the same inputs: the same residual and normed output, bit
+ * for bit, on every rank; plus a shape the fused kernel does not take (the two ops then run).
+ */
+function checkAddNorm(rc: RankCheck, arena: Arena): void {
+  const eps = 1e-5;
+  for (const [rows, d] of [[1, 5120], [3, 5120], [32, 1280], [2, 64], [40, 64]] as const) {
+    arena.reset();
+    const n = rows * d;
+    const id = rc.freshId();
+    const x = input(rc.rank, id, n, "bf16").bits;
+    const res = input(0, id + 1e6, n, "f32").values; // the residual is the same on every rank
+    const w = input(0, id + 2e6, d, "bf16").bits;
+    const put = (bits: ArrayBufferView, bytes: number) => {
+      const p = arena.take(bytes);
+      rc.native.htod(p, bits);
+      return p;
+    };
+    const wt = new CudaTensor([d], put(w, d * 2), "bf16", PERSISTENT, 0);
+    const run = (fused: boolean) => {
+      const xt = new CudaTensor([rows, d], put(x, n * 2), "bf16", PERSISTENT, 0);
+      const rt = new CudaTensor([rows, d], put(res, n * 4), "f32", PERSISTENT, 0);
+      rc.be.beginStep();
+      const out = fused ? rc.be.allReduceAddRmsNorm(rt, xt, wt, eps) : (rc.be.allReduce(xt), rc.be.addRmsNorm(rt, xt, wt, eps));
+      const o = new Uint16Array(n), r = new Uint32Array(n);
+      rc.native.dtoh(o, out.ptr);
+      rc.native.dtoh(r, rt.ptr);
+      return { o, r };
+    };
+    const a = run(true), b = run(false);
+    const takes = rc.ar.coversRows(rows, d);
+    rc.expectedCalls += rc.ar.covers(n * 2) ? 2 : 0; // fused, or its fallback's all-reduce; then the two ops' one
+    const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
+    for (const [what, i] of [["normed output", diff(a.o, b.o)], ["residual", diff(a.r, b.r)]] as const) {
+      if (i >= 0) rc.failures.push(`rank ${rc.rank}: fused all-reduce + add + RMSNorm, ${rows}×${d}${takes ? "" : " (not fused)"}: ${what} element ${i} differs from the two ops`);
     }
   }
 }
@@ -370,6 +415,7 @@ async function runRank(init: NcclInit, exchange: PeerExchange, opts: PeerCheckOp
       checkSizes(rc, arena);
       checkConsecutive(rc, arena, opts.calls);
       if (opts.replays > 0) checkGraph(rc, arena, opts.replays);
+      checkAddNorm(rc, arena);
       // The backend routed exactly the calls that fit to the custom path.
       if (ar.calls !== rc.expectedCalls) rc.failures.push(`rank ${init.rank}: ${ar.calls} custom all-reduces launched, ${rc.expectedCalls} expected`);
     }

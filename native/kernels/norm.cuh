@@ -1,0 +1,52 @@
+// The one-row add + RMSNorm shared by norm.cu (add_rms_norm_vec) and allreduce.cu (the fused
+// all-reduce): one thread per 8 consecutive elements, held in registers.
+#pragma once
+#include "common.cuh"
+
+__device__ __forceinline__ void load8(const bf16* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 f = __bfloat1622float2(h[k]);
+    v[2 * k] = f.x;
+    v[2 * k + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+// This thread's 8 elements c = 8·threadIdx.x of a row (xv: zeros past d): res += xv (fp32, in
+// place), then out = RMSNorm(res)·w, normalised in fp32, rounded to bf16, then weighted (as
+// rmsNormRow). Every thread of the block calls it (the sum of squares is a block reduction).
+__device__ __forceinline__ void addRmsNormRow8(float* __restrict__ res, const float (&xv)[8], const bf16* __restrict__ w,
+                                               bf16* __restrict__ out, int d, float eps) {
+  const int c = threadIdx.x * 8;
+  const bool mine = c < d;
+  float r[8] = {};
+  if (mine) {
+    load8(res + c, r);
+#pragma unroll
+    for (int k = 0; k < 8; k++) r[k] += xv[k];
+    reinterpret_cast<float4*>(res + c)[0] = make_float4(r[0], r[1], r[2], r[3]);
+    reinterpret_cast<float4*>(res + c)[1] = make_float4(r[4], r[5], r[6], r[7]);
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; k++) ss += r[k] * r[k];
+  const float inv = 1.0f / sqrtf(blockSum(ss) / d + eps);
+  if (!mine) return;
+  float wv[8];
+  load8(w + c, wv);
+  uint4 o;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&o);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float a = __bfloat162float(__float2bfloat16_rn(r[2 * k] * inv)) * wv[2 * k];
+    const float b = __bfloat162float(__float2bfloat16_rn(r[2 * k + 1] * inv)) * wv[2 * k + 1];
+    h[k] = __floats2bfloat162_rn(a, b);
+  }
+  *reinterpret_cast<uint4*>(out + c) = o;
+}
