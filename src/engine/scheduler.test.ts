@@ -40,6 +40,11 @@ interface HarnessOptions extends Partial<SchedulerOptions> {
   onSample?: () => void;
 }
 
+/** The model with only forward() (no argmax or sampling shortcuts), replaced by `forward`. */
+function withForward(m: ForwardModel, forward: ForwardModel["forward"]): ForwardModel {
+  return { cfg: m.cfg, backend: m.backend, attention: m.attention, kvElementBytes: m.kvElementBytes, kvMemoryBytes: () => m.kvMemoryBytes(), allocKv: (sizes) => m.allocKv(sizes), forward };
+}
+
 async function harness(o: HarnessOptions = {}): Promise<Harness> {
   const loaded = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
   const config = loaded.config;
@@ -283,18 +288,11 @@ describe("scheduler", () => {
     const h = await harness({
       maxRunningRequests: 2,
       // The third forward fails, as a kernel error would.
-      wrap: (m) => ({
-        cfg: m.cfg,
-        backend: m.backend,
-        attention: m.attention,
-        kvElementBytes: m.kvElementBytes,
-        kvMemoryBytes: () => m.kvMemoryBytes(),
-        allocKv: (sizes) => m.allocKv(sizes),
-        forward: (b) => {
+      wrap: (m) =>
+        withForward(m, (b) => {
           if (++calls === 3) throw new Error("injected fault");
           return m.forward(b);
-        },
-      }),
+        }),
     });
     const ps = prompts(4);
     ps.forEach((p, i) => h.sched.add(request(`f${i}`, p, 5)));
@@ -321,18 +319,11 @@ describe("scheduler", () => {
     const seen: { qLen: number; kvLen: number; slotsFrom: number; carried: number }[] = [];
     const h = await harness({
       chunkedPrefillSize: 16,
-      wrap: (m) => ({
-        cfg: m.cfg,
-        backend: m.backend,
-        attention: m.attention,
-        kvElementBytes: m.kvElementBytes,
-        kvMemoryBytes: () => m.kvMemoryBytes(),
-        allocKv: (sizes) => m.allocKv(sizes),
-        forward: (b) => {
+      wrap: (m) =>
+        withForward(m, (b) => {
           for (const q of b.seqs) seen.push({ qLen: q.qLen, kvLen: q.kvLen, slotsFrom: q.slotsFrom, carried: q.fullSlots.length });
           return m.forward(b);
-        },
-      }),
+        }),
     });
     const p = golden.prompts[2].prompt_ids.slice(0, 40);
     h.sched.add(request("first", p, 6));
