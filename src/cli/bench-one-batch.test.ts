@@ -18,6 +18,7 @@ function bench(...args: string[]) {
 test("chunked prefill of long prompts decodes the same tokens as one forward", () => {
   const whole = bench("--batch-size", "2", "--input-len", "90", "--output-len", "5");
   assert.equal(whole.first_sequence_ids.length, 5);
+  assert.equal(whole.decode_graph_gpu_s_median, null, "the CPU replays no decode graphs");
   for (const chunk of ["7", "64"]) {
     const chunked = bench("--batch-size", "2", "--input-len", "90", "--output-len", "5", "--chunked-prefill-size", chunk);
     assert.deepEqual(chunked.first_sequence_ids, whole.first_sequence_ids, `chunks of ${chunk}`);

@@ -176,6 +176,7 @@ export async function main(argv: string[]): Promise<number> {
   sync();
   const prefillS = (performance.now() - t) / 1000;
   const steps: number[] = [];
+  const graphMs: number[] = []; // rank 0's device time of each replayed decode graph
   const vocab = config.vocabSize;
   const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
   let next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
@@ -186,6 +187,8 @@ export async function main(argv: string[]): Promise<number> {
       const ids = seqs.appendGreedy(next);
       sync();
       steps.push((performance.now() - t) / 1000);
+      const ms = be.lastReplayMs?.();
+      if (ms != null) graphMs.push(ms);
       next = Array.from(ids, (id) => [id]);
       firstIds.push(next[0][0]);
     } else {
@@ -222,6 +225,9 @@ export async function main(argv: string[]): Promise<number> {
     prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,
     decode_sampling: deviceGreedy ? "greedy on the device" : "logits to the host",
     decode_step_s_median: stepS,
+    // The replayed graph's own device time: the step minus this is host work and launch gaps
+    // (under tensor parallelism rank 0's graph also waits for the other ranks at each all-reduce).
+    decode_graph_gpu_s_median: graphMs.length > 0 ? [...graphMs].sort((a, b) => a - b)[graphMs.length >> 1] / 1000 : null,
     decode_tokens_per_s: batch / stepS,
     decode_step_bytes: stepBytes,
     decode_weight_bytes: bytes.weights,

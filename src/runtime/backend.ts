@@ -129,6 +129,8 @@ export interface Backend {
   slotTableBytes?(rows: number, context: number, pools: number): number;
   /** Waits for queued device work (timing); a no-op on the CPU. */
   synchronize?(): void;
+  /** Device time of the last decode-graph replay in ms (waits for it), or null before any (benchmarks: host overhead = step time − this). */
+  lastReplayMs?(): number | null;
   /**
    * Plans (and runs once, on scratch rows) the GEMMs of these weights for every row count up to
    * each spec's maxRows, so that serving meets no first-use planning or kernel loads. Between

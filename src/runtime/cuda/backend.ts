@@ -1255,6 +1255,10 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  lastReplayMs(): number | null {
+    return this.graphEvents && this.graphStats.replays > 0 ? this.native.eventElapsed(...this.graphEvents) : null;
+  }
+
   /** decodeGraph with greedy sampling on the device: each real row's argmax instead of its logits. */
   decodeGraphArgmax(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Int32Array | null {
     const logits = this.replayStep(key, batch, run);
