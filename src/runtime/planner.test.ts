@@ -13,6 +13,7 @@ import { packageRoot } from "../util/repo.js";
 import {
   GPUS,
   PlanError,
+  SLOT_TABLE_MAX_ENTRIES,
   defaultMemFractionStatic,
   gpuFromBytes,
   planMemory,
@@ -210,6 +211,17 @@ describe("Scout at --tp 8 (the seed's context lengths)", () => {
       assert.ok(!plan(scout, gpu, { ...extra, contextLength: max + 1 }).fits);
     }
   });
+});
+
+test("the slot tables stay within 32-bit indices: (R + 1)·L ≤ 2^31 − 1, else an error naming the most requests", () => {
+  for (const [hybrid, contextLength] of [[false, 2_500_000], [true, 10_000_000], [true, undefined]] as const) {
+    const p = plan(scout, "h200", { hybrid, contextLength, swaFullTokensRatio: hybrid ? "auto" : undefined });
+    assert.ok(p.fits && (p.maxRunningRequests + 1) * p.contextLength <= SLOT_TABLE_MAX_ENTRIES, `${contextLength}: R ${p.maxRunningRequests}`);
+  }
+  // ⌊(2^31 − 1) / 2.5M⌋ − 1 = 857 rows of 2.5M fit the indices; 1000 do not.
+  const bad = plan(scout, "h200", { hybrid: false, contextLength: 2_500_000, maxRunningRequests: 1000 });
+  assert.equal(bad.fits, false);
+  assert.match(bad.error!, /--max-running-requests 1000 at --context-length 2500000 needs 2,502,500,000 slot-table entries, more than the 2,147,483,647 .* at most 857 running requests/);
 });
 
 describe("Maverick on 8×H200", () => {

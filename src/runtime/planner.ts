@@ -66,6 +66,9 @@ export const SWA_EVICTION_INTERVAL = 128;
 /** Default cap on the context-sized buffers (req_to_token + graph page tables) when
  *  --max-running-requests is not given: at most this share of B. SGLang has no cap (§2.7, #5755). */
 export const CONTEXT_BUFFER_SHARE = 1 / 8;
+/** The engine's slot tables (req_to_token: [R + 1, L] per pool) are indexed by 32-bit ints in the
+ *  kernels, so (R + 1)·L stays below this; SGLang indexes with int64 and has no such bound. */
+export const SLOT_TABLE_MAX_ENTRIES = 2 ** 31 - 1;
 /** SGLang's default --swa-full-tokens-ratio (§2.2). */
 export const DEFAULT_SWA_FULL_TOKENS_RATIO = 0.8;
 /** The ratio 'auto' picks is rounded down to this step so that passing it back reproduces the plan. */
@@ -467,6 +470,11 @@ function graphBytesPerSlot(s: Setup, L: number): number {
   return 4 * (pages * (s.hybrid ? 2 : 1) + local) + 64;
 }
 
+/** The most running requests whose slot tables 32-bit indices address at context L. */
+function maxRowsForIndex(L: number): number {
+  return Math.floor(SLOT_TABLE_MAX_ENTRIES / L) - 1;
+}
+
 function contextBuffers(s: Setup, R: number, L: number): { table: number; graph: number } {
   const bs = Math.min(s.graphBsSetting, R);
   return { table: reqToTokenBytes(R, L), graph: bs * graphBytesPerSlot(s, L) };
@@ -525,7 +533,7 @@ function activationBytes(s: Setup, R: number, L: number): number {
 interface Eval {
   ok: boolean;
   /** What failed: 'weights', 'context', 'swa', 'activations'. */
-  failure?: "weights" | "context" | "swa" | "activations";
+  failure?: "weights" | "context" | "swa" | "activations" | "index";
   R: number;
   bs: number;
   table: number;
@@ -568,10 +576,11 @@ function evaluate(s: Setup, L: number, r: number): Eval {
       if (b.table + b.graph <= reserve) lo = mid;
       else hi = mid - 1;
     }
-    R = lo;
+    R = Math.min(lo, maxRowsForIndex(L));
     if (s.hybrid) R = Math.min(R, Math.floor((p1.swa - X) / S));
   }
   const fail = (failure: Eval["failure"]): Eval => ({ ...none, failure, R: Math.max(R, 0), pools: p1 });
+  if (R > maxRowsForIndex(L)) return fail("index");
   if (p1.full < L + s.page) return fail("context");
   if (R < 1) return fail(s.hybrid ? "swa" : "context");
   if (s.hybrid && p1.swa < R * S + X) return fail("swa");
@@ -711,7 +720,12 @@ export function planMemory(input: PlanInput): MemoryPlan {
   if (e.ok && input.maxRunningRequests === undefined) {
     const { Rsg } = contextReserve(s, L, r);
     if (e.R < Rsg) {
-      const why = s.hybrid ? "the SWA pool holds a window for each and the req_to_token table and graph buffers stay within 1/8 of the KV budget" : "the req_to_token table and graph buffers stay within 1/8 of the KV budget";
+      const why =
+        e.R === maxRowsForIndex(L)
+          ? `the slot tables stay within ${fmtInt(SLOT_TABLE_MAX_ENTRIES)} entries (32-bit indices)`
+          : s.hybrid
+            ? "the SWA pool holds a window for each and the req_to_token table and graph buffers stay within 1/8 of the KV budget"
+            : "the req_to_token table and graph buffers stay within 1/8 of the KV budget";
       notes.push(`max_running_requests ${fmtInt(e.R)}, lowered from SGLang's default ${fmtInt(Rsg)} so that ${why}`);
     }
   }
@@ -772,6 +786,9 @@ function explain(s: Setup, e: Eval, L: number, r: number, ratioIn: number | "aut
       return `the weights need ${fmtGiB(s.weights.bytes)} per GPU, more than the ${fmtGiB(s.pre)} free on each ${input.gpu.name} at tp ${s.tp}; use more or larger GPUs`;
     }
     return `the weights need ${fmtGiB(s.weights.bytes)} per GPU but mem_fraction_static ${s.f} leaves ${fmtGiB(s.staticBytes)} of the ${fmtGiB(s.pre)} free on each ${input.gpu.name} (tp ${s.tp}); raise --mem-fraction-static above ${Math.ceil((s.weights.bytes / s.pre) * 1000) / 1000} or use more GPUs`;
+  }
+  if (e.failure === "index") {
+    return `--max-running-requests ${e.R} at --context-length ${L} needs ${fmtInt((e.R + 1) * L)} slot-table entries, more than the ${fmtInt(SLOT_TABLE_MAX_ENTRIES)} that 32-bit indices address; at this context at most ${fmtInt(maxRowsForIndex(L))} running requests`;
   }
   if (e.failure === "activations") {
     return `activations need about ${fmtGiB(e.activations)} per GPU but mem_fraction_static ${s.f} leaves only ${fmtGiB(s.slack)} outside the static pools; lower --mem-fraction-static, --chunked-prefill-size or --max-running-requests`;
