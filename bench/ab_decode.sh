@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Decode A/B of two builds on the same machine in one call: the baseline tree BASE (a directory
 # holding dist/, build/ and package.json of the other commit) and this tree, alternated REPS times
-# per case, so run-to-run and machine-to-machine spread shows beside the difference. This is how
-# the third pass's before/after rows in docs/PERF.md were taken.
+# per case, so run-to-run and machine-to-machine spread shows beside the difference (the third
+# pass's before/after rows in docs/PERF.md came from this loop, run by hand before it was a script).
 #   BASE=/path/to/old-tree [REPS=2] [CASES="..."] bash bench/ab_decode.sh
 # A case is "<config dir>:<bench-one-batch args>"; the default is batch 1 on one Scout tp-4 rank's
 # shapes and on the 4-layer Scout-width config, 1K context. Extra environment for the new build
-# only: NEW_ENV="TSGLANG_PDL=0"; DEVICE=cpu runs it without a GPU (a check of the script). Results to $OUT/ab.jsonl (each line labelled); each run's median step printed.
+# only: NEW_ENV="TSGLANG_PDL=0". DEVICE=cpu runs it without a GPU (a check of the script).
+# Results to $OUT/ab.jsonl (each line labelled); each run's median step is printed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
