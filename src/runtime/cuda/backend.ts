@@ -864,8 +864,10 @@ export class CudaBackend implements Backend {
     const xt = this.tensor(x);
     const wt = this.tensor(w);
     const [n, d] = rows(rt, "allReduceAddRmsNorm");
-    const fused = this.peerAr?.coversRows(n, d) && this.t === "bf16" && xt.dtype === "bf16" && wt.dtype === "bf16" && xt.numel === n * d && wt.numel === d;
-    if (!fused || ![rt.ptr, xt.ptr, wt.ptr].every((p) => p % 16n === 0n)) {
+    const fused =
+      this.peerAr?.coversRows(n, d) && this.t === "bf16" && xt.dtype === "bf16" && wt.dtype === "bf16" && xt.numel === n * d && wt.numel === d &&
+      [rt.ptr, xt.ptr, wt.ptr].every((p) => p % 16n === 0n);
+    if (!fused) {
       this.allReduce(xt);
       return this.addRmsNorm(rt, xt, wt, eps);
     }
@@ -1031,7 +1033,8 @@ export class CudaBackend implements Backend {
     let m = this.meta.get(spec.pool);
     const n = batch.ids.length;
     const context = tables.sizes.context;
-    const slotsOf = (row: number) => (row === this.padRow ? Int32Array.of(this.padSlot[spec.pool]) : tables.slots(spec.pool, row));
+    const padSlots = Int32Array.of(this.padSlot[spec.pool]); // the padding row's one position
+    const slotsOf = (row: number) => (row === this.padRow ? padSlots : tables.slots(spec.pool, row));
     if (!m) {
       if (batch.positions.length !== n) throw new Error(`attention: ${batch.positions.length} positions for ${n} tokens`);
       const host = new Int32Array(4 * n);
@@ -1251,10 +1254,11 @@ export class CudaBackend implements Backend {
     const logits = this.replayStep(key, batch, run);
     if (!logits) return null;
     const out = this.toHost(logits);
-    this.graphStats.gpuMs = this.native.eventElapsed(...this.graphEvents!); // done: the download waited for the stream
+    this.graphStats.gpuMs = this.lastReplayMs()!; // done: the download waited for the stream
     return out;
   }
 
+  /** Device time of the last graph replay in ms (waits for it); null before any. */
   lastReplayMs(): number | null {
     return this.graphEvents && this.graphStats.replays > 0 ? this.native.eventElapsed(...this.graphEvents) : null;
   }
@@ -1264,7 +1268,7 @@ export class CudaBackend implements Backend {
     const logits = this.replayStep(key, batch, run);
     if (!logits) return null;
     const ids = this.argmaxRows(logits);
-    this.graphStats.gpuMs = this.native.eventElapsed(...this.graphEvents!);
+    this.graphStats.gpuMs = this.lastReplayMs()!;
     return ids;
   }
 
