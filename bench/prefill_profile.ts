@@ -47,8 +47,11 @@ const add = (name: string, ms: number) => {
   ops.set(name, o);
 };
 const native = be.native;
+const unwrap: (() => void)[] = [];
 const wrapNative = (method: string, label: (args: any[]) => string) => {
   const orig = native[method].bind(native);
+  const own = native[method];
+  unwrap.push(() => (native[method] = own));
   native[method] = (...args: any[]) => {
     const t = performance.now();
     const r = orig(...args);
@@ -69,11 +72,26 @@ wrapNative("matmul", (a) => `cublasLt m=${a[2]} n=${a[3] <= 64 ? a[3] : a[3] > 1
 wrapNative("memset", () => "memset");
 wrapNative("htod", () => "htod");
 wrapNative("dtoh", () => "dtoh");
+// The MoE layers' routing, as the host path downloads it (one expert id per token): rows per
+// expert, to set the expert GEMMs' times against their weight-read floor.
+const routed: number[][] = [];
+wrapNative("dtohAfter", () => "dtoh (routing)");
+const dtohTimed = native.dtohAfter;
+native.dtohAfter = (dst: any, src: any, ev: any) => {
+  const r = dtohTimed(dst, src, ev);
+  if (dst instanceof Int32Array && dst.length === inputLen) {
+    const counts = new Array(cfg.numExperts).fill(0);
+    for (const j of dst) counts[j]++;
+    routed.push(counts);
+  }
+  return r;
+};
 for (const seed of [3, 0]) {
   ops.clear();
   const wall = prefill(seed);
   const total = [...ops.values()].reduce((a, o) => a + o.ms, 0);
   console.log(`\nper-op (synchronized), prompt seed ${seed}: wall ${wall.toFixed(2)} ms, ops ${total.toFixed(2)} ms, other host time ${(wall - total).toFixed(2)} ms`);
+  for (const [i, c] of routed.splice(0).entries()) console.log(`MoE layer ${i}: rows per expert ${c.join(" ")}`);
   for (const [name, o] of [...ops.entries()].sort((a, b) => b[1].ms - a[1].ms)) {
     console.log(`${name.padEnd(48)} ${String(o.calls).padStart(5)} calls ${o.ms.toFixed(3).padStart(9)} ms  ${(o.ms / o.calls * 1000).toFixed(1).padStart(8)} µs/call`);
   }
@@ -81,3 +99,23 @@ for (const seed of [3, 0]) {
 const result = { device: choice.description, inputLen, flops, runs, ops: Object.fromEntries(ops), fallbackGemms: be.fallbackGemms };
 console.log(`fallbackGemms ${be.fallbackGemms}`);
 if (process.env.OUT) writeFileSync(join(process.env.OUT, `prefill_profile-${inputLen}.json`), JSON.stringify(result, null, 1));
+
+// Same-process A/B of the routed-expert GEMMs (TSGLANG_PROFILE_AB=1): cuBLASLt per expert against
+// the grouped kernels (moe_gemm.cu), prompt A, interleaved rounds, medians.
+if (process.env.TSGLANG_PROFILE_AB === "1") {
+  kernels.launch = origLaunch;
+  for (const u of unwrap) u();
+  const modes: [string, boolean][] = [["cublasLt per expert", false], ["grouped (moe_gemm.cu)", true]];
+  const times = new Map<string, number[]>(modes.map(([m]) => [m, []]));
+  for (let round = 0; round < 9; round++) {
+    for (const [m, on] of modes) {
+      be.moeGroupedOn = on;
+      times.get(m)!.push(prefill(0));
+    }
+  }
+  console.log("\nA/B, prompt A, 9 interleaved rounds (first round dropped from the median):");
+  for (const [m, t] of times) {
+    const s = t.slice(1).sort((a, b) => a - b);
+    console.log(`${m.padEnd(24)} median ${s[Math.floor(s.length / 2)].toFixed(2)} ms  min ${s[0].toFixed(2)}  all ${t.map((v) => v.toFixed(2)).join(" ")}`);
+  }
+}

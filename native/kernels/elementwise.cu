@@ -16,10 +16,32 @@ __device__ void siluMul(const T* __restrict__ gu, T* __restrict__ out, size_t n,
   }
 }
 
+// bf16: 8 elements per thread with 16-byte loads and stores when F % 8 == 0 (the shared expert
+// of a 2048-token Scout prefill: 100 MB, 76 µs with 2-byte accesses on an H100; ~33 µs at the
+// copy bandwidth). Same arithmetic per element as siluMul.
 extern "C" __global__ void silu_mul_bf16(const bf16* gu, bf16* out, size_t n, int f) {
   gridDependencyWait();
   gridDependencyLaunchDependents();
-  siluMul(gu, out, n, f);
+  if (f % 8 != 0) {
+    siluMul(gu, out, n, f);
+    return;
+  }
+  const int f8 = f / 8;
+  GRID_STRIDE(idx, n * f8) {
+    const size_t r = idx / f8;
+    const int i = (int)(idx - r * f8) * 8;
+    const uint4 gv = *reinterpret_cast<const uint4*>(gu + r * 2 * f + i);
+    const uint4 uv = *reinterpret_cast<const uint4*>(gu + r * 2 * f + f + i);
+    const bf16* g8 = reinterpret_cast<const bf16*>(&gv);
+    const bf16* u8 = reinterpret_cast<const bf16*>(&uv);
+    __align__(16) bf16 o[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const float g = toF(g8[j]), u = toF(u8[j]);
+      o[j] = fromF<bf16>(g / (1.0f + expf(-g)) * u);
+    }
+    *reinterpret_cast<uint4*>(out + r * f + i) = *reinterpret_cast<const uint4*>(o);
+  }
 }
 extern "C" __global__ void silu_mul_f32(const float* gu, float* out, size_t n, int f) {
   gridDependencyWait();

@@ -302,6 +302,21 @@ napi_value DtoH(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// dtohAfter(dst, src, event): waits for `event` (recorded on the stream) only, then copies — work
+// queued on the stream after the event keeps running (our stream does not sync with the legacy
+// default stream the synchronous copy uses).
+napi_value DtoHAfter(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!getArgs(env, info, 3, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t src, ev;
+  void* dst;
+  size_t bytes;
+  if (!getBytes(env, argv[0], dst, bytes) || !getU64(env, argv[1], src) || !getU64(env, argv[2], ev)) return nullptr;
+  CHECK("cuEventSynchronize (a kernel or copy before this download failed)", drv.cuEventSynchronize(reinterpret_cast<CUevent>(ev)));
+  if (bytes) CHECK("cuMemcpyDtoH", drv.cuMemcpyDtoH(dst, src, bytes));
+  return undefined(env);
+}
+
 napi_value DtoD(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (!getArgs(env, info, 3, argv) || !ensureDevice(env)) return nullptr;
@@ -646,7 +661,7 @@ NAPI_MODULE_INIT() {
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
       {"matmulBucket", MatmulBucket},
-      {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
+      {"dtohAfter", DtoHAfter}, {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
       {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},
       {"canAccessPeer", CanAccessPeer}, {"enablePeerAccess", EnablePeerAccess},

@@ -24,6 +24,7 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuMemGetInfo_v2", d.cuMemGetInfo, missing);
     sym(lib, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync, missing);
     sym(lib, "cuMemcpyDtoHAsync_v2", d.cuMemcpyDtoHAsync, missing);
+    sym(lib, "cuMemcpyDtoH_v2", d.cuMemcpyDtoH, missing);
     sym(lib, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync, missing);
     sym(lib, "cuMemsetD8Async", d.cuMemsetD8Async, missing);
     sym(lib, "cuMemsetD16Async", d.cuMemsetD16Async, missing);

@@ -27,6 +27,10 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
                             for every row count the run can meet, as launch does before serving,
                             reported as gemm_warmup_s; then one prefill of other prompts runs, as
                             sglang's bench_one_batch warms up, reported as prefill_cold_s)
+  --prefill-runs N          timed prefills after the warm-up (default 5), each of new prompts into
+                            fresh sequences; prefill_s is their median (the first runs at the
+                            GPU's clocks after idling, which the later ones show are not the
+                            kernels' speed), prefill_s_runs lists them all
   --chunked-prefill-size N  most prompt tokens per prefill forward (default 8192, as launch): whole
                             prompts are grouped up to it, longer ones are prefilled in chunks
   --host-logits             decode steps download every logit row and take the argmax on the host
@@ -92,6 +96,7 @@ export async function main(argv: string[]): Promise<number> {
       "host-logits": { type: "boolean" },
       "no-warmup": { type: "boolean" },
       "chunked-prefill-size": { type: "string", default: "8192" },
+      "prefill-runs": { type: "string", default: "5" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -109,6 +114,7 @@ export async function main(argv: string[]): Promise<number> {
   const inputLen = int("input-len", values["input-len"]!, 1);
   const outputLen = int("output-len", values["output-len"]!, 2);
   const chunk = int("chunked-prefill-size", values["chunked-prefill-size"]!, 1);
+  const runs = int("prefill-runs", values["prefill-runs"]!, 1);
   const lf = values["load-format"];
   if (lf !== "auto" && lf !== "dummy") throw new Error(`--load-format must be auto or dummy, got '${lf}'`);
 
@@ -135,8 +141,9 @@ export async function main(argv: string[]): Promise<number> {
   const config = model.cfg;
   const be = model.backend;
   const loadS = (performance.now() - t0) / 1000;
-  // Prompts: fixed pseudo-random ids, different per sequence.
-  const prompts = Array.from({ length: batch }, (_, b) => Array.from({ length: inputLen }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize));
+  // Prompts: fixed pseudo-random ids, different per sequence and per timed prefill run.
+  const promptsFor = (run: number) =>
+    Array.from({ length: batch }, (_, b) => Array.from({ length: inputLen }, (_, i) => (b * 7919 + i * 104729 + run * 15485863) % config.vocabSize));
   const sync = () => be.synchronize?.();
   // Prefill in groups of whole prompts of at most `chunk` tokens, a longer prompt in chunks of it
   // (as the server's chunked prefill), keeping each sequence's last-token logits for the first
@@ -159,22 +166,30 @@ export async function main(argv: string[]): Promise<number> {
     sync();
     prefillColdS = (performance.now() - t0) / 1000;
   }
-  const seqs = new ContiguousBatch(model, batch, inputLen + outputLen);
-  sync();
+  // Timed prefills: the last one's sequences go on to decode.
   const vocabN = config.vocabSize;
+  let seqs!: ContiguousBatch;
   let logits: Float32Array = new Float32Array(batch * vocabN);
-  let t = performance.now();
-  for (let g = 0; g < batch; g += group) {
-    // `group` whole prompts, or (group 1) one prompt's chunks: the last chunk's logits are its last token's.
-    for (let at = 0; at < inputLen; at += chunk) {
-      const part = prompts.map((p, b) => (b >= g && b < g + group ? (group > 1 ? p : p.slice(at, at + chunk)) : []));
-      const out = seqs.append(part);
-      if (group > 1 || at + chunk >= inputLen) logits.set(out, g * vocabN);
-      if (group > 1) break;
+  const prefillRuns: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const prompts = promptsFor(run);
+    seqs = new ContiguousBatch(model, batch, inputLen + outputLen);
+    sync();
+    const t = performance.now();
+    for (let g = 0; g < batch; g += group) {
+      // `group` whole prompts, or (group 1) one prompt's chunks: the last chunk's logits are its last token's.
+      for (let at = 0; at < inputLen; at += chunk) {
+        const part = prompts.map((p, b) => (b >= g && b < g + group ? (group > 1 ? p : p.slice(at, at + chunk)) : []));
+        const out = seqs.append(part);
+        if (group > 1 || at + chunk >= inputLen) logits.set(out, g * vocabN);
+        if (group > 1) break;
+      }
     }
+    sync();
+    prefillRuns.push((performance.now() - t) / 1000);
   }
-  sync();
-  const prefillS = (performance.now() - t) / 1000;
+  const prefillS = [...prefillRuns].sort((a, b) => a - b)[prefillRuns.length >> 1];
+  let t: number;
   const steps: number[] = [];
   const graphMs: number[] = []; // rank 0's device time of each replayed decode graph
   const vocab = config.vocabSize;
@@ -220,6 +235,7 @@ export async function main(argv: string[]): Promise<number> {
     load_s: loadS,
     gemm_warmup_s: gemmWarmupS,
     prefill_s: prefillS,
+    prefill_s_runs: prefillRuns,
     prefill_cold_s: prefillColdS,
     prefill_tokens_per_s: (batch * inputLen) / prefillS,
     prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,

@@ -285,14 +285,31 @@ for (const precision of ["f32", "bf16"] as const) {
       console.log(`# ${precision}: device-to-device copy ${(bw / 1e9).toFixed(0)} GB/s (read + write)`);
     });
 
-    // 3 and 5 rows: decode, routed inside the gate_up kernel (1 row: the golden decode tests); 37 rows: the device MoE kernels
-    // (sort and gather kernels); 300: the host-sorted path (one GEMM per expert).
-    for (const [transpose, slice, n] of [[false, false, 3], [false, true, 3], [false, false, 5], [false, true, 5], [true, false, 37], [false, false, 37], [true, true, 37], [true, false, 300], [false, false, 300], [false, true, 300]] as const) {
-      test(`moe: top-1 sigmoid on the input + shared expert (${n} rows, ${transpose ? "[E, in, out] checkpoint layout" : "[E, out, in]"}${slice ? ", experts 1–2 of 4 on this rank" : ""})`, () => {
-        const d = 64, f = 48, e = 4;
+    // 3 and 5 rows: decode, routed inside the gate_up kernel (1 row: the golden decode tests);
+    // 37 rows: the device MoE kernels. More rows: the host-sorted path, with one cuBLASLt GEMM per
+    // expert (transposed-stored weights, f32, or widths that are not multiples of 64) or, in bf16
+    // with [E, out, in] weights, the grouped kernels (moe_gemm.cu: a partial 128-row weight tile
+    // at d = 192; ~350 rows per expert at 700 rows over 2 experts: two passes). The last case
+    // routes by construction (expert j's rows carry a large x[j], router row j picks it up): 70,
+    // 150, 1 and 290 rows, i.e. every pass width (128, 192, 64; 256 then 64).
+    const moeCases: [boolean, boolean, number, number, number, number[]?][] = [
+      [false, false, 3, 64, 48], [false, true, 3, 64, 48], [false, false, 5, 64, 48], [false, true, 5, 64, 48],
+      [true, false, 37, 64, 48], [false, false, 37, 64, 48], [true, true, 37, 64, 48],
+      [true, false, 300, 64, 48], [false, false, 300, 192, 64], [false, true, 700, 192, 64],
+      [false, false, 511, 192, 64, [70, 150, 1, 290]],
+    ];
+    for (const [transpose, slice, n, d, f, counts] of moeCases) {
+      test(`moe: top-1 sigmoid on the input + shared expert (${n} rows${counts ? ` routed ${counts.join("/")}` : ""}, d ${d}, F ${f}, ${transpose ? "[E, in, out] checkpoint layout" : "[E, out, in]"}${slice ? ", experts 1–2 of 4 on this rank" : ""})`, () => {
+        const e = 4;
         g().beginStep();
         const x = randn(rng, n * d);
         const router = randn(rng, e * d, 0.5); // wide logit gaps: few near-ties between backends
+        if (counts) {
+          assert.equal(counts.reduce((a, b) => a + b), n);
+          const expertOf = counts.flatMap((c, j) => Array(c).fill(j) as number[]);
+          for (let r = 0; r < n; r++) x[r * d + expertOf[(r * 7919) % n]] += 16; // interleaved, not sorted
+          for (let j = 0; j < e; j++) router[j * d + j] += 4;
+        }
         const gateUp = randn(rng, e * 2 * f * d, 0.15); // [E, 2F, d]
         const down = randn(rng, e * d * f, 0.15); // [E, d, F]
         const sGateUp = randn(rng, 2 * f * d, 0.15);

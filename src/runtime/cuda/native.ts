@@ -70,6 +70,11 @@ export interface NativeCuda {
   matmulBucket(n: number): number;
   eventCreate(): DevicePtr;
   eventRecord(ev: DevicePtr): void;
+  /**
+   * Download that waits only for `ev` (recorded on the stream): what was queued after it keeps
+   * running on the GPU while the host has the bytes.
+   */
+  dtohAfter(dst: ArrayBufferView, src: DevicePtr, ev: DevicePtr): void;
   /** Milliseconds between two recorded events; waits for `end`. */
   eventElapsed(start: DevicePtr, end: DevicePtr): number;
   /** CUDA graphs: record (not run) everything queued on the stream until graphEndCapture. */
