@@ -230,3 +230,171 @@ extern "C" __global__ void __launch_bounds__(256, 1) moe_grouped_gate_up_bf16(co
   gridDependencyLaunchDependents();
   groupedGateUp<GG_BM, GG_STAGES>(x, w, act, offsets, K, F);
 }
+
+// ---- The same GEMMs fed by TMA (experimental, TSGLANG_MOE_TMA=1) ----
+// One producer warp issues cp.async.bulk.tensor loads (weights evict-first, x rows evict-last)
+// into 4 stages of 48 KB guarded by mbarriers; two consumer warpgroups run the wgmma MMAs and
+// release each stage as soon as they are done with it, so the loads run ahead of the MMAs across
+// pass boundaries and the epilogue (straight from registers to global memory: for gate_up the
+// CTA's weight rows are interleaved in blocks of 8 — 8 gate rows, then the 8 matching up rows —
+// so each thread holds the gate and up values of the same feature and row).
+constexpr int TG_STAGES = 4;
+constexpr int TG_STAGE = GG_WTILE + 256 * GG_BK * 2;  // 16 KB of weights + up to 256 rows of x
+constexpr int TG_THREADS = 384;                       // 2 consumer warpgroups + 1 producer warpgroup (one thread of it issues)
+// Dynamic shared memory: TG_STAGES · TG_STAGE + 2 KB (1 KB alignment slack, then the barriers).
+
+#ifdef TSGLANG_WGMMA
+// MODE 0: gate_up with SiLU·up → act [rows, F] (N = F). 1: y [rows, N]. 2: out[perm[r]] = shared + y.
+template <int MODE, int NR>
+__device__ __forceinline__ void tmaConsumePass(uint32_t sBase, uint32_t bars, int& it, int kTiles, int t0, int rows, bf16* __restrict__ out,
+                                               const int* __restrict__ perm, const bf16* __restrict__ shared, int N) {
+  const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warpInWg = (tid >> 5) & 3;
+  float acc[NR / 2];
+#pragma unroll
+  for (int i = 0; i < NR / 2; i++) acc[i] = 0.f;
+  // One MMA group stays in flight: k-tile kt's wgmmas are issued before waiting for kt − 1's,
+  // whose stage is then released, so the tensor cores do not idle between k-tiles.
+  for (int kt = 0; kt < kTiles; kt++, it++) {
+    const int s = it % TG_STAGES;
+    mbarWait(bars + 8 * s, (it / TG_STAGES) & 1);
+    const uint32_t st = sBase + s * TG_STAGE;
+    const uint32_t a = st + wg * 64 * 128, b = st + GG_WTILE;
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma64xN<NR>(acc, wgmmaDesc(a + kk * 32), wgmmaDesc(b + kk * 32));
+    wgmmaCommit();
+    if (kt > 0) {
+      wgmmaWait<1>();
+      if (lane == 0) mbarArrive(bars + 8 * (TG_STAGES + (it - 1) % TG_STAGES));  // this warp is done with kt − 1's stage
+    }
+  }
+  wgmmaWait<0>();
+  if (lane == 0) mbarArrive(bars + 8 * (TG_STAGES + (it - 1) % TG_STAGES));
+  // acc[4j + q]: A row 16·warp + lane/4 + 8·(q / 2), x row 8j + 2·(lane % 4) + q % 2.
+  if (MODE == 0) {
+    const int f = blockIdx.x * 64 + 32 * wg + 8 * warpInWg + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < NR / 8; j++) {
+#pragma unroll
+      for (int q = 0; q < 2; q++) {
+        const int r = 8 * j + 2 * (lane & 3) + q;
+        if (r >= rows) continue;
+        const float g = __bfloat162float(__float2bfloat16_rn(acc[4 * j + q]));
+        const float u = __bfloat162float(__float2bfloat16_rn(acc[4 * j + 2 + q]));
+        out[(size_t)(t0 + r) * N + f] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+      }
+    }
+  } else {
+    const int f0 = blockIdx.x * GG_BN + 64 * wg + 16 * warpInWg + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < NR / 8; j++) {
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const int r = 8 * j + 2 * (lane & 3) + (q & 1), f = f0 + 8 * (q >> 1);
+        if (r >= rows || f >= N) continue;
+        const bf16 y = __float2bfloat16_rn(acc[4 * j + q]);
+        if (MODE == 1) {
+          out[(size_t)(t0 + r) * N + f] = y;
+        } else {
+          const size_t at = (size_t)perm[t0 + r] * N + f;
+          out[at] = __float2bfloat16_rn(__bfloat162float(shared[at]) + __bfloat162float(y));
+        }
+      }
+    }
+  }
+}
+
+template <int MODE>
+__device__ __forceinline__ void tmaGrouped(const TensorMap* mapW, const TensorMap* mapX, bf16* __restrict__ out, const int* __restrict__ offsets,
+                                           const int* __restrict__ perm, const bf16* __restrict__ shared, int K, int N) {
+  extern __shared__ unsigned char smemRaw[];
+  const uint32_t rawBase = smemAddr(smemRaw);
+  const uint32_t sBase = (rawBase + 1023) & ~1023u;
+  const uint32_t bars = sBase + TG_STAGES * TG_STAGE;  // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
+  const int e = blockIdx.y;
+  const int rowStart = offsets[e], rowEnd = offsets[e + 1];
+  if (rowStart >= rowEnd) return;
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < TG_STAGES; s++) {
+      mbarInit(bars + 8 * s, 1);                 // the producer's arrive + the stage's bytes
+      mbarInit(bars + 8 * (TG_STAGES + s), 8);   // one arrive per consumer warp
+    }
+    mbarInitFence();
+  }
+  __syncthreads();
+  const int kTiles = K / GG_BK;
+  if (tid >= 256) {
+    // The producer warpgroup gives registers to the consumers (setmaxnreg: 40 here, 232 there).
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (tid != 256) return;
+    const uint64_t wPolicy = evictFirstPolicy(), xPolicy = evictLastPolicy();
+    int it = 0;
+    for (int t0 = rowStart; t0 < rowEnd; t0 += 256) {
+      const int xBoxes = (min(256, rowEnd - t0) + 31) / 32;  // the consumers' NR / 32
+      for (int kt = 0; kt < kTiles; kt++, it++) {
+        const int s = it % TG_STAGES;
+        mbarWait(bars + 8 * (TG_STAGES + s), ((it / TG_STAGES) & 1) ^ 1);
+        const uint32_t full = bars + 8 * s, st = sBase + s * TG_STAGE;
+        mbarArriveExpectTx(full, GG_WTILE + xBoxes * 32 * 128);
+        const int k0 = kt * GG_BK;
+        if (MODE == 0) {
+          // 16 boxes of 8 weight rows: per warpgroup w and warp v, 8 gate rows then their 8 up rows.
+          for (int bx = 0; bx < 16; bx++) {
+            const int w = bx >> 3, v = (bx >> 1) & 3, up = bx & 1;
+            const int row = e * 2 * N + (up ? N : 0) + blockIdx.x * 64 + 32 * w + 8 * v;
+            tmaLoad2d(st + bx * 1024, mapW, k0, row, full, wPolicy);
+          }
+        } else {
+          for (int bx = 0; bx < 2; bx++) tmaLoad2d(st + bx * 8192, mapW, k0, e * N + blockIdx.x * GG_BN + 64 * bx, full, wPolicy);
+        }
+        for (int bx = 0; bx < xBoxes; bx++) tmaLoad2d(st + GG_WTILE + bx * 4096, mapX, k0, t0 + 32 * bx, full, xPolicy);
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  int it = 0;
+  for (int t0 = rowStart; t0 < rowEnd; t0 += 256) {
+    const int rows = min(256, rowEnd - t0);
+    // The MMA's N: the pass's rows rounded up to 32 (wasted MMA work ≤ 31 rows).
+    switch ((rows + 31) / 32) {
+      case 1: tmaConsumePass<MODE, 32>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 2: tmaConsumePass<MODE, 64>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 3: tmaConsumePass<MODE, 96>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 4: tmaConsumePass<MODE, 128>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 5: tmaConsumePass<MODE, 160>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 6: tmaConsumePass<MODE, 192>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      case 7: tmaConsumePass<MODE, 224>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+      default: tmaConsumePass<MODE, 256>(sBase, bars, it, kTiles, t0, rows, out, perm, shared, N); break;
+    }
+  }
+}
+#endif
+
+// maps (global memory, 64-byte aligned: by-value parameters would need the driver's parameter
+// offsets): [0] the weights [local·2F, K] in boxes of 8 rows, [1] x [rows, K] in boxes of 32.
+// Grid (F / 64, local).
+extern "C" __global__ void __launch_bounds__(TG_THREADS, 1) moe_tma_gate_up_bf16(const TensorMap* maps, bf16* act, const int* offsets, int K, int F) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+#ifdef TSGLANG_WGMMA
+  tmaGrouped<0>(maps, maps + 1, act, offsets, nullptr, nullptr, K, F);
+#else
+  __trap();
+#endif
+}
+// maps: [0] the weights [local·N, K] in boxes of 64 rows, [1] x [rows, K] in boxes of 32. Grid
+// (⌈N / 128⌉, local). perm null: y [rows, N]; else out[perm[r]] = shared[perm[r]] + y[r]
+// (moe_combine's rounding).
+extern "C" __global__ void __launch_bounds__(TG_THREADS, 1) moe_tma_down_bf16(const TensorMap* maps, bf16* out, const int* offsets, const int* perm,
+                                                                              const bf16* shared, int K, int N) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+#ifdef TSGLANG_WGMMA
+  if (perm) tmaGrouped<2>(maps, maps + 1, out, offsets, perm, shared, K, N);
+  else tmaGrouped<1>(maps, maps + 1, out, offsets, nullptr, nullptr, K, N);
+#else
+  __trap();
+#endif
+}
