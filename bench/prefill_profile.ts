@@ -105,12 +105,11 @@ if (process.env.OUT) writeFileSync(join(process.env.OUT, `prefill_profile-${inpu
 if (process.env.TSGLANG_PROFILE_AB === "1") {
   kernels.launch = origLaunch;
   for (const u of unwrap) u();
-  const modes: [string, boolean, boolean][] = [["cublasLt per expert", false, false], ["grouped (moe_gemm.cu)", true, false], ["grouped, TMA-fed", true, true]];
+  const modes: [string, boolean][] = [["cublasLt per expert", false], ["grouped (moe_gemm.cu)", true]];
   const times = new Map<string, number[]>(modes.map(([m]) => [m, []]));
   for (let round = 0; round < 9; round++) {
-    for (const [m, on, tma] of modes) {
+    for (const [m, on] of modes) {
       be.moeGroupedOn = on;
-      be.moeTma = tma;
       times.get(m)!.push(prefill(0));
     }
   }

@@ -317,35 +317,6 @@ napi_value DtoHAfter(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
-// tensorMap2d(ptr, rows, cols, boxRows, boxCols): the TMA descriptor (128 bytes, an ArrayBuffer)
-// of a row-major bf16 matrix [rows, cols] read in boxes of [boxRows, boxCols] with the 128-byte
-// swizzle (boxCols · 2 ≤ 128), out-of-bounds rows reading as zero; undefined without the driver
-// entry point.
-napi_value TensorMap2d(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  if (!getArgs(env, info, 5, argv) || !ensureDevice(env)) return nullptr;
-  uint64_t ptr;
-  int64_t rows, cols, boxRows, boxCols;
-  if (!getU64(env, argv[0], ptr) || !getI64(env, argv[1], rows) || !getI64(env, argv[2], cols) || !getI64(env, argv[3], boxRows) ||
-      !getI64(env, argv[4], boxCols))
-    return nullptr;
-  if (!drv.cuTensorMapEncodeTiled) return undefined(env);
-  CUtensorMap map;
-  const uint64_t dims[2] = {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)};
-  const uint64_t strides[1] = {static_cast<uint64_t>(cols) * 2};
-  const unsigned box[2] = {static_cast<unsigned>(boxCols), static_cast<unsigned>(boxRows)};
-  const unsigned elementStrides[2] = {1, 1};
-  CHECK("cuTensorMapEncodeTiled",
-        drv.cuTensorMapEncodeTiled(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, reinterpret_cast<void*>(ptr), dims, strides, box,
-                                   elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
-  void* data;
-  napi_value buf;
-  if (napi_create_arraybuffer(env, sizeof(map), &data, &buf) != napi_ok) return nullptr;
-  memcpy(data, &map, sizeof(map));
-  return buf;
-}
-
 napi_value DtoD(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (!getArgs(env, info, 3, argv) || !ensureDevice(env)) return nullptr;
@@ -690,7 +661,7 @@ NAPI_MODULE_INIT() {
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
       {"matmulBucket", MatmulBucket},
-      {"dtohAfter", DtoHAfter}, {"tensorMap2d", TensorMap2d}, {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
+      {"dtohAfter", DtoHAfter}, {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
       {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},
       {"canAccessPeer", CanAccessPeer}, {"enablePeerAccess", EnablePeerAccess},

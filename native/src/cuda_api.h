@@ -33,17 +33,6 @@ enum { CU_STREAM_CAPTURE_MODE_RELAXED = 2 };
 #define CU_LAUNCH_PARAM_BUFFER_POINTER ((void*)0x01)
 #define CU_LAUNCH_PARAM_BUFFER_SIZE ((void*)0x02)
 
-// TMA descriptors (cuTensorMapEncodeTiled, CUDA 12+): an opaque 128-byte, 64-byte-aligned blob
-// that kernels take as a __grid_constant__ parameter.
-typedef struct alignas(64) CUtensorMap_st {
-  unsigned long long opaque[16];
-} CUtensorMap;
-enum { CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9 };
-enum { CU_TENSOR_MAP_INTERLEAVE_NONE = 0 };
-enum { CU_TENSOR_MAP_SWIZZLE_128B = 3 };
-enum { CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3 };
-enum { CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0 };  // out-of-bounds elements read as zero
-
 // cuLaunchKernelEx (CUDA 11.6+), for one launch attribute: programmatic dependent launch.
 enum { CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
 // A 64-byte union in cuda.h whose largest members hold pointers (hence the 8-byte alignment);

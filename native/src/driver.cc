@@ -47,7 +47,6 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuGraphLaunch", d.cuGraphLaunch, missing, false);
     sym(lib, "cuGraphExecDestroy", d.cuGraphExecDestroy, missing, false);
     sym(lib, "cuGraphDestroy", d.cuGraphDestroy, missing, false);
-    sym(lib, "cuTensorMapEncodeTiled", d.cuTensorMapEncodeTiled, missing, false);
     sym(lib, "cuMemHostRegister_v2", d.cuMemHostRegister, missing, false);
     sym(lib, "cuMemHostUnregister", d.cuMemHostUnregister, missing, false);
     sym(lib, "cuDeviceCanAccessPeer", d.cuDeviceCanAccessPeer, missing, false);

@@ -21,10 +21,6 @@ struct Driver {
   CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
   CUresult (*cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
   CUresult (*cuMemcpyDtoH)(void*, CUdeviceptr, size_t);
-  // Optional (CUDA 12+): null when the driver lacks it (the TMA kernels are then not used).
-  CUresult (*cuTensorMapEncodeTiled)(CUtensorMap*, int dataType, unsigned rank, void* globalAddress, const uint64_t* globalDim,
-                                     const uint64_t* globalStrides, const unsigned* boxDim, const unsigned* elementStrides,
-                                     int interleave, int swizzle, int l2Promotion, int oobFill);
   CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
   CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
   CUresult (*cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);

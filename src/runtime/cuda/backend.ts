@@ -192,9 +192,6 @@ const PREP_TEMPERATURE = 4;
 const WORKSPACE_BYTES = 32 * MIB;
 /** moe_gemm.cu's dynamic shared memory: 4 stages × (16 KB of weights + 256 rows × 128 B), plus 1 KB to align the swizzle atoms. */
 const MOE_GROUPED_SMEM = 4 * 48 * 1024 + 1024;
-/** The TMA-fed variants: 2 consumer warpgroups + a producer warpgroup; 4 stages of 48 KB + 2 KB (alignment, mbarriers). */
-const MOE_TMA_THREADS = 384;
-const MOE_TMA_SMEM = 4 * 48 * 1024 + 2048;
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
@@ -213,8 +210,6 @@ export class CudaBackend implements Backend {
   private readonly workspace: DevicePtr;
   /** The grouped expert GEMMs (moe_gemm.cu) for prefill, where they apply; TSGLANG_MOE_GROUPED=0: cuBLASLt per expert. */
   private readonly moeGroupedOn: boolean;
-  /** The TMA-fed grouped kernels instead (TSGLANG_MOE_TMA=1; experimental). */
-  private moeTma = process.env.TSGLANG_MOE_TMA === "1";
   private readonly moeGroupedReady = new Set<string>();
   /** Recorded after the MoE routing kernel: the host path waits for it alone (see moe). */
   private routed: DevicePtr | null = null;
@@ -1180,30 +1175,6 @@ export class CudaBackend implements Backend {
     const act = this.stepTensor([n, f], this.t);
     const out = this.stepTensor([n, d], this.t);
     const offsets = grouped ? this.uploadInts(offset.slice(first, first + local + 1)) : 0n; // the local experts' rows
-    if (grouped && this.moeTma && this.native.tensorMap2d !== undefined) {
-      // The TMA-fed kernels (moe_gemm.cu, TSGLANG_MOE_TMA=1): the descriptors of the weights and
-      // of this step's rows, uploaded with the step (global memory, 64-byte aligned).
-      const map = (ptr: DevicePtr, rows: number, cols: number, boxRows: number) => new Int32Array(this.native.tensorMap2d(ptr, rows, cols, boxRows, 64)!);
-      const maps = new Int32Array(4 * 32);
-      maps.set(map(gu.ptr, local * twoF, d, 8), 0);
-      maps.set(map(xin.ptr, n, d, 32), 32);
-      maps.set(map(dn.ptr, local * d, f, 64), 64);
-      maps.set(map(act.ptr, n, f, 32), 96);
-      const mapsDev = this.uploadInts(maps);
-      this.moeGrouped("moe_tma_gate_up_bf16", f / 64, local, (a) => a.ptr(mapsDev).ptr(act.ptr).ptr(offsets).i32(d).i32(f), MOE_TMA_THREADS, MOE_TMA_SMEM);
-      const combine = local === e;
-      const y = combine ? out : this.stepTensor([n, d], this.t);
-      if (!combine) {
-        this.native.memset(y.ptr, 0, lo * d * es, 1);
-        this.native.memset(y.ptr + BigInt(hi * d * es), 0, (n - hi) * d * es, 1);
-      }
-      this.moeGrouped("moe_tma_down_bf16", Math.ceil(d / 128), local, (a) =>
-        a.ptr(mapsDev + 256n).ptr(y.ptr).ptr(offsets).ptr(combine ? permDev : 0n).ptr(combine ? shared.ptr : 0n).i32(f).i32(d),
-        MOE_TMA_THREADS, MOE_TMA_SMEM,
-      );
-      if (!combine) this.k.launch(`moe_combine_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(shared.ptr).ptr(y.ptr).ptr(invDev).ptr(out.ptr).i32(d));
-      return out;
-    }
     if (grouped) {
       this.moeGrouped("moe_grouped_gate_up_bf16", f / 64, local, (a) => a.ptr(xin.ptr).ptr(gu.ptr).ptr(act.ptr).ptr(offsets).i32(d).i32(f));
       if (local === e) {
@@ -1246,12 +1217,12 @@ export class CudaBackend implements Backend {
    * expert; the offsets argument holds [local + 1] absolute row indices on the device): grid
    * (weight tiles × local experts), 193 KB of shared memory.
    */
-  private moeGrouped(name: string, tiles: number, local: number, args: (a: KernelArgs) => KernelArgs, threads = 256, smem = MOE_GROUPED_SMEM): void {
+  private moeGrouped(name: string, tiles: number, local: number, args: (a: KernelArgs) => KernelArgs): void {
     if (!this.moeGroupedReady.has(name)) {
-      this.native.setMaxDynamicShared(this.k.fn(name), smem);
+      this.native.setMaxDynamicShared(this.k.fn(name), MOE_GROUPED_SMEM);
       this.moeGroupedReady.add(name);
     }
-    this.k.launch(name, [tiles, local], [threads], args, smem);
+    this.k.launch(name, [tiles, local], [256], args, MOE_GROUPED_SMEM);
   }
 
   /**

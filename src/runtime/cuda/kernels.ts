@@ -17,13 +17,9 @@ export class KernelArgs {
   }
 
   private align(n: number): number {
-    return this.alignBytes(n, n);
-  }
-
-  private alignBytes(alignment: number, size: number): number {
-    this.off = Math.ceil(this.off / alignment) * alignment;
+    this.off = Math.ceil(this.off / n) * n;
     const at = this.off;
-    this.off += size;
+    this.off += n;
     if (this.off > this.buf.byteLength) throw new Error("kernel parameter block overflow");
     return at;
   }
@@ -48,13 +44,6 @@ export class KernelArgs {
   /** size_t */
   u64(v: number): this {
     this.view.setBigUint64(this.align(8), BigInt(v), true);
-    return this;
-  }
-
-  /** A by-value struct (e.g. a 128-byte TMA descriptor) at the given alignment. */
-  blob(data: ArrayBuffer, alignment: number): this {
-    const at = this.alignBytes(alignment, data.byteLength);
-    this.bytes.set(new Uint8Array(data), at);
     return this;
   }
 

@@ -75,11 +75,6 @@ export interface NativeCuda {
    * running on the GPU while the host has the bytes.
    */
   dtohAfter(dst: ArrayBufferView, src: DevicePtr, ev: DevicePtr): void;
-  /**
-   * The TMA descriptor (128 bytes) of a row-major bf16 matrix [rows, cols] read in boxes of
-   * [boxRows, boxCols] with the 128-byte swizzle; undefined when the driver has no TMA.
-   */
-  tensorMap2d(ptr: DevicePtr, rows: number, cols: number, boxRows: number, boxCols: number): ArrayBuffer | undefined;
   /** Milliseconds between two recorded events; waits for `end`. */
   eventElapsed(start: DevicePtr, end: DevicePtr): number;
   /** CUDA graphs: record (not run) everything queued on the stream until graphEndCapture. */
