@@ -47,11 +47,8 @@ const add = (name: string, ms: number) => {
   ops.set(name, o);
 };
 const native = be.native;
-const unwrap: (() => void)[] = [];
 const wrapNative = (method: string, label: (args: any[]) => string) => {
   const orig = native[method].bind(native);
-  const own = native[method];
-  unwrap.push(() => (native[method] = own));
   native[method] = (...args: any[]) => {
     const t = performance.now();
     const r = orig(...args);
@@ -99,23 +96,3 @@ for (const seed of [3, 0]) {
 const result = { device: choice.description, inputLen, flops, runs, ops: Object.fromEntries(ops), fallbackGemms: be.fallbackGemms };
 console.log(`fallbackGemms ${be.fallbackGemms}`);
 if (process.env.OUT) writeFileSync(join(process.env.OUT, `prefill_profile-${inputLen}.json`), JSON.stringify(result, null, 1));
-
-// Same-process A/B of the routed-expert GEMMs (TSGLANG_PROFILE_AB=1): cuBLASLt per expert against
-// the grouped kernels (moe_gemm.cu), prompt A, interleaved rounds, medians.
-if (process.env.TSGLANG_PROFILE_AB === "1") {
-  kernels.launch = origLaunch;
-  for (const u of unwrap) u();
-  const modes: [string, boolean][] = [["cublasLt per expert", false], ["grouped (moe_gemm.cu)", true]];
-  const times = new Map<string, number[]>(modes.map(([m]) => [m, []]));
-  for (let round = 0; round < 9; round++) {
-    for (const [m, on] of modes) {
-      be.moeGroupedOn = on;
-      times.get(m)!.push(prefill(0));
-    }
-  }
-  console.log("\nA/B, prompt A, 9 interleaved rounds (first round dropped from the median):");
-  for (const [m, t] of times) {
-    const s = t.slice(1).sort((a, b) => a - b);
-    console.log(`${m.padEnd(24)} median ${s[Math.floor(s.length / 2)].toFixed(2)} ms  min ${s[0].toFixed(2)}  all ${t.map((v) => v.toFixed(2)).join(" ")}`);
-  }
-}

@@ -286,12 +286,9 @@ for (const precision of ["f32", "bf16"] as const) {
     });
 
     // 3 and 5 rows: decode, routed inside the gate_up kernel (1 row: the golden decode tests);
-    // 37 rows: the device MoE kernels. More rows: the host-sorted path, with one cuBLASLt GEMM per
-    // expert (transposed-stored weights, f32, or widths that are not multiples of 64) or, in bf16
-    // with [E, out, in] weights, the grouped kernels (moe_gemm.cu: a partial 128-row weight tile
-    // at d = 192; ~350 rows per expert at 700 rows over 2 experts: two passes). The last case
-    // routes by construction (expert j's rows carry a large x[j], router row j picks it up): 70,
-    // 150, 1 and 290 rows, i.e. every pass width (128, 192, 64; 256 then 64).
+    // 37 rows: the device MoE kernels. More rows: the host-sorted path (one cuBLASLt GEMM per
+    // expert). The last case routes by construction (expert j's rows carry a large x[j], router
+    // row j picks it up): uneven experts of 70, 150, 1 and 290 rows.
     const moeCases: [boolean, boolean, number, number, number, number[]?][] = [
       [false, false, 3, 64, 48], [false, true, 3, 64, 48], [false, false, 5, 64, 48], [false, true, 5, 64, 48],
       [true, false, 37, 64, 48], [false, false, 37, 64, 48], [true, true, 37, 64, 48],

@@ -49,7 +49,7 @@ import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
 import { type Pool, SlotTables } from "../slot_tables.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
-import { type KernelArgs, Kernels } from "./kernels.js";
+import { Kernels } from "./kernels.js";
 import type { NcclCommunicator } from "./nccl.js";
 import { PeerAllReduce, type PeerExchange } from "./peer_allreduce.js";
 import { DeviceMemory } from "./memory.js";
@@ -190,8 +190,6 @@ const PREP_ROPE = 1;
 const PREP_QK_NORM = 2;
 const PREP_TEMPERATURE = 4;
 const WORKSPACE_BYTES = 32 * MIB;
-/** moe_gemm.cu's dynamic shared memory: 4 stages × (16 KB of weights + 256 rows × 128 B), plus 1 KB to align the swizzle atoms. */
-const MOE_GROUPED_SMEM = 4 * 48 * 1024 + 1024;
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
@@ -208,9 +206,6 @@ export class CudaBackend implements Backend {
   /** The fa3 attention kernels, when chosen. */
   private readonly fa: FlashAttention | null;
   private readonly workspace: DevicePtr;
-  /** The grouped expert GEMMs (moe_gemm.cu) for prefill, where they apply; TSGLANG_MOE_GROUPED=0: cuBLASLt per expert. */
-  private readonly moeGroupedOn: boolean;
-  private readonly moeGroupedReady = new Set<string>();
   /** Recorded after the MoE routing kernel: the host path waits for it alone (see moe). */
   private routed: DevicePtr | null = null;
   private readonly comm: NcclCommunicator | null;
@@ -275,7 +270,6 @@ export class CudaBackend implements Backend {
     const envInt = (name: string) => (process.env[name] !== undefined && process.env[name] !== "" ? Number(process.env[name]) : undefined);
     this.gemvMax = Math.min(GEMV_MAX_TOKENS, opts.gemvMaxTokens ?? envInt("TSGLANG_GEMV_MAX_N") ?? GEMV_DEFAULT_MAX_TOKENS);
     this.moeDeviceMax = Math.min(1024, opts.moeDeviceMaxTokens ?? envInt("TSGLANG_MOE_DEVICE_MAX_N") ?? 64);
-    this.moeGroupedOn = process.env.TSGLANG_MOE_GROUPED !== "0";
     const graphsOn = process.env.TSGLANG_CUDA_GRAPHS !== "0" && this.native.graphBeginCapture !== undefined;
     this.graphSizes = graphsOn ? [...(opts.graphSizes ?? DEFAULT_GRAPH_SIZES)].sort((a, b) => a - b) : [];
     const free = this.native.memGetInfo().free;
@@ -1168,61 +1162,28 @@ export class CudaBackend implements Backend {
     const es = BYTES[this.t];
     const lo = offset[first];
     const hi = offset[first + local];
-    // The grouped kernels (moe_gemm.cu) where they apply: bf16, [E, out, in] weights, widths
-    // multiples of 64, compute capability 9.0; gate_up then writes SiLU(gate)·up directly. Else
-    // one cuBLASLt call per expert and silu_mul.
-    const grouped = this.moeGroupedOn && this.info.ccMajor === 9 && this.t === "bf16" && !gu.transposed && !dn.transposed && d % 64 === 0 && f % 64 === 0;
-    const act = this.stepTensor([n, f], this.t);
-    const out = this.stepTensor([n, d], this.t);
-    const offsets = grouped ? this.uploadInts(offset.slice(first, first + local + 1)) : 0n; // the local experts' rows
-    if (grouped) {
-      this.moeGrouped("moe_grouped_gate_up_bf16", f / 64, local, (a) => a.ptr(xin.ptr).ptr(gu.ptr).ptr(act.ptr).ptr(offsets).i32(d).i32(f));
-      if (local === e) {
-        // Every token is routed here: the down kernel writes shared + routed into `out` itself.
-        this.moeGrouped("moe_grouped_down_combine_bf16", Math.ceil(d / 128), local, (a) =>
-          a.ptr(act.ptr).ptr(dn.ptr).ptr(out.ptr).ptr(offsets).ptr(permDev).ptr(shared.ptr).i32(f).i32(d),
-        );
-        return out;
-      }
+    const h = this.stepTensor([n, twoF], this.t);
+    for (let j = first; j < first + local; j++) {
+      if (count[j] === 0) continue;
+      const at = BigInt(offset[j]);
+      this.gemm(h.ptr + at * BigInt(twoF * es), this.t, xin.ptr + at * BigInt(d * es), count[j], d, gu, (j - first) * twoF * d, twoF);
     }
-    // This rank's routed part in y (zero for rows routed to other ranks), then the combine.
+    const act = this.stepTensor([n, f], this.t);
+    const mine = hi - lo;
+    this.k.launch(`silu_mul_${this.t}`, [gridFor(mine * f)], [256], (a) =>
+      a.ptr(h.ptr + BigInt(lo * twoF * es)).ptr(act.ptr + BigInt(lo * f * es)).u64(mine).i32(f),
+    );
     const y = this.stepTensor([n, d], this.t);
     this.native.memset(y.ptr, 0, lo * d * es, 1);
     this.native.memset(y.ptr + BigInt(hi * d * es), 0, (n - hi) * d * es, 1);
-    if (grouped) {
-      this.moeGrouped("moe_grouped_gemm_bf16", Math.ceil(d / 128), local, (a) => a.ptr(act.ptr).ptr(dn.ptr).ptr(y.ptr).ptr(offsets).i32(f).i32(d));
-    } else {
-      const h = this.stepTensor([n, twoF], this.t);
-      for (let j = first; j < first + local; j++) {
-        if (count[j] === 0) continue;
-        const at = BigInt(offset[j]);
-        this.gemm(h.ptr + at * BigInt(twoF * es), this.t, xin.ptr + at * BigInt(d * es), count[j], d, gu, (j - first) * twoF * d, twoF);
-      }
-      const mine = hi - lo;
-      this.k.launch(`silu_mul_${this.t}`, [gridFor(mine * f)], [256], (a) =>
-        a.ptr(h.ptr + BigInt(lo * twoF * es)).ptr(act.ptr + BigInt(lo * f * es)).u64(mine).i32(f),
-      );
-      for (let j = first; j < first + local; j++) {
-        if (count[j] === 0) continue;
-        const at = BigInt(offset[j]);
-        this.gemm(y.ptr + at * BigInt(d * es), this.t, act.ptr + at * BigInt(f * es), count[j], f, dn, (j - first) * d * f, d);
-      }
+    for (let j = first; j < first + local; j++) {
+      if (count[j] === 0) continue;
+      const at = BigInt(offset[j]);
+      this.gemm(y.ptr + at * BigInt(d * es), this.t, act.ptr + at * BigInt(f * es), count[j], f, dn, (j - first) * d * f, d);
     }
+    const out = this.stepTensor([n, d], this.t);
     this.k.launch(`moe_combine_${this.t}`, [n], [blockFor(d)], (a) => a.ptr(shared.ptr).ptr(y.ptr).ptr(invDev).ptr(out.ptr).i32(d));
     return out;
-  }
-
-  /**
-   * One grouped expert GEMM of moe_gemm.cu over the rows of every local expert (rows sorted by
-   * expert; the offsets argument holds [local + 1] absolute row indices on the device): grid
-   * (weight tiles × local experts), 193 KB of shared memory.
-   */
-  private moeGrouped(name: string, tiles: number, local: number, args: (a: KernelArgs) => KernelArgs): void {
-    if (!this.moeGroupedReady.has(name)) {
-      this.native.setMaxDynamicShared(this.k.fn(name), MOE_GROUPED_SMEM);
-      this.moeGroupedReady.add(name);
-    }
-    this.k.launch(name, [tiles, local], [256], args, MOE_GROUPED_SMEM);
   }
 
   /**
