@@ -14,29 +14,19 @@ import { describe, test } from "node:test";
 import { readGolden, type Golden } from "../model/golden.js";
 import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
-import { CudaBackend, type Precision, cudaDeviceCount } from "../runtime/cuda/backend.js";
+import { CudaBackend, type Precision } from "../runtime/cuda/backend.js";
 import { ncclDescription } from "../runtime/cuda/nccl.js";
 import { ncclBench } from "../runtime/cuda/nccl_bench.js";
 import { fixturePath } from "../util/repo.js";
 import { loadParallel } from "./parallel.js";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
+import { multiGpu } from "../runtime/cuda/check.js";
 
 const MIB = 2 ** 20;
 const RANK_MEMORY = { memoryBytes: 512 * MIB, stepBytes: 128 * MIB, poison: true };
 
-function gpus(): { count: number; skip: string | false } {
-  try {
-    const count = cudaDeviceCount();
-    if (count < 2) return { count, skip: `needs 2 CUDA devices, ${count} visible` };
-    ncclDescription(); // NCCL must load too
-    return { count, skip: false };
-  } catch (e) {
-    return { count: 0, skip: `no CUDA/NCCL (${(e as Error).message.split("\n")[0].replace(/; tried:$/, "")})` };
-  }
-}
-
-const { count, skip } = gpus();
+const { count, skip } = multiGpu();
 
 test("tensor parallelism on GPUs: devices and NCCL, or why skipped", () => {
   console.log(skip ? `# skipped: ${skip}` : `# ${count} CUDA devices; NCCL ${ncclDescription()}; NCCL_NVLS_ENABLE=${process.env.NCCL_NVLS_ENABLE}`);

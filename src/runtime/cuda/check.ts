@@ -5,6 +5,20 @@ import assert from "node:assert/strict";
 import type { HostTensor } from "../backend.js";
 import { float32ToBf16 } from "../dtype.js";
 import type { Rng } from "../../util/rng.js";
+import { cudaDeviceCount } from "./backend.js";
+import { ncclDescription } from "./nccl.js";
+
+/** For the multi-GPU tests: the visible CUDA devices, or why the tests skip (fewer than 2, or no CUDA/NCCL). */
+export function multiGpu(): { count: number; skip: string | false } {
+  try {
+    const count = cudaDeviceCount();
+    if (count < 2) return { count, skip: `needs 2 CUDA devices, ${count} visible` };
+    ncclDescription(); // NCCL must load too
+    return { count, skip: false };
+  } catch (e) {
+    return { count: 0, skip: `no CUDA/NCCL (${(e as Error).message.split("\n")[0].replace(/; tried:$/, "")})` };
+  }
+}
 
 /** Normal values rounded to bf16, so both backends start from identical inputs. */
 export function randn(rng: Rng, n: number, scale = 1): Float32Array {

@@ -10,22 +10,11 @@ process.env.NCCL_NVLS_ENABLE ??= "0"; // never NVLink multicast (shared hosts: s
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { cudaDeviceCount } from "./backend.js";
 import { ncclDescription } from "./nccl.js";
 import { benchLine, peerAllReduceCheck } from "./peer_allreduce_check.js";
+import { multiGpu } from "./check.js";
 
-function gpus(): { count: number; skip: string | false } {
-  try {
-    const count = cudaDeviceCount();
-    if (count < 2) return { count, skip: `needs 2 CUDA devices, ${count} visible` };
-    ncclDescription(); // NCCL must load too (the communicator, and the larger messages)
-    return { count, skip: false };
-  } catch (e) {
-    return { count: 0, skip: `no CUDA/NCCL (${(e as Error).message.split("\n")[0].replace(/; tried:$/, "")})` };
-  }
-}
-
-const { count, skip } = gpus();
+const { count, skip } = multiGpu();
 
 test("custom all-reduce on GPUs: devices, or why skipped", () => {
   console.log(skip ? `# skipped: ${skip}` : `# ${count} CUDA devices; NCCL ${ncclDescription()}; NCCL_NVLS_ENABLE=${process.env.NCCL_NVLS_ENABLE}`);
