@@ -1106,8 +1106,9 @@ export class CudaBackend implements Backend {
 
   /**
    * Top-1 sigmoid routing on the expert input plus the shared expert (spec §1.6):
-   * router GEMM → route kernel → (host) counting sort by expert → gather + scale → per-expert
-   * gate_up GEMMs over contiguous rows → SiLU-mul → per-expert down GEMMs → shared + routed.
+   * router GEMM → route kernel → shared expert (queued before the host waits, so it runs while
+   * the host sorts) → (host) counting sort by expert → gather + scale → per-expert gate_up GEMMs
+   * over contiguous rows → SiLU-mul → per-expert down GEMMs → shared + routed.
    */
   moe(x: Tensor, w: MoeWeights): CudaTensor {
     const xt = this.as(this.tensor(x), this.t);
