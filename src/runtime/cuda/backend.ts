@@ -1129,6 +1129,8 @@ export class CudaBackend implements Backend {
       if (out) return out;
     }
 
+    // The host sorts the rows by expert: not possible inside a CUDA-graph capture.
+    if (this.graph?.capturing) throw new Error("cuda backend: the MoE host path (more rows than the device MoE kernels take, or transposed experts) inside a CUDA-graph capture");
     const logits = this.linear(xt, w.router);
     const expertDev = this.mem.stepAlloc(n * 4).ptr;
     const scoreDev = this.mem.stepAlloc(n * 4).ptr;
