@@ -38,6 +38,11 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
                             on the GPU; the next tokens are the same)
   --json                    print one JSON object`;
 
+/** The middle value (the upper one of an even count). */
+function median(xs: readonly number[]): number {
+  return [...xs].sort((a, b) => a - b)[xs.length >> 1];
+}
+
 /** Bytes one decode step must read: weights touched by B tokens plus the KV they attend to. */
 export function decodeStepBytes(cfg: Llama4Config, batch: number, context: number, elementBytes: number): { weights: number; kv: number } {
   const d = cfg.hiddenSize;
@@ -156,9 +161,9 @@ export async function main(argv: string[]): Promise<number> {
   let gemmWarmupS: number | null = null;
   if (!values["no-warmup"]) {
     const n = Math.min(batch, group);
-    // Steps carry up to n prompts (prefill) or `batch` rows (decode); logits for up to `batch` rows.
-    gemmWarmupS = warmupGemms(model, { maxTokens: Math.max(n * inputLen, batch), maxLogitRows: batch })?.seconds ?? null;
     const warmLen = Math.min(inputLen, chunk); // one forward's worth is what the warm-up is for
+    // Steps carry up to n prompts or one chunk (prefill) or `batch` rows (decode); logits for up to `batch` rows.
+    gemmWarmupS = warmupGemms(model, { maxTokens: Math.max(n * warmLen, batch), maxLogitRows: batch })?.seconds ?? null;
     const warm = new ContiguousBatch(model, n, warmLen + 1);
     sync();
     const t0 = performance.now();
@@ -167,9 +172,9 @@ export async function main(argv: string[]): Promise<number> {
     prefillColdS = (performance.now() - t0) / 1000;
   }
   // Timed prefills: the last one's sequences go on to decode.
-  const vocabN = config.vocabSize;
+  const vocab = config.vocabSize;
   let seqs!: ContiguousBatch;
-  let logits: Float32Array = new Float32Array(batch * vocabN);
+  let logits: Float32Array = new Float32Array(batch * vocab);
   const prefillRuns: number[] = [];
   for (let run = 0; run < runs; run++) {
     const prompts = promptsFor(run);
@@ -177,27 +182,23 @@ export async function main(argv: string[]): Promise<number> {
     sync();
     const t = performance.now();
     for (let g = 0; g < batch; g += group) {
-      // `group` whole prompts, or (group 1) one prompt's chunks: the last chunk's logits are its last token's.
+      // `group` whole prompts (then one chunk holds them), or one prompt's chunks: the last chunk's logits are its last token's.
       for (let at = 0; at < inputLen; at += chunk) {
-        const part = prompts.map((p, b) => (b >= g && b < g + group ? (group > 1 ? p : p.slice(at, at + chunk)) : []));
-        const out = seqs.append(part);
-        if (group > 1 || at + chunk >= inputLen) logits.set(out, g * vocabN);
-        if (group > 1) break;
+        const out = seqs.append(prompts.map((p, b) => (b >= g && b < g + group ? p.slice(at, at + chunk) : [])));
+        if (at + chunk >= inputLen) logits.set(out, g * vocab);
       }
     }
     sync();
     prefillRuns.push((performance.now() - t) / 1000);
   }
-  const prefillS = [...prefillRuns].sort((a, b) => a - b)[prefillRuns.length >> 1];
-  let t: number;
+  const prefillS = median(prefillRuns);
   const steps: number[] = [];
   const graphMs: number[] = []; // rank 0's device time of each replayed decode graph
-  const vocab = config.vocabSize;
   const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
   let next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
   const firstIds = [next[0][0]]; // sequence 0's greedy tokens: a check that two runs computed the same thing
   for (let s = 1; s < outputLen; s++) {
-    t = performance.now();
+    const t = performance.now();
     if (deviceGreedy) {
       const ids = seqs.appendGreedy(next);
       sync();
@@ -205,18 +206,16 @@ export async function main(argv: string[]): Promise<number> {
       const ms = be.lastReplayMs?.();
       if (ms != null) graphMs.push(ms);
       next = Array.from(ids, (id) => [id]);
-      firstIds.push(next[0][0]);
     } else {
       logits = seqs.append(next);
       sync();
       steps.push((performance.now() - t) / 1000);
       next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
-      firstIds.push(next[0][0]);
     }
+    firstIds.push(next[0][0]);
   }
   // The first decode steps warm caches; report the median.
-  const sorted = [...steps].sort((a, b) => a - b);
-  const stepS = sorted[Math.floor(sorted.length / 2)];
+  const stepS = median(steps);
   const elementBytes = be.elementBytes ?? 2;
   // Each rank reads about 1/tp of the step's bytes, at the same time as the others.
   const all = decodeStepBytes(config, batch, inputLen + Math.floor(outputLen / 2), elementBytes);
@@ -243,7 +242,7 @@ export async function main(argv: string[]): Promise<number> {
     decode_step_s_median: stepS,
     // The replayed graph's own device time: the step minus this is host work and launch gaps
     // (under tensor parallelism rank 0's graph also waits for the other ranks at each all-reduce).
-    decode_graph_gpu_s_median: graphMs.length > 0 ? [...graphMs].sort((a, b) => a - b)[graphMs.length >> 1] / 1000 : null,
+    decode_graph_gpu_s_median: graphMs.length > 0 ? median(graphMs) / 1000 : null,
     decode_tokens_per_s: batch / stepS,
     decode_step_bytes: stepBytes,
     decode_weight_bytes: bytes.weights,
