@@ -45,6 +45,14 @@ test("bad rows, lengths and slots are errors naming what is wrong", () => {
   assert.throws(() => new SlotTables({ full: 8, swa: 0, rows: 2 ** 16, context: 2 ** 16 }, ["full"]), /exceed 2\^31 entries/);
 });
 
+test("a rejected step changes no row, not even the rows before the bad one", () => {
+  const t = new SlotTables({ full: 8, swa: 4, rows: 2, context: 6 }, ["full", "swa"]);
+  t.apply(step(seq(0, 1, 1, 0, [1])));
+  assert.throws(() => t.apply(step(seq(0, 1, 2, 1, [2]), seq(1, 1, 1, 0, [9]))), /full slot 9/);
+  assert.deepEqual([...t.slots("full", 0)], [1]);
+  assert.equal(t.slots("full", 1).length, 0);
+});
+
 test("newSlotsOnly keeps just the new tokens' slots", () => {
   const b = newSlotsOnly(step(seq(0, 2, 5, 0, [1, 2, 3, 4, 5], [0, 0, 0, 6, 7])));
   assert.equal(b.seqs[0].slotsFrom, 3);

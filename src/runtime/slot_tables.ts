@@ -62,11 +62,6 @@ export class SlotTables {
       if (s.fullSlots.length !== n || s.swaSlots.length !== n) {
         throw new Error(`slot tables: positions [${s.slotsFrom}, ${s.kvLen}) need ${n} slots, got ${s.fullSlots.length} full / ${s.swaSlots.length} SWA`);
       }
-      total += n;
-    }
-    const out = { full: new Int32Array(this.pools.includes("full") ? 2 * total : 0), swa: new Int32Array(this.pools.includes("swa") ? 2 * total : 0) };
-    let at = 0;
-    for (const s of seqs) {
       // A row starts over at slotsFrom; it may not skip positions it never had.
       if (s.slotsFrom > this.lens[s.row]) throw new Error(`slot tables: row ${s.row} holds ${this.lens[s.row]} positions, the step adds from ${s.slotsFrom}`);
       for (const pool of this.pools) {
@@ -76,6 +71,15 @@ export class SlotTables {
         for (let i = 0; i < src.length; i++) {
           if (!(src[i] >= lo && src[i] < limit)) throw new Error(`slot tables: ${pool} slot ${src[i]} for position ${s.slotsFrom + i} is outside the pool of ${limit}`);
         }
+      }
+      total += n;
+    }
+    // Everything is checked before anything is written: a rejected step changes no row.
+    const out = { full: new Int32Array(this.pools.includes("full") ? 2 * total : 0), swa: new Int32Array(this.pools.includes("swa") ? 2 * total : 0) };
+    let at = 0;
+    for (const s of seqs) {
+      for (const pool of this.pools) {
+        const src = pool === "full" ? s.fullSlots : s.swaSlots;
         let list = this.lists[s.row][pool];
         if (list.length < s.kvLen) {
           const grown = new Int32Array(Math.min(context, Math.max(s.kvLen, 2 * list.length, 64)));
