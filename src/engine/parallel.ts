@@ -140,16 +140,20 @@ class ParallelModel implements ForwardModel {
   }
 
   forward(batch: StepBatch): Float32Array {
-    const sent = compact(batch);
-    for (const w of this.workers) w.postMessage({ type: "forward", batch: sent } satisfies RankMessage);
+    this.sendStep("forward", batch);
     return this.lead.model.forward(batch);
   }
 
   /** Greedy steps: every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks (CUDA). */
   forwardArgmax(batch: StepBatch): Int32Array {
-    const sent = compact(batch);
-    for (const w of this.workers) w.postMessage({ type: "forwardArgmax", batch: sent } satisfies RankMessage);
+    this.sendStep("forwardArgmax", batch);
     return this.lead.model.forwardArgmax!(batch);
+  }
+
+  /** The step to every other rank, its arrays copied out of views first (see compact). */
+  private sendStep(type: "forward" | "forwardArgmax", batch: StepBatch): void {
+    const sent = compact(batch);
+    for (const w of this.workers) w.postMessage({ type, batch: sent } satisfies RankMessage);
   }
 
   /** Every rank frees its device memory and communicator, then the threads end. */

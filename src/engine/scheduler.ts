@@ -469,7 +469,7 @@ export class Scheduler {
 
   /** Hands a finished request's KV to the radix cache and removes it. */
   private retire(req: Req, finish: EngineOutput["finish"] | null): void {
-    if (this.running.includes(req)) this.leaveRunning(req);
+    if (req.row >= 0) this.leaveRunning(req); // a row exactly while running
     const len = req.kvLen;
     // Slots allocated for positions never computed go straight back.
     this.fullPool.free(req.full.data.subarray(len, req.slotLen));

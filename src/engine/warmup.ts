@@ -17,8 +17,8 @@ export interface WarmupLimits {
 export function gemmWarmups(model: Llama4Model, limits: WarmupLimits): GemmWarmup[] {
   const tokens = Math.max(1, Math.floor(limits.maxTokens));
   const specs: GemmWarmup[] = [];
-  const add = (w: GemmWarmup["weight"] | undefined, maxRows = tokens) => {
-    if (w) specs.push({ weight: w, maxRows });
+  const add = (w: GemmWarmup["weight"] | undefined) => {
+    if (w) specs.push({ weight: w, maxRows: tokens });
   };
   for (const l of model.weights.layers) {
     for (const w of [l.q, l.k, l.v, l.o]) add(w);
