@@ -143,10 +143,10 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
     sendRoles();
     const tc = calls[u.index];
     let delta = tc ? tc.push(u.delta) : u.delta;
+    const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
     if (tc && u.finish) {
       const end = tc.finish();
       if (end.calls) {
-        const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
         const content = delta + end.content;
         sse.send(chunk([{ index: u.index, delta: { ...(content ? { content } : {}), tool_calls: toolCallsOf(end.calls) }, logprobs, finish_reason: null, matched_stop: null }]));
         sse.send(chunk([{ index: u.index, delta: {}, logprobs: null, ...finishOf(u.finish, true) }]));
@@ -154,7 +154,6 @@ export async function handleChat(ctx: ServerContext, body: unknown, req: Incomin
       }
       delta += end.content;
     }
-    const logprobs = r.logprobs && u.ids.length > 0 ? chatLogprobs(ctx.texts, u.logprobs, r.topLogprobs) : null;
     if (delta !== "" || logprobs) {
       sse.send(chunk([{ index: u.index, delta: { content: delta }, logprobs, finish_reason: null, matched_stop: null }]));
     }
