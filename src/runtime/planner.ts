@@ -18,6 +18,7 @@
 // docs/MEMORY.md has the formula, the figures for Scout/Maverick and where we differ from SGLang.
 
 import type { Llama4Config } from "../model/config.js";
+import { SLOT_TABLE_MAX_ENTRIES } from "./slot_tables.js";
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -66,9 +67,9 @@ export const SWA_EVICTION_INTERVAL = 128;
 /** Default cap on the context-sized buffers (req_to_token + graph page tables) when
  *  --max-running-requests is not given: at most this share of B. SGLang has no cap (§2.7, #5755). */
 export const CONTEXT_BUFFER_SHARE = 1 / 8;
-/** The engine's slot tables (req_to_token: [R + 1, L] per pool) are indexed by 32-bit ints in the
- *  kernels, so (R + 1)·L stays below this; SGLang indexes with int64 and has no such bound. */
-export const SLOT_TABLE_MAX_ENTRIES = 2 ** 31 - 1;
+// The engine's slot tables (req_to_token: [R + 1, L] per pool) are indexed by 32-bit ints in the
+// kernels, so (R + 1)·L stays within SLOT_TABLE_MAX_ENTRIES; SGLang indexes with int64 and has no such bound.
+export { SLOT_TABLE_MAX_ENTRIES };
 /** SGLang's default --swa-full-tokens-ratio (§2.2). */
 export const DEFAULT_SWA_FULL_TOKENS_RATIO = 0.8;
 /** The ratio 'auto' picks is rounded down to this step so that passing it back reproduces the plan. */

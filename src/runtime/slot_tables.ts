@@ -5,6 +5,9 @@
 
 import type { KvPoolSizes, StepBatch } from "./backend.js";
 
+/** Table indices (row · context + position) are int32 in the kernels. */
+export const SLOT_TABLE_MAX_ENTRIES = 2 ** 31 - 1;
+
 export type Pool = "full" | "swa";
 
 /** One step's additions to a pool's table: (row · context + position, slot) pairs. */
@@ -25,8 +28,7 @@ export class SlotTables {
     if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(context) || context < 1) {
       throw new Error(`slot tables need ≥ 1 row and position, got ${rows} × ${context}`);
     }
-    // Table indices (row · context + position) are int32 on the device.
-    if (rows * context > 2 ** 31 - 1) {
+    if (rows * context > SLOT_TABLE_MAX_ENTRIES) {
       throw new Error(`slot tables of ${rows} sequences × ${context} positions exceed 2^31 entries: lower --max-running-requests or --context-length`);
     }
     this.lists = Array.from({ length: rows }, () => ({ full: new Int32Array(0), swa: new Int32Array(0) }));

@@ -24,11 +24,11 @@
 // rank): ids, logprobs and top logprobs come back, not the logits.
 //
 // Known gaps (next steps): MoE routing of larger batches (prefill) still reads the expert ids
-// back to the host (one sync per MoE layer; a device-offset grouped GEMM would remove it); the
-// grouped expert kernels reach ~70% of copy bandwidth at 64 tokens (cuBLASLt per expert: ~80%);
-// attention
-// is the simple reference kernel unless `attention: "fa3"` (attention.ts: mma.sync, not yet
-// wgmma); the per-step slot tables are uploaded whole.
+// back to the host (one sync per MoE layer, the shared expert running meanwhile; grouped expert
+// GEMMs of our own were tried and were no faster than cuBLASLt per expert: docs/PERF.md, fourth
+// pass); the grouped expert kernels reach ~70% of copy bandwidth at 64 tokens (cuBLASLt per
+// expert: ~80%); attention is the simple reference kernel unless `attention: "fa3"`
+// (attention.ts: mma.sync, not yet wgmma).
 
 import type {
   AttentionParams,
@@ -229,7 +229,6 @@ export class CudaBackend implements Backend {
   private readonly moeDeviceMax: number;
   // ---- CUDA graphs (decodeGraph) ----
   private readonly graphSizes: number[];
-  /** Executable graphs per model (the key decodeGraph gets) and padded batch size. */
   /** Captured decode steps per model, keyed by padded batch size and the attention split counts ("8/1,4"). */
   private readonly graphs = new Map<object, Map<string, GraphEntry>>();
   /** Set while a graph step is prepared or captured: the step's inputs live at these fixed addresses. */
@@ -681,7 +680,7 @@ export class CudaBackend implements Backend {
     // Rows of ≤ 8192 in bf16 with 16-byte rows: one thread per 8 elements (norm.cu, the vector kernel).
     const vec = this.t === "bf16" && wt.dtype === "bf16" && d % 8 === 0 && d <= 8 * 1024 && [rt.ptr, xt.ptr, wt.ptr, out.ptr].every((p) => p % 16n === 0n);
     const name = vec ? `add_rms_norm_vec_${xt.dtype}_bf16` : `add_rms_norm_${xt.dtype}_${this.t}`;
-    const threads = vec ? Math.max(32, Math.ceil(d / 8 / 32) * 32) : blockFor(d);
+    const threads = vec ? this.rowThreads(d) : blockFor(d);
     this.k.launch(name, [n], [threads], (a) => a.ptr(rt.ptr).ptr(xt.ptr).ptr(wt.ptr).ptr(out.ptr).i32(d).f32(eps));
     return out;
   }
@@ -1435,15 +1434,15 @@ export class CudaBackend implements Backend {
 }
 
 /** Tokens per pass of the GEMV kernels for a batch of n: n rounded up to 1, 2, 4 or 8. */
+function tokensPerPass(n: number): number {
+  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
+}
+
 /** The largest power of two ≤ 256 dividing a device address (what blaslt.cc keys plans by). */
 function alignment(p: DevicePtr): number {
   let a = 256;
   while (a > 1 && p % BigInt(a) !== 0n) a >>= 1;
   return a;
-}
-
-function tokensPerPass(n: number): number {
-  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
 }
 
 function rows(x: CudaTensor, op: string): [number, number] {
