@@ -73,24 +73,6 @@ bool getBytes(napi_env env, napi_value v, void*& data, size_t& bytes) {
   return false;
 }
 
-bool getStrings(napi_env env, napi_value v, std::vector<std::string>& out) {
-  uint32_t n = 0;
-  if (napi_get_array_length(env, v, &n) != napi_ok) {
-    throwError(env, "expected an array of library paths");
-    return false;
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    napi_value s;
-    napi_get_element(env, v, i, &s);
-    size_t len = 0;
-    napi_get_value_string_utf8(env, s, nullptr, 0, &len);
-    std::string str(len, '\0');
-    napi_get_value_string_utf8(env, s, str.data(), len + 1, &len);
-    out.push_back(str);
-  }
-  return true;
-}
-
 napi_value bigint(napi_env env, uint64_t v) {
   napi_value r;
   napi_create_bigint_uint64(env, v, &r);
@@ -106,12 +88,6 @@ napi_value number(napi_env env, double v) {
 napi_value string(napi_env env, const std::string& s) {
   napi_value r;
   napi_create_string_utf8(env, s.c_str(), s.size(), &r);
-  return r;
-}
-
-napi_value undefined(napi_env env) {
-  napi_value r;
-  napi_get_undefined(env, &r);
   return r;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -59,6 +60,31 @@ inline bool getF64(napi_env env, napi_value v, double& out) {
   if (napi_get_value_double(env, v, &out) == napi_ok) return true;
   throwError(env, "expected a number");
   return false;
+}
+
+// An array of strings (library paths).
+inline bool getStrings(napi_env env, napi_value v, std::vector<std::string>& out) {
+  uint32_t n = 0;
+  if (napi_get_array_length(env, v, &n) != napi_ok) {
+    throwError(env, "expected an array of library paths");
+    return false;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value s;
+    napi_get_element(env, v, i, &s);
+    size_t len = 0;
+    napi_get_value_string_utf8(env, s, nullptr, 0, &len);
+    std::string str(len, '\0');
+    napi_get_value_string_utf8(env, s, str.data(), len + 1, &len);
+    out.push_back(str);
+  }
+  return true;
+}
+
+inline napi_value undefined(napi_env env) {
+  napi_value r;
+  napi_get_undefined(env, &r);
+  return r;
 }
 
 }  // namespace

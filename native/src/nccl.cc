@@ -77,34 +77,16 @@ bool dtypeOk(napi_env env, int64_t t) {
   return false;
 }
 
-napi_value undefined(napi_env env) {
-  napi_value r;
-  napi_get_undefined(env, &r);
-  return r;
-}
-
 // ncclOpen(paths: string[]): { path, version } — the first library that loads with every entry point.
 napi_value Open(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!getArgs(env, info, 1, argv)) return nullptr;
   std::lock_guard<std::mutex> hold(loadLock);
   if (!loaded) {
-    uint32_t n = 0;
-    if (napi_get_array_length(env, argv[0], &n) != napi_ok) {
-      throwError(env, "expected an array of library paths");
-      return nullptr;
-    }
-    std::vector<std::string> paths(n);
-    for (uint32_t i = 0; i < n; i++) {
-      napi_value s;
-      napi_get_element(env, argv[0], i, &s);
-      size_t len = 0;
-      napi_get_value_string_utf8(env, s, nullptr, 0, &len);
-      paths[i].assign(len, '\0');
-      napi_get_value_string_utf8(env, s, paths[i].data(), len + 1, &len);
-    }
+    std::vector<std::string> paths;
+    if (!getStrings(env, argv[0], paths)) return nullptr;
     std::string errors;
-    loadedFrom = openFirst(paths.data(), static_cast<int>(n), [&](void* lib) -> std::string {
+    loadedFrom = openFirst(paths.data(), static_cast<int>(paths.size()), [&](void* lib) -> std::string {
       Nccl t{};
       std::string missing;
       sym(lib, "ncclGetVersion", t.getVersion, missing);
