@@ -6,8 +6,8 @@
 // GQA: query head h reads KV head h / (Hq / Hkv).
 // Roofline: decode is memory-bound on K/V (2·kvLen·D·sizeof T per KV head, re-read by the G
 // query heads of a group through L2); prefill is compute-bound and this kernel does it with
-// scalar FMAs and a warp reduction per key — far from the tensor-core bound. A tiled
-// (FlashAttention-style, wgmma on sm_90a) kernel replaces it; this one is the reference.
+// scalar FMAs and a warp reduction per key — far from the tensor-core bound. The tiled
+// FlashAttention-style kernels (attention_fa.cu, mma.sync) replace it; this one is the reference.
 #include <math_constants.h>
 
 #include "common.cuh"

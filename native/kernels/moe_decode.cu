@@ -1,6 +1,7 @@
 // Llama 4 MoE for small batches (decode, n ≤ 64 by default) with no host round trip: routing,
-// the sort by expert and every expert's row range stay on the device, so the layer is four
-// launches after the router GEMM and CUDA graphs can capture it (spec §1.6: top-1, the sigmoid
+// the sort by expert and every expert's row range stay on the device, so the layer is two
+// launches after the router GEMM at n ≤ 8 (four above: sort, gather, gate_up, down) and CUDA
+// graphs can capture it (spec §1.6: top-1, the sigmoid
 // score scales the expert INPUT, shared expert added).
 //   moe_route_sort   1 block: argmax/sigmoid per row, stable counting sort of this rank's
 //                    experts → perm (sorted row → token), offsets[local + 1], score per token
@@ -27,7 +28,8 @@
 // (Scout bf16: 252 MB per expert; batch 1 → 503 MB ≈ 168 µs at 3.0 TB/s; batch 64 touches all
 // 16 → 4.28 GB ≈ 1.43 ms). Each expert's weights are read once per pass of ≤ 8 of its tokens.
 // The sort is O(n²) in one block (n ≤ 1024): ~1 µs at n = 64; the gather moves n·d·2 B.
-// Measured (H100, bench/decode_check.ts, 2026-11-27, whole layer incl. router and shared expert,
+// Measured before the routed decode kernel (n ≤ 8) existed (H100, bench/decode_check.ts,
+// 2026-11-27, c8bc78e; whole layer incl. router and shared expert,
 // % of copy bandwidth over the touched weights): 1 token 0.22–0.25 ms 68–77% (host-sorted path:
 // 0.27–0.30 ms, 58–63%); 8 tokens 70–73% (65–68%); 16 tokens 84–87% (76–78%); 32 tokens 79–80%
 // (75–77%); 64 tokens 69–71% — behind the host-sorted per-expert cuBLASLt path (80–82%), which
