@@ -838,8 +838,14 @@ export class CudaBackend implements Backend {
     const [n, twoF] = rows(g, "siluMul");
     const f = twoF / 2;
     const out = this.stepTensor([n, f], this.t);
-    this.k.launch(`silu_mul_${this.t}`, [gridFor(n * f)], [256], (a) => a.ptr(g.ptr).ptr(out.ptr).u64(n).i32(f));
+    this.launchSiluMul(g.ptr, out.ptr, n, f);
     return out;
+  }
+
+  /** out [n, F] = SiLU(gu[:, :F]) · gu[:, F:]; the bf16 kernel takes 8 elements a thread when F % 8 == 0. */
+  private launchSiluMul(gu: DevicePtr, out: DevicePtr, n: number, f: number): void {
+    const perThread = this.t === "bf16" && f % 8 === 0 ? 8 : 1;
+    this.k.launch(`silu_mul_${this.t}`, [gridFor((n * f) / perThread)], [256], (a) => a.ptr(gu).ptr(out).u64(n).i32(f));
   }
 
   // ---- tensor parallelism (NCCL on this thread's stream) ----
@@ -1172,9 +1178,7 @@ export class CudaBackend implements Backend {
     }
     const act = this.stepTensor([n, f], this.t);
     const mine = hi - lo;
-    this.k.launch(`silu_mul_${this.t}`, [gridFor(mine * f)], [256], (a) =>
-      a.ptr(h.ptr + BigInt(lo * twoF * es)).ptr(act.ptr + BigInt(lo * f * es)).u64(mine).i32(f),
-    );
+    this.launchSiluMul(h.ptr + BigInt(lo * twoF * es), act.ptr + BigInt(lo * f * es), mine, f);
     const y = this.stepTensor([n, d], this.t);
     this.native.memset(y.ptr, 0, lo * d * es, 1);
     this.native.memset(y.ptr + BigInt(hi * d * es), 0, (n - hi) * d * es, 1);
