@@ -99,6 +99,7 @@ export async function ncclBench(ranks: number, bytes = 256 * 2 ** 20, reps = 10)
     done.push(Promise.race([new Promise<RankResult>((r) => (finished = r)), failed]));
     w.on("message", (m: RankReply) => ("joining" in m ? joined() : "error" in m ? fail(new Error(m.error)) : finished(m)));
     w.once("error", fail);
+    w.once("exit", (code) => fail(new Error(`rank thread exited (code ${code}) before reporting`)));
   }
   // Rank 0 joins on this thread (blocking) once every other rank has its device and is joining.
   try {
