@@ -18,26 +18,16 @@ __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
   v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-// This thread's 8 elements c = 8·threadIdx.x of a row (xv: zeros past d): res += xv (fp32, in
-// place), then out = RMSNorm(res)·w, normalised in fp32, rounded to bf16, then weighted (as
-// rmsNormRow). Every thread of the block calls it (the sum of squares is a block reduction).
-__device__ __forceinline__ void addRmsNormRow8(float* __restrict__ res, const float (&xv)[8], const bf16* __restrict__ w,
-                                               bf16* __restrict__ out, int d, float eps) {
+// out = RMSNorm(r)·w for this thread's 8 elements c = 8·threadIdx.x of a row (r: zeros past d),
+// normalised in fp32, rounded to bf16, then weighted (as rmsNormRow). Every thread of the block
+// calls it (the sum of squares is a block reduction).
+__device__ __forceinline__ void rmsNormRow8(const float (&r)[8], const bf16* __restrict__ w, bf16* __restrict__ out, int d, float eps) {
   const int c = threadIdx.x * 8;
-  const bool mine = c < d;
-  float r[8] = {};
-  if (mine) {
-    load8(res + c, r);
-#pragma unroll
-    for (int k = 0; k < 8; k++) r[k] += xv[k];
-    reinterpret_cast<float4*>(res + c)[0] = make_float4(r[0], r[1], r[2], r[3]);
-    reinterpret_cast<float4*>(res + c)[1] = make_float4(r[4], r[5], r[6], r[7]);
-  }
   float ss = 0.f;
 #pragma unroll
   for (int k = 0; k < 8; k++) ss += r[k] * r[k];
   const float inv = 1.0f / sqrtf(blockSum(ss) / d + eps);
-  if (!mine) return;
+  if (c >= d) return;
   float wv[8];
   load8(w + c, wv);
   uint4 o;
@@ -49,4 +39,20 @@ __device__ __forceinline__ void addRmsNormRow8(float* __restrict__ res, const fl
     h[k] = __floats2bfloat162_rn(a, b);
   }
   *reinterpret_cast<uint4*>(out + c) = o;
+}
+
+// This thread's 8 elements c = 8·threadIdx.x of a row (xv: zeros past d): res += xv (fp32, in
+// place), then out = RMSNorm(res)·w (rmsNormRow8).
+__device__ __forceinline__ void addRmsNormRow8(float* __restrict__ res, const float (&xv)[8], const bf16* __restrict__ w,
+                                               bf16* __restrict__ out, int d, float eps) {
+  const int c = threadIdx.x * 8;
+  float r[8] = {};
+  if (c < d) {
+    load8(res + c, r);
+#pragma unroll
+    for (int k = 0; k < 8; k++) r[k] += xv[k];
+    reinterpret_cast<float4*>(res + c)[0] = make_float4(r[0], r[1], r[2], r[3]);
+    reinterpret_cast<float4*>(res + c)[1] = make_float4(r[4], r[5], r[6], r[7]);
+  }
+  rmsNormRow8(r, w, out, d, eps);
 }
