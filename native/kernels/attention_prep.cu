@@ -3,6 +3,8 @@
 //         then weightless per-head RMS norm (qk-norm) when enabled;
 //   q:    NoPE temperature tuning τ(p) = 1 + a·ln(⌊(p+1)/F⌋ + 1) when enabled;
 //   k, v: written into the layer's KV pool at the row's slot.
+// q, k and v rows are ldq / ldk / ldv elements apart: separate tensors, or column blocks of one
+// [n, (Hq + 2·Hkv)·D] output when the three projections ran as one GEMM.
 // Roofline: memory-bound, reads q/k/v once and writes q' + the KV slot once; (Hq + 2·Hkv)·D
 // elements per row (Scout prefill of 2048 rows: 58 MB, ~20 µs at 2.95 TB/s). One block per row,
 // one warp per head, each lane holding two pairs, loaded and stored as one 2-element vector
@@ -32,7 +34,7 @@ template <typename T>
 __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ qOut,
                          T* __restrict__ kPool, T* __restrict__ vPool, const int* __restrict__ positions,
                          const int* __restrict__ rowSlot, const float* __restrict__ invFreq, int hq, int hkv, int dim,
-                         int flags, float eps, float floorScale, float attnScale) {
+                         int ldq, int ldk, int ldv, int flags, float eps, float floorScale, float attnScale) {
   const int r = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   const int pos = positions[r];
@@ -52,13 +54,13 @@ __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const
     T* dst;
     const bool isQ = h < hq, isV = h >= hq + hkv;
     if (isQ) {
-      src = q + ((size_t)r * hq + h) * dim;
+      src = q + (size_t)r * ldq + (size_t)h * dim;
       dst = qOut + ((size_t)r * hq + h) * dim;
     } else if (!isV) {
-      src = k + ((size_t)r * hkv + (h - hq)) * dim;
+      src = k + (size_t)r * ldk + (size_t)(h - hq) * dim;
       dst = kPool + (slot * hkv + (h - hq)) * dim;
     } else {
-      src = v + ((size_t)r * hkv + (h - hq - hkv)) * dim;
+      src = v + (size_t)r * ldv + (size_t)(h - hq - hkv) * dim;
       dst = vPool + (slot * hkv + (h - hq - hkv)) * dim;
     }
     const typename P::V* src2 = reinterpret_cast<const typename P::V*>(src);
@@ -110,12 +112,12 @@ __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const
 #define PREP_KERNEL(TN, T)                                                                                      \
   extern "C" __global__ void attn_prep_##TN(const T* q, const T* k, const T* v, T* qOut, T* kPool, T* vPool,   \
                                              const int* positions, const int* rowSlot, const float* invFreq,    \
-                                             int hq, int hkv, int dim, int flags, float eps, float floorScale,  \
-                                             float attnScale) {                                                 \
+                                             int hq, int hkv, int dim, int ldq, int ldk, int ldv, int flags,    \
+                                             float eps, float floorScale, float attnScale) {                    \
     gridDependencyWait();                                                                                       \
     gridDependencyLaunchDependents();                                                                           \
-    attnPrep<T>(q, k, v, qOut, kPool, vPool, positions, rowSlot, invFreq, hq, hkv, dim, flags, eps, floorScale, \
-                attnScale);                                                                                     \
+    attnPrep<T>(q, k, v, qOut, kPool, vPool, positions, rowSlot, invFreq, hq, hkv, dim, ldq, ldk, ldv, flags,   \
+                eps, floorScale, attnScale);                                                                    \
   }
 
 PREP_KERNEL(bf16, bf16)

@@ -1,8 +1,9 @@
 // tsglang's Node-API addon: a thin, policy-free layer over the CUDA driver API and cuBLASLt.
 // Both libraries are dlopen'ed on request, so the addon loads (and the package runs on the CPU)
 // on machines without CUDA. Device pointers and handles cross into JS as BigInt. Everything
-// asynchronous goes on one stream per thread (a thread is bound to one device by init()); the JS
-// side (src/runtime/cuda/native.ts) types this interface. NCCL lives in nccl.cc.
+// asynchronous goes on the thread's current stream (a thread is bound to one device by init()):
+// its main stream, or a side stream between useSideStream(true) and useSideStream(false), joined
+// to the main one by events (streamWaitEvent). The JS side (src/runtime/cuda/native.ts) types this interface. NCCL lives in nccl.cc.
 #define NAPI_VERSION 8
 #include <node_api.h>
 
@@ -28,7 +29,9 @@ std::mutex driverLock;
 // Per thread: each tensor-parallel rank is a worker thread bound to its own GPU (init(rank)),
 // with its own context, stream and cuBLASLt handle (whose plan cache is not thread-safe).
 thread_local CUcontext ctx = nullptr;
-thread_local CUstream stream = nullptr;
+thread_local CUstream stream = nullptr;  // the current stream: mainStream or sideStream
+thread_local CUstream mainStream = nullptr;
+thread_local CUstream sideStream = nullptr;  // created on first use
 thread_local CUdevice device = 0;
 // Programmatic dependent launch is possible: cuLaunchKernelEx exists and the device is sm_90, the
 // only target build.sh compiles with griddepcontrol (sm_90a SASS). Other devices run sm_80 SASS or
@@ -150,7 +153,8 @@ napi_value Init(napi_env env, napi_callback_info info) {
     CHECK("cuDeviceGet", drv.cuDeviceGet(&device, static_cast<int>(ordinal)));
     CHECK("cuDevicePrimaryCtxRetain", drv.cuDevicePrimaryCtxRetain(&ctx, device));
     CHECK("cuCtxSetCurrent", drv.cuCtxSetCurrent(ctx));
-    CHECK("cuStreamCreate", drv.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+    CHECK("cuStreamCreate", drv.cuStreamCreate(&mainStream, CU_STREAM_NON_BLOCKING));
+    stream = mainStream;
   } else {
     CUdevice want = 0;
     CHECK("cuDeviceGet", drv.cuDeviceGet(&want, static_cast<int>(ordinal)));
@@ -324,7 +328,30 @@ napi_value Memset(napi_env env, napi_callback_info info) {
 
 napi_value Synchronize(napi_env env, napi_callback_info /*info*/) {
   if (!ensureDevice(env)) return nullptr;
-  CHECK("cuStreamSynchronize", drv.cuStreamSynchronize(stream));
+  CHECK("cuStreamSynchronize", drv.cuStreamSynchronize(mainStream));
+  if (sideStream) CHECK("cuStreamSynchronize (side stream)", drv.cuStreamSynchronize(sideStream));
+  return undefined(env);
+}
+
+// useSideStream(on): later work goes on the side stream (created on first use, non-blocking) or
+// back on the main one. Work on the two may overlap on the GPU; order them with events.
+napi_value UseSideStream(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  bool on = false;
+  if (!getBool(env, argv[0], on)) return nullptr;
+  if (on && !sideStream) CHECK("cuStreamCreate", drv.cuStreamCreate(&sideStream, CU_STREAM_NON_BLOCKING));
+  stream = on ? sideStream : mainStream;
+  return undefined(env);
+}
+
+// streamWaitEvent(ev): work queued on the current stream from now on waits for `ev` (recorded on either stream).
+napi_value StreamWaitEvent(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
+  uint64_t ev;
+  if (!getU64(env, argv[0], ev)) return nullptr;
+  CHECK("cuStreamWaitEvent", drv.cuStreamWaitEvent(stream, reinterpret_cast<CUevent>(ev), 0));
   return undefined(env);
 }
 
@@ -637,6 +664,7 @@ NAPI_MODULE_INIT() {
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
       {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
       {"matmulBucket", MatmulBucket},
+      {"useSideStream", UseSideStream}, {"streamWaitEvent", StreamWaitEvent},
       {"dtohAfter", DtoHAfter}, {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},
       {"graphDestroy", GraphDestroy}, {"hostRegister", HostRegister}, {"hostUnregister", HostUnregister},

@@ -36,6 +36,7 @@ std::string loadDriver(const std::string* paths, int count, Driver& d, std::stri
     sym(lib, "cuEventCreate", d.cuEventCreate, missing);
     sym(lib, "cuEventRecord", d.cuEventRecord, missing);
     sym(lib, "cuEventSynchronize", d.cuEventSynchronize, missing);
+    sym(lib, "cuStreamWaitEvent", d.cuStreamWaitEvent, missing);
     // CUDA 12.8 added a _v2 of cuEventElapsedTime; older drivers have only the plain one.
     if (!sym(lib, "cuEventElapsedTime_v2", d.cuEventElapsedTime, missing, false)) sym(lib, "cuEventElapsedTime", d.cuEventElapsedTime, missing);
     sym(lib, "cuGetErrorName", d.cuGetErrorName, missing);

@@ -48,6 +48,9 @@ export function tensorNames(cfg: Llama4Config) {
   };
 }
 
+/** A tensor's name, its full [out, in] shape in the checkpoint, and the rows [start, count] to take. */
+type StackedPart = [name: string, shape: number[], rows: [number, number]];
+
 interface LoadSpec {
   /** Swap the last two dims after selecting ([.., in, out] → [.., out, in]). */
   transpose?: boolean;
@@ -59,7 +62,8 @@ interface WeightSource {
   /** `shape` is the full shape in the checkpoint; `select` cuts this rank's share of it. */
   load(name: string, shape: number[], spec?: LoadSpec): Promise<Tensor>;
   /** Two [rows, in] matrices (their selected rows) as one tensor, a's rows first (gate then up). */
-  loadStacked(a: string, b: string, shape: number[], rows: [number, number]): Promise<Tensor>;
+  /** Row blocks of several tensors stacked into one [Σ rows, in] tensor (each `shape` is [out, in] in the checkpoint). */
+  loadStacked(parts: StackedPart[]): Promise<Tensor>;
   has(name: string): boolean;
 }
 
@@ -90,14 +94,18 @@ class CheckpointSource implements WeightSource {
     return this.backend.weight(await this.host(name, shape, spec.select), { transpose: spec.transpose });
   }
 
-  async loadStacked(a: string, b: string, shape: number[], rows: [number, number]): Promise<Tensor> {
-    const ha = await this.host(a, shape, { 0: [rows] });
-    const hb = await this.host(b, shape, { 0: [rows] });
-    if (ha.dtype !== hb.dtype) throw new Error(`tensors ${a} and ${b} have different dtypes`);
-    const data = new Uint8Array(ha.data.length + hb.data.length);
-    data.set(ha.data, 0);
-    data.set(hb.data, ha.data.length);
-    return this.backend.weight({ dtype: ha.dtype, shape: [rows[1] * 2, shape[1]], data });
+  async loadStacked(parts: StackedPart[]): Promise<Tensor> {
+    const hs: HostTensor[] = [];
+    for (const [name, shape, rows] of parts) hs.push(await this.host(name, shape, { 0: [rows] }));
+    if (hs.some((h) => h.dtype !== hs[0].dtype)) throw new Error(`tensors ${parts.map(([n]) => n).join(", ")} have different dtypes`);
+    if (parts.some(([, shape]) => shape[1] !== parts[0][1][1])) throw new Error(`tensors ${parts.map(([n]) => n).join(", ")} have different input widths`);
+    const data = new Uint8Array(hs.reduce((a, h) => a + h.data.byteLength, 0));
+    let at = 0;
+    for (const h of hs) {
+      data.set(new Uint8Array(h.data.buffer, h.data.byteOffset, h.data.byteLength), at);
+      at += h.data.byteLength;
+    }
+    return this.backend.weight({ dtype: hs[0].dtype, shape: [parts.reduce((a, [, , rows]) => a + rows[1], 0), parts[0][1][1]], data });
   }
 }
 
@@ -121,8 +129,8 @@ class DummySource implements WeightSource {
     return this.make(name, spec.transpose ? [...s.slice(0, -2), s[s.length - 1], s[s.length - 2]] : s);
   }
 
-  async loadStacked(a: string, _b: string, shape: number[], rows: [number, number]): Promise<Tensor> {
-    return this.make(a, [rows[1] * 2, shape[1]]);
+  async loadStacked(parts: StackedPart[]): Promise<Tensor> {
+    return this.make(parts[0][0], [parts.reduce((a, [, , rows]) => a + rows[1], 0), parts[0][1][1]]);
   }
 }
 
@@ -170,12 +178,25 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
     const layers: LayerWeights[] = [];
     for (const spec of cfg.layers) {
       const p = names.layer(spec.index);
+      const inputNorm = await r.load(`${p}input_layernorm.weight`, [d]);
+      const postAttnNorm = await r.load(`${p}post_attention_layernorm.weight`, [d]);
+      // q, k and v side by side in one tensor where the backend can view it in parts (its
+      // prefill then runs the three projections as one GEMM, linearMany); else three tensors.
+      const qkv: StackedPart[] = [
+        [`${p}self_attn.q_proj.weight`, [cfg.numHeads * hd, d], qRows],
+        [`${p}self_attn.k_proj.weight`, [cfg.numKvHeads * hd, d], kvRows],
+        [`${p}self_attn.v_proj.weight`, [cfg.numKvHeads * hd, d], kvRows],
+      ];
+      const parts: Tensor[] = [];
+      if (backend.splitRows) parts.push(...backend.splitRows(await r.loadStacked(qkv), qkv.map(([, , rows]) => rows[1])));
+      else for (const [name, shape, rows] of qkv) parts.push(await r.load(name, shape, { select: { 0: [rows] } }));
+      const [q, k, v] = parts;
       const lw: LayerWeights = {
-        inputNorm: await r.load(`${p}input_layernorm.weight`, [d]),
-        postAttnNorm: await r.load(`${p}post_attention_layernorm.weight`, [d]),
-        q: await r.load(`${p}self_attn.q_proj.weight`, [cfg.numHeads * hd, d], { select: { 0: [qRows] } }),
-        k: await r.load(`${p}self_attn.k_proj.weight`, [cfg.numKvHeads * hd, d], { select: { 0: [kvRows] } }),
-        v: await r.load(`${p}self_attn.v_proj.weight`, [cfg.numKvHeads * hd, d], { select: { 0: [kvRows] } }),
+        inputNorm,
+        postAttnNorm,
+        q,
+        k,
+        v,
         o: await r.load(`${p}self_attn.o_proj.weight`, [d, cfg.numHeads * hd], { select: { 1: [qRows] } }),
       };
       const m = `${p}feed_forward.`;
@@ -192,12 +213,18 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         });
         lw.expertsDown = await r.load(`${m}experts.down_proj`, [e, f, d], { select: { 0: [experts], 1: [[ws, w]] }, transpose: true });
         const shared: [number, number] = [sd.sharedWidthStart, sd.sharedWidth];
-        lw.sharedGateUp = await r.loadStacked(`${m}shared_expert.gate_proj.weight`, `${m}shared_expert.up_proj.weight`, [f, d], shared);
+        lw.sharedGateUp = await r.loadStacked([
+          [`${m}shared_expert.gate_proj.weight`, [f, d], shared],
+          [`${m}shared_expert.up_proj.weight`, [f, d], shared],
+        ]);
         lw.sharedDown = await r.load(`${m}shared_expert.down_proj.weight`, [d, f], { select: { 1: [shared] } });
       } else {
         const fm = cfg.intermediateSizeMlp;
         const mlp: [number, number] = [sd.mlpWidthStart, sd.mlpWidth];
-        lw.mlpGateUp = await r.loadStacked(`${m}gate_proj.weight`, `${m}up_proj.weight`, [fm, d], mlp);
+        lw.mlpGateUp = await r.loadStacked([
+          [`${m}gate_proj.weight`, [fm, d], mlp],
+          [`${m}up_proj.weight`, [fm, d], mlp],
+        ]);
         lw.mlpDown = await r.load(`${m}down_proj.weight`, [d, fm], { select: { 1: [mlp] } });
       }
       layers.push(lw);

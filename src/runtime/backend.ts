@@ -99,6 +99,11 @@ export interface Backend {
   linear(x: Tensor, w: Tensor, opts?: { outF32?: boolean }): Tensor;
   /** linear() of one input by each weight (q, k, v), where a backend can do them in one pass. */
   linearMany?(x: Tensor, ws: Tensor[]): Tensor[];
+  /**
+   * A [Σ counts, in] weight as views of its consecutive row blocks, for linearMany: the loader
+   * stores q, k and v side by side where a backend has this, so they can run as one GEMM.
+   */
+  splitRows?(w: Tensor, counts: number[]): Tensor[];
   /** SiLU(gate) ⊙ up for the concatenated [n, 2F] input (gate first). */
   siluMul(gateUp: Tensor): Tensor;
 

@@ -231,6 +231,37 @@ for (const precision of ["f32", "bf16"] as const) {
       });
     }
 
+    test("q, k, v stored side by side (splitRows): one GEMM at prefill sizes, its column blocks through attention", () => {
+      const hq = 4, hkv = 2, dim = 64, inDim = 96, n = 40; // 40 rows: past the GEMV kernels, one GEMM
+      const counts = [hq * dim, hkv * dim, hkv * dim];
+      const ws = counts.map((c) => randn(rng, c * inDim, 0.1));
+      const stacked = new Float32Array(ws.reduce((a, w) => a + w.length, 0));
+      ws.reduce((at, w) => (stacked.set(w, at), at + w.length), 0);
+      const views = g().splitRows(g().weight(host(stacked, [stacked.length / inDim, inDim])), counts);
+      assert.deepEqual(views.map((v) => v.shape), counts.map((c) => [c, inDim]));
+      const params: AttentionParams = { numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq: new Float32Array(dim / 2).map((_, i) => Math.fround(1 / Math.pow(10000, (2 * i) / dim))), floorScale: 4, attnScale: 0.3 };
+      const spec: AttentionSpec = { rope: true, qkNorm: true, temperatureTuning: false, chunkSize: 16, pool: "full" };
+      g().allocKv(params, [spec, spec], { full: 2 * n, swa: 0, rows: 2, context: n });
+      g().beginStep();
+      const x = randn(rng, n * inDim);
+      const xg = g().upload(x, [n, inDim], precision);
+      const [q, k, v] = g().linearMany(xg, views);
+      const host3 = [q, k, v].map((t) => g().toHost(t));
+      for (const [i, got] of host3.entries()) {
+        const want = cpu.linear(new CpuTensor([n, inDim], x.slice()), cpu.weight(host(ws[i], [counts[i], inDim]))).data;
+        close(got, want, tol, `linearMany over splitRows views, part ${i}`);
+        close(g().toHost(g().linear(xg, views[i])), want, tol, `linear by one view, part ${i}`);
+      }
+      assert.throws(() => g().rmsNorm(q, g().weight(host(new Float32Array(hq * dim).fill(1), [hq * dim])), 1e-5), /column block/);
+      // The same rows, once as column blocks of the one output and once as separate tensors (two
+      // layers, two KV pools): the same attention, bit for bit.
+      const batch: StepBatch = { ids: new Int32Array(n), positions: Int32Array.from({ length: n }, (_, i) => i), seqs: [{ qStart: 0, qLen: n, kvLen: n, row: 0, slotsFrom: 0, fullSlots: Int32Array.from({ length: n }, (_, i) => i), swaSlots: new Int32Array(n).fill(-1) }], logitRows: new Int32Array(0) };
+      const packed = g().toHost(g().attention(0, spec, q, k, v, batch));
+      const [qs, ks, vs] = host3.map((h, i) => g().upload(h, [n, counts[i]], precision));
+      const separate = g().toHost(g().attention(1, spec, qs, ks, vs, batch));
+      assert.deepEqual(packed, separate);
+    });
+
     test("per-layer activation regions are recycled, and a recycled tensor is an error", () => {
       const be = new CudaBackend({ precision, memoryBytes: 64 * MIB, stepBytes: 8 * MIB, poison: true });
       try {

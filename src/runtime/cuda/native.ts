@@ -37,7 +37,7 @@ export interface NativeCuda {
   memGetInfo(): { free: number; total: number };
   memAlloc(bytes: number): DevicePtr;
   memFree(ptr: DevicePtr): void;
-  /** Host → device, queued on the stream; the source may be reused on return. */
+  /** Host → device, queued on the current stream (as every asynchronous call below); the source may be reused on return. */
   htod(dst: DevicePtr, src: ArrayBufferView): void;
   /** Device → host; waits for the stream (and so reports earlier asynchronous faults). */
   dtoh(dst: ArrayBufferView, src: DevicePtr): void;
@@ -69,7 +69,16 @@ export interface NativeCuda {
    */
   matmulBucket(n: number): number;
   eventCreate(): DevicePtr;
+  /** Records `ev` on the current stream. */
   eventRecord(ev: DevicePtr): void;
+  /**
+   * Everything queued from now on goes on the thread's side stream (on: true; created on first
+   * use) or back on its main stream. The two may overlap on the GPU: order them with events.
+   * synchronize() waits for both.
+   */
+  useSideStream(on: boolean): void;
+  /** Work queued on the current stream from now on waits for `ev` (recorded on either stream). */
+  streamWaitEvent(ev: DevicePtr): void;
   /**
    * Download that waits only for `ev` (recorded on the stream): what was queued after it keeps
    * running on the GPU while the host has the bytes.
