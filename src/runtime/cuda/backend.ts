@@ -23,6 +23,10 @@
 // downloads n ids, not n × vocab logits; sampled decoding likewise (sampleRows, sample.cu, one
 // rank): ids, logprobs and top logprobs come back, not the logits.
 //
+// Prefill (many rows): q, k and v are one GEMM over weights stored side by side (splitRows,
+// linearMany); the MoE layer runs its shared expert and half its routed experts on a side
+// stream, beside the router and the other half (moe).
+//
 // Known gaps (next steps): MoE routing of larger batches (prefill) still reads the expert ids
 // back to the host (one sync per MoE layer, the shared expert running meanwhile; grouped expert
 // GEMMs of our own were tried and were no faster than cuBLASLt per expert: docs/PERF.md, fourth
