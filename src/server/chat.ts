@@ -13,7 +13,7 @@ import { NO_LOGPROBS, OPENAI_FIELDS, checkModel, makeSpec, parseGenParams, promp
 import { UsageSoFar, finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
 import { ToolCallStream, parsePythonicToolCalls, type ToolCall } from "./tool_calls.js";
-import { isObject, optBool, optInt, requireObject, type Json } from "./validate.js";
+import { isObject, optBool, optInt, requireObject, streamOptions, type Json } from "./validate.js";
 
 interface ChatRequest {
   params: GenParams;
@@ -33,9 +33,7 @@ export function parseChatRequest(ctx: ServerContext, body: unknown): ChatRequest
   const o = requireObject(body);
   checkModel(ctx, o);
   const params = parseGenParams(ctx, o, OPENAI_FIELDS, undefined);
-  const stream = optBool(o, "stream", false);
-  const includeUsage = stream && isObject(o.stream_options) && optBool(o.stream_options, "include_usage", false);
-  const continuousUsage = includeUsage && isObject(o.stream_options) && optBool(o.stream_options, "continuous_usage_stats", false);
+  const { stream, includeUsage, continuousUsage } = streamOptions(o);
   const logprobs = optBool(o, "logprobs", false);
   const topLogprobs = optInt(o, "top_logprobs", 0, { min: 0, max: 20 });
   if (topLogprobs > 0 && !logprobs) throw badRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");

@@ -22,7 +22,7 @@ import {
 } from "./params.js";
 import { UsageSoFar, finishFields, nowSeconds, runStream, runToEnd, usageOf } from "./responses.js";
 import { SseStream } from "./sse.js";
-import { isObject, optBool, optInt, optString, requireObject } from "./validate.js";
+import { optBool, optInt, optString, requireObject, streamOptions } from "./validate.js";
 
 interface CompletionRequest {
   params: GenParams;
@@ -41,9 +41,7 @@ export function parseCompletionRequest(ctx: ServerContext, body: unknown): Compl
   const o = requireObject(body);
   checkModel(ctx, o);
   const params = parseGenParams(ctx, o, OPENAI_FIELDS, 16);
-  const stream = optBool(o, "stream", false);
-  const includeUsage = stream && isObject(o.stream_options) && optBool(o.stream_options, "include_usage", false);
-  const continuousUsage = includeUsage && isObject(o.stream_options) && optBool(o.stream_options, "continuous_usage_stats", false);
+  const { stream, includeUsage, continuousUsage } = streamOptions(o);
   const echo = optBool(o, "echo", false);
   const logprobs = optInt(o, "logprobs", undefined, { min: 0, max: 20 });
   if (optString(o, "suffix")) throw badRequest("'suffix' is not supported", "suffix");

@@ -32,6 +32,18 @@ export function optBool(o: Json, key: string, dflt: boolean): boolean {
   return v;
 }
 
+/**
+ * `stream` and its `stream_options` (chat and completions alike): include_usage adds a usage
+ * chunk at the end, continuous_usage_stats (with it) the usage so far on every chunk.
+ */
+export function streamOptions(o: Json): { stream: boolean; includeUsage: boolean; continuousUsage: boolean } {
+  const stream = optBool(o, "stream", false);
+  const so = o.stream_options;
+  const includeUsage = stream && isObject(so) && optBool(so, "include_usage", false);
+  const continuousUsage = includeUsage && isObject(so) && optBool(so, "continuous_usage_stats", false);
+  return { stream, includeUsage, continuousUsage };
+}
+
 export function optString(o: Json, key: string): string | undefined {
   if (!present(o, key)) return undefined;
   const v = o[key];
