@@ -245,7 +245,7 @@ export async function main(argv: string[]): Promise<number> {
     },
     metrics: a["enable-metrics"] ? new Metrics(servedModelName, engine) : undefined,
     log,
-    state: { shuttingDown: false, inflight: 0, active: new Set(), byRid: new Map() },
+    state: { shuttingDown: false, inflight: 0, byRid: new Map() },
   };
 
   let server;
@@ -270,7 +270,7 @@ export async function main(argv: string[]): Promise<number> {
     const stop = (signal: string) => {
       if (stopping) {
         log.warn(`${signal} again: aborting running requests`);
-        for (const g of ctx.state.active) g.abort("the server is shutting down");
+        for (const g of ctx.state.byRid.values()) g.abort("the server is shutting down");
         return;
       }
       stopping = true;

@@ -147,8 +147,8 @@ async function closeServer(ctx: ServerContext, server: Server, graceMs: number):
   const deadline = Date.now() + graceMs;
   while (ctx.state.inflight > 0 && Date.now() < deadline) await sleep(20);
   if (ctx.state.inflight > 0) {
-    ctx.log.warn(`aborting ${ctx.state.active.size} running request(s) at shutdown`);
-    for (const g of ctx.state.active) g.abort("the server is shutting down", true);
+    ctx.log.warn(`aborting ${ctx.state.byRid.size} running choice(s) at shutdown`);
+    for (const g of ctx.state.byRid.values()) g.abort("the server is shutting down", true);
     const until = Date.now() + 2000;
     while (ctx.state.inflight > 0 && Date.now() < until) await sleep(20);
   }

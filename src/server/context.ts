@@ -49,9 +49,7 @@ export interface ServerState {
   shuttingDown: boolean;
   /** Requests being served (HTTP exchanges that reached a handler). */
   inflight: number;
-  /** Engine requests running for HTTP requests, so shutdown can abort them. */
-  active: Set<{ abort(message: string, busy?: boolean): void }>;
-  /** Running choices by request id, for /abort_request (filled by startGenerations). */
+  /** Running choices by request id, for /abort_request and shutdown (filled by startGenerations). */
   byRid: Map<string, { abort(message: string, busy?: boolean, requested?: boolean): void }>;
 }
 

@@ -255,7 +255,5 @@ export function startGenerations(ctx: ServerContext, specs: GenSpec[], onUpdate:
   const done = Promise.all(gens.map((g) => g.done));
   ctx.metrics?.trackRequests(done);
   const group: GenGroup = { rids: gens.map((g) => g.rid), done, abort: (message, busy) => gens.forEach((g) => g.abort(message, busy)) };
-  ctx.state.active.add(group);
-  void done.finally(() => ctx.state.active.delete(group));
   return group;
 }

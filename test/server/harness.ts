@@ -35,7 +35,7 @@ export async function startFakeServer(
     config,
     metrics: config.enableMetrics ? new Metrics(MODEL, engine) : undefined,
     log: new Logger("error"),
-    state: { shuttingDown: false, inflight: 0, active: new Set(), byRid: new Map() },
+    state: { shuttingDown: false, inflight: 0, byRid: new Map() },
   };
   const running = await listen(ctx, "127.0.0.1", 0);
   return { ...running, ctx, engine, tokenizer };
