@@ -3,8 +3,9 @@
 // bytes/time × 2(n−1)/n). Rank 0 runs in the calling thread, ranks 1..n−1 in worker threads,
 // each bound to GPU `rank`, as the model's ranks are (engine/parallel.ts).
 
-import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { NcclCommunicator, type NcclInit, bindCudaDevice, loadNccl, ncclUniqueId } from "./nccl.js";
+import { type RankThreadReply, spawnRanks } from "./rank_threads.js";
 
 export interface NcclBenchResult {
   ranks: number;
@@ -24,7 +25,6 @@ interface BenchData {
 }
 
 type RankResult = { failures: string[]; ms: number };
-type RankReply = { joining: true } | RankResult | { error: string };
 
 const F32_ONE = 0x3f800000; // the bits of 1.0f
 
@@ -88,29 +88,16 @@ function runRank(init: NcclInit, bytes: number, reps: number): RankResult {
 /** Checks NCCL on GPUs 0..ranks−1 and measures the all-reduce bandwidth of `bytes` (fp32). */
 export async function ncclBench(ranks: number, bytes = 256 * 2 ** 20, reps = 10): Promise<NcclBenchResult> {
   const id = ncclUniqueId();
-  const workers = Array.from({ length: ranks - 1 }, (_, i) => new Worker(new URL(import.meta.url), { workerData: { ncclBench: { id, rank: i + 1, size: ranks }, bytes, reps } satisfies BenchData }));
-  const joining: Promise<void>[] = [];
-  const done: Promise<RankResult>[] = [];
-  for (const w of workers) {
-    let joined!: () => void, finished!: (r: RankResult) => void, fail!: (e: Error) => void;
-    const failed = new Promise<never>((_, reject) => (fail = reject));
-    failed.catch(() => {});
-    joining.push(Promise.race([new Promise<void>((r) => (joined = r)), failed]));
-    done.push(Promise.race([new Promise<RankResult>((r) => (finished = r)), failed]));
-    w.on("message", (m: RankReply) => ("joining" in m ? joined() : "error" in m ? fail(new Error(m.error)) : finished(m)));
-    w.once("error", fail);
-    w.once("exit", (code) => fail(new Error(`rank thread exited (code ${code}) before reporting`)));
-  }
+  const threads = spawnRanks<RankResult>(new URL(import.meta.url), ranks, (rank) => ({ ncclBench: { id, rank, size: ranks }, bytes, reps }) satisfies BenchData);
   // Rank 0 joins on this thread (blocking) once every other rank has its device and is joining.
+  let lead: RankResult, others: RankResult[];
   try {
-    await Promise.all(joining);
-  } catch (e) {
-    await Promise.all(workers.map((w) => w.terminate()));
-    throw e;
+    await threads.joined;
+    lead = runRank({ id, rank: 0, size: ranks }, bytes, reps);
+    others = await threads.results;
+  } finally {
+    await threads.terminate();
   }
-  const lead = runRank({ id, rank: 0, size: ranks }, bytes, reps);
-  const others = await Promise.all(done);
-  await Promise.all(workers.map((w) => w.terminate()));
   const algBandwidth = bytes / (lead.ms / 1000);
   return {
     ranks,
@@ -124,11 +111,11 @@ export async function ncclBench(ranks: number, bytes = 256 * 2 ** 20, reps = 10)
 
 if (!isMainThread && (workerData as BenchData)?.ncclBench) {
   const { ncclBench: init, bytes, reps } = workerData as BenchData;
-  const reply = (m: RankReply) => parentPort!.postMessage(m);
+  const reply = (m: RankThreadReply<RankResult>) => parentPort!.postMessage(m);
   try {
     bindCudaDevice(init.rank);
     reply({ joining: true });
-    reply(runRank(init, bytes, reps));
+    reply({ result: runRank(init, bytes, reps) });
   } catch (e) {
     reply({ error: (e as Error).message });
   }

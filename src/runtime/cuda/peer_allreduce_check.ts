@@ -13,12 +13,13 @@
 // output bytes on every rank; the custom path used exactly for the calls that fit.
 
 import { createHash } from "node:crypto";
-import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { float32ToBf16 } from "../dtype.js";
 import { CudaBackend, CudaTensor } from "./backend.js";
 import { NcclCommunicator, type NcclInit, bindCudaDevice, ncclUniqueId } from "./nccl.js";
 import { type DevicePtr, type NativeCuda, loadNative } from "./native.js";
 import { type PeerAllReduce, type PeerExchange, createPeerExchange } from "./peer_allreduce.js";
+import { type RankThreadReply, spawnRanks } from "./rank_threads.js";
 
 type DType = "bf16" | "f32";
 const BYTES: Record<DType, number> = { bf16: 2, f32: 4 };
@@ -69,7 +70,6 @@ interface RankResult {
 interface CheckData {
   peerCheck: { nccl: NcclInit; exchange: PeerExchange; opts: PeerCheckOptions };
 }
-type Reply = { joining: true } | { result: RankResult } | { error: string };
 
 /** A rank's input for a case: random signs, exponents 2^-7..2^1 and full mantissas (bits to upload, values to sum). */
 function input(rank: number, caseId: number, count: number, dtype: DType): { bits: Uint16Array | Uint32Array; values: Float32Array } {
@@ -439,25 +439,11 @@ export function benchLine(b: PeerBench): string {
 export async function peerAllReduceCheck(ranks: number, opts: PeerCheckOptions): Promise<PeerCheckResult> {
   const id = ncclUniqueId();
   const exchange = createPeerExchange(ranks);
-  const workers = Array.from(
-    { length: ranks - 1 },
-    (_, i) => new Worker(new URL(import.meta.url), { workerData: { peerCheck: { nccl: { id, rank: i + 1, size: ranks }, exchange, opts } } satisfies CheckData }),
-  );
-  const joining: Promise<void>[] = [];
-  const done: Promise<RankResult>[] = [];
-  for (const w of workers) {
-    let joined!: () => void, finished!: (r: RankResult) => void, fail!: (e: Error) => void;
-    const failed = new Promise<never>((_, reject) => (fail = reject));
-    failed.catch(() => {});
-    joining.push(Promise.race([new Promise<void>((r) => (joined = r)), failed]));
-    done.push(Promise.race([new Promise<RankResult>((r) => (finished = r)), failed]));
-    w.on("message", (m: Reply) => ("joining" in m ? joined() : "error" in m ? fail(new Error(m.error)) : finished(m.result)));
-    w.once("error", fail);
-    w.once("exit", (code) => fail(new Error(`rank thread exited (code ${code}) before reporting`)));
-  }
+  const threads = spawnRanks<RankResult>(new URL(import.meta.url), ranks, (rank) => ({ peerCheck: { nccl: { id, rank, size: ranks }, exchange, opts } }) satisfies CheckData);
   try {
-    await Promise.all(joining);
-    const all = await Promise.all([runRank({ id, rank: 0, size: ranks }, exchange, opts), ...done]);
+    await threads.joined;
+    const [lead, others] = await Promise.all([runRank({ id, rank: 0, size: ranks }, exchange, opts), threads.results]);
+    const all = [lead, ...others];
     const failures = all.flatMap((r) => r.failures);
     const offs = new Set(all.map((r) => r.off));
     if (offs.size > 1) failures.push(`the ranks disagree on the custom path: ${[...offs].map((o) => o || "on").join(" / ")}`);
@@ -467,13 +453,13 @@ export async function peerAllReduceCheck(ranks: number, opts: PeerCheckOptions):
     }
     return { ranks, off: all[0].off, maxBytes: all[0].maxBytes, failures, calls: all.map((r) => r.calls), bench: all[0].bench, notes: all[0].notes };
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
+    await threads.terminate();
   }
 }
 
 if (!isMainThread && (workerData as CheckData)?.peerCheck) {
   const { nccl, exchange, opts } = (workerData as CheckData).peerCheck;
-  const reply = (m: Reply) => parentPort!.postMessage(m);
+  const reply = (m: RankThreadReply<RankResult>) => parentPort!.postMessage(m);
   try {
     bindCudaDevice(nccl.rank);
     reply({ joining: true });
