@@ -21,6 +21,7 @@ import { fixturePath } from "../util/repo.js";
 import { loadParallel } from "./parallel.js";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
+import { warmupGemms } from "./warmup.js";
 import { multiGpu } from "../runtime/cuda/check.js";
 
 const MIB = 2 ** 20;
@@ -134,6 +135,9 @@ for (const precision of ["f32", "bf16"] as const) {
           let r: Run;
           let allReduce: string;
           try {
+            // Every rank plans its shards' GEMMs first; the run after it must not change.
+            const warm = warmupGemms(model, { maxTokens: 64, maxLogitRows: golden.prompts.length });
+            assert.ok(warm && warm.gemms > 0, `tp ${tp} warm-up: ${JSON.stringify(warm)}`);
             r = run(model, golden, config.vocabSize);
             allReduce = customAllReduce(model.backend as CudaBackend);
           } finally {

@@ -23,6 +23,7 @@ import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
+import { type WarmupLimits, warmupRank } from "./warmup.js";
 
 export interface ParallelOptions {
   modelPath: string;
@@ -65,6 +66,7 @@ interface RankData {
 
 type RankMessage =
   | { type: "allocKv"; sizes: KvPoolSizes }
+  | { type: "warmup"; limits: WarmupLimits }
   | { type: "forward"; batch: StepBatch }
   | { type: "forwardArgmax"; batch: StepBatch }
   | { type: "close" };
@@ -137,6 +139,12 @@ class ParallelModel implements ForwardModel {
   allocKv(sizes: KvPoolSizes): void {
     for (const w of this.workers) w.postMessage({ type: "allocKv", sizes } satisfies RankMessage);
     this.lead.model.allocKv(sizes);
+  }
+
+  /** Every rank plans its shards' GEMMs, the others on their threads while rank 0 does here (a step's collectives wait for them). */
+  warmupGemms(limits: WarmupLimits): { gemms: number; shapes: number } | null {
+    for (const w of this.workers) w.postMessage({ type: "warmup", limits } satisfies RankMessage);
+    return warmupRank(this.lead.model, limits);
   }
 
   forward(batch: StepBatch): Float32Array {
@@ -233,6 +241,7 @@ if (!isMainThread && (workerData as RankData)?.link) {
     (loaded) => {
       parentPort!.on("message", (m: RankMessage) => {
         if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
+        else if (m.type === "warmup") warmupRank(loaded.model, m.limits);
         else if (m.type === "forward") loaded.model.forward(m.batch);
         else if (m.type === "forwardArgmax") loaded.model.forwardArgmax!(m.batch);
         else {

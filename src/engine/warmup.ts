@@ -29,14 +29,19 @@ export function gemmWarmups(model: Llama4Model, limits: WarmupLimits): GemmWarmu
   return specs;
 }
 
+/** One rank's warm-up on its own backend (its shards' shapes); null where the backend has none. */
+export function warmupRank(model: ForwardModel, limits: WarmupLimits): { gemms: number; shapes: number } | null {
+  if (!(model instanceof Llama4Model)) return null;
+  return model.backend.prepareGemms?.(gemmWarmups(model, limits)) ?? null;
+}
+
 /**
- * Runs the GEMM warm-up where the backend has one (prepareGemms) and the model is a lone rank;
- * null otherwise (the CPU backend; tensor-parallel ranks, which live on their own threads).
+ * Runs the GEMM warm-up where the backend has one (prepareGemms): on a lone rank here; under
+ * tensor parallelism every rank on its own thread (ForwardModel.warmupGemms; the counts and time
+ * are rank 0's). Null where there is none (the CPU backend).
  */
 export function warmupGemms(model: ForwardModel, limits: WarmupLimits): { gemms: number; shapes: number; seconds: number } | null {
-  const be = model.backend;
-  if (!(model instanceof Llama4Model) || model.shard.tp !== 1 || !be.prepareGemms) return null;
   const t0 = performance.now();
-  const r = be.prepareGemms(gemmWarmups(model, limits));
-  return { ...r, seconds: (performance.now() - t0) / 1000 };
+  const r = model.warmupGemms ? model.warmupGemms(limits) : warmupRank(model, limits);
+  return r && { ...r, seconds: (performance.now() - t0) / 1000 };
 }

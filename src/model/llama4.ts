@@ -30,6 +30,11 @@ export interface ForwardModel {
    * can (no logits download). Optional: callers fall back to forward() and host sampling.
    */
   forwardSample?(batch: StepBatch, rows: SampleRow[]): ModelSample;
+  /**
+   * The GEMM warm-up of a model whose ranks live on other threads (tensor parallelism; a lone
+   * Llama4Model is warmed by engine/warmup.ts directly): every rank plans its shards' GEMMs.
+   */
+  warmupGemms?(limits: { maxTokens: number; maxLogitRows: number }): { gemms: number; shapes: number } | null;
   /** Bytes per element of stored KV, and device memory left for KV pools (none on the host). */
   readonly kvElementBytes: number;
   kvMemoryBytes(): number | undefined;
