@@ -33,6 +33,11 @@ template <typename T> __device__ __forceinline__ T fromF(float x);
 template <> __device__ __forceinline__ float fromF<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 fromF<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// The MoE's activations in fp32 (spec §1.6): SiLU(gate)·up, and the router's sigmoid score.
+// One definition, so the fused kernels round exactly as the unfused path does.
+__device__ __forceinline__ float siluTimes(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
+__device__ __forceinline__ float sigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -12,7 +12,7 @@ __device__ void siluMul(const T* __restrict__ gu, T* __restrict__ out, size_t n,
     const int i = (int)(idx - r * f);
     const float g = toF(gu[r * 2 * f + i]);
     const float u = toF(gu[r * 2 * f + f + i]);
-    out[idx] = fromF<T>(g / (1.0f + expf(-g)) * u);
+    out[idx] = fromF<T>(siluTimes(g, u));
   }
 }
 
@@ -38,7 +38,7 @@ extern "C" __global__ void silu_mul_bf16(const bf16* gu, bf16* out, size_t n, in
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       const float g = toF(g8[j]), u = toF(u8[j]);
-      o[j] = fromF<bf16>(g / (1.0f + expf(-g)) * u);
+      o[j] = fromF<bf16>(siluTimes(g, u));
     }
     *reinterpret_cast<uint4*>(out + r * f + i) = *reinterpret_cast<const uint4*>(o);
   }

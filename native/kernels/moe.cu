@@ -20,7 +20,7 @@ __device__ void moeRoute(const T* __restrict__ logits, int* __restrict__ expert,
     }
   }
   expert[r] = best;
-  score[r] = 1.0f / (1.0f + expf(-bestV));
+  score[r] = sigmoidF(bestV);
 }
 
 // xin[i, :] = x[perm[i], :] · score[perm[i]]: rows sorted by expert, scaled on the input.

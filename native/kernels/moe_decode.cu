@@ -53,7 +53,7 @@ __device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int fir
         best = j;
       }
     }
-    score[r] = 1.0f / (1.0f + expf(-bestV));
+    score[r] = sigmoidF(bestV);
     const int j = best - first;
     le[r] = (j >= 0 && j < local) ? j : -1;
   }
@@ -114,7 +114,7 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
     auto epi = [&](int t, const float (&v)[2]) {
       const float gate = toF(fromF<T>(v[0]));
       const float up = toF(fromF<T>(v[1]));
-      out[(size_t)(tok0 + t) * width + col] = fromF<T>(gate / (1.0f + expf(-gate)) * up);
+      out[(size_t)(tok0 + t) * width + col] = fromF<T>(siluTimes(gate, up));
     };
     if (ROUTED && g >= 0) gemvTokens<T, 2, MAXNT, true>(s, rowsGU, active, x, d, tok0, cnt, epi, gather);
     else gemvTokens<T, 2, MAXNT>(s, rowsGU, active, g < 0 ? x : xin, d, tok0, cnt, epi);
