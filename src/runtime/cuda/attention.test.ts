@@ -10,7 +10,7 @@ import { after, describe, test } from "node:test";
 import type { AttentionParams, AttentionSpec, SeqSpan, StepBatch } from "../backend.js";
 import { CpuBackend, CpuTensor } from "../cpu.js";
 import { Rng } from "../../util/rng.js";
-import { decodeRowsPerTile, decodeSplits, faSmemBytes, faUnsupported, planTiles } from "./attention.js";
+import { type FaContext, FlashAttention, decodeRowsPerTile, decodeSplits, faSmemBytes, faUnsupported, planTiles } from "./attention.js";
 import { CudaBackend, createCudaBackendChoice } from "./backend.js";
 import { probeCuda } from "./native.js";
 import { close, randn } from "./check.js";
@@ -56,6 +56,27 @@ test("fa3 tile planning: prefill tiles of 128 rows longest first, decode tiles o
 
 
 
+
+test("decode split counts are kept per chunk size: a chunked layer's key range is not a global layer's (the CUDA-graph key)", () => {
+  // A host-only FlashAttention: launches are dry, uploads and scratch are never read.
+  const ctx = {
+    kernels: { dry: true, fn: () => 0n, launch: () => {} },
+    native: { setMaxDynamicShared: () => {} },
+    smCount: 132,
+    uploadInts: () => 0n,
+    scratch: () => 0n,
+  } as unknown as FaContext;
+  const fa = new FlashAttention(ctx);
+  const meta = {};
+  const kvLen = 200_000; // one decode row: 3125 key tiles globally, 200000 % 8192 = 3392 keys (53 tiles) in its chunk
+  const args = { q: 0n, kPool: 0n, vPool: 0n, slotTable: 0n, out: 0n, rows: 1, hq: 40, hkv: 8, dim: 128 };
+  fa.run(meta, [{ qStart: 0, qLen: 1, kvLen, slotBase: 0 }], { ...args, chunk: 0 });
+  fa.run(meta, [{ qStart: 0, qLen: 1, kvLen, slotBase: 0 }], { ...args, chunk: 8192 });
+  assert.equal(fa.splitsOf(meta, 0), decodeSplits(132, 8, 3125));
+  assert.equal(fa.splitsOf(meta, 8192), decodeSplits(132, 8, 53));
+  assert.ok(fa.splitsOf(meta, 0) > fa.splitsOf(meta, 8192), `${fa.splitsOf(meta, 0)} vs ${fa.splitsOf(meta, 8192)}`);
+  assert.equal(fa.splitsOf(meta, 64), 1, "a chunk size never run: 1");
+});
 
 function shuffled(rng: Rng, n: number): Int32Array {
   const perm = Int32Array.from({ length: n }, (_, i) => i);

@@ -122,20 +122,22 @@ export class FlashAttention {
   private readonly smemSet = new Set<string>();
   /** The prefill kernel at head_dim 128: 4 warps × 32 rows (default) or 8 warps × 16 rows. */
   prefillVariant: PrefillVariant;
-  /** The decode split count last chosen for a step's metadata (1 for prefill): see splitsOf. */
-  private readonly splits = new WeakMap<object, number>();
+  /** The decode split count last chosen for a step's metadata, per chunk size (1 for prefill): see splitsOf. */
+  private readonly splits = new WeakMap<object, Map<number, number>>();
 
   constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant } = {}) {
     this.prefillVariant = opts.prefillVariant ?? (process.env.TSGLANG_FA_PREFILL === "w8" ? "w8" : "w4");
   }
 
   /**
-   * The split count run() chose for this metadata (after a run, dry or not). A CUDA graph bakes
-   * the count in, and one chosen at a short context leaves a long one to a few blocks (a 1M-token
-   * decode ran at 28 ms/token that way), so the backend captures one graph per count.
+   * The split count run() chose for this metadata and chunk size (after a run, dry or not; a
+   * chunked layer's key range, and so its count, differs from a global layer's over the same
+   * metadata). A CUDA graph bakes the counts in, and one chosen at a short context leaves a long
+   * one to a few blocks (a 1M-token decode ran at 28 ms/token that way), so the backend captures
+   * one graph per set of counts.
    */
-  splitsOf(key: object): number {
-    return this.splits.get(key) ?? 1;
+  splitsOf(key: object, chunk: number): number {
+    return this.splits.get(key)?.get(chunk) ?? 1;
   }
 
   /** Attention for one layer; `key` identifies the step's metadata for the pool (its tiles are cached on it). */
@@ -173,7 +175,9 @@ export class FlashAttention {
         partML = this.ctx.scratch(a.rows * hq * splits * 8);
       }
     }
-    this.splits.set(key, splits);
+    let byChunk = this.splits.get(key);
+    if (!byChunk) this.splits.set(key, (byChunk = new Map()));
+    byChunk.set(chunk, splits);
     const grid: [number, number, number] = plan.kind === "decode" ? [hkv, plan.count, splits] : [hq, plan.count, 1];
     const tiles = plan.tiles;
     this.ctx.kernels.launch(name, grid, [w8 ? 256 : 128], (k) =>

@@ -1414,10 +1414,9 @@ export class CudaBackend implements Backend {
     try {
       this.native.htod(ids, padded.ids);
       for (const [i, spec] of this.kvLayers.entries()) this.stepMeta(padded, spec, this.kv[i].slots);
-      this.prepareAttention(size);
       // One graph per batch size and per attention split counts (FlashAttention.splitsOf): the
       // counts grow with the context, and a graph replays the ones it was captured with.
-      const graphKey = `${size}/${[...this.meta.values()].map((m) => this.fa?.splitsOf(m) ?? 1).join(",")}`;
+      const graphKey = `${size}/${this.prepareAttention(size).join(",")}`;
       entry = this.graphs.get(key)?.get(graphKey);
       if (entry) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
       entry ??= this.captureStep(key, graphKey, size, padded, run) ?? undefined;
@@ -1456,19 +1455,27 @@ export class CudaBackend implements Backend {
 
   /**
    * The fa kernels' per-step tile tables: their host side runs now with launches skipped, so the
-   * tables are uploaded (at the same address each step) before the capture or replay.
+   * tables are uploaded (at the same address each step) before the capture or replay. Returns the
+   * decode split count of each (pool, chunk size) the layers use, in layer order: what a captured
+   * graph bakes in.
    */
-  private prepareAttention(rows: number): void {
+  private prepareAttention(rows: number): number[] {
     const p = this.params!;
-    if (!this.fa || this.t !== "bf16" || faUnsupported(p.headDim, p.numHeads, p.numKvHeads) !== null) return;
+    if (!this.fa || this.t !== "bf16" || faUnsupported(p.headDim, p.numHeads, p.numKvHeads) !== null) return [];
+    const groups = new Map<string, { m: StepMeta; chunk: number }>();
+    for (const l of this.kvLayers) {
+      const m = this.meta.get(l.pool);
+      if (m) groups.set(`${l.pool}/${l.chunkSize}`, { m, chunk: l.chunkSize });
+    }
     this.k.dry = true;
     try {
-      for (const m of this.meta.values()) {
-        this.fa.run(m, m.seqs, { q: 0n, kPool: 0n, vPool: 0n, slotTable: m.slotTable, out: 0n, rows, hq: p.numHeads, hkv: p.numKvHeads, dim: p.headDim, chunk: 0 });
+      for (const { m, chunk } of groups.values()) {
+        this.fa.run(m, m.seqs, { q: 0n, kPool: 0n, vPool: 0n, slotTable: m.slotTable, out: 0n, rows, hq: p.numHeads, hkv: p.numKvHeads, dim: p.headDim, chunk });
       }
     } finally {
       this.k.dry = false;
     }
+    return [...groups.values()].map(({ m, chunk }) => this.fa!.splitsOf(m, chunk));
   }
 
   /** Attention metadata for a step: a step upload, or in a graph step the pool's reserved block. */
