@@ -14,17 +14,19 @@ import { gemmWarmups, warmupGemms } from "./warmup.js";
 
 const golden = readGolden(fixturePath("scout-tiny"));
 
-test("gemmWarmups lists every linear of every layer and the lm_head", async () => {
+test("gemmWarmups lists every linear of every layer and the lm_head (q, k and v as their stacked tensor)", async () => {
   const { model, config } = await loadModel(golden.modelDir, new CpuBackend());
   const specs = gemmWarmups(model, { maxTokens: 512, maxLogitRows: 16 });
-  const perLayer = config.layers.map((l) => (l.moe ? 4 + 5 : 4 + 2));
+  const perLayer = config.layers.map((l) => (l.moe ? 2 + 5 : 2 + 2));
   assert.equal(specs.length, perLayer.reduce((a, b) => a + b, 0) + 1);
   const w = model.weights;
+  const planned = new Set(specs.filter((s) => s.weight !== w.lmHead).map((s) => s.weight));
   for (const [i, l] of w.layers.entries()) {
-    const planned = new Set(specs.filter((s) => s.weight !== w.lmHead).map((s) => s.weight));
-    for (const t of [l.q, l.k, l.v, l.o, l.router, l.expertsGateUp, l.expertsDown, l.sharedGateUp, l.sharedDown, l.mlpGateUp, l.mlpDown]) {
+    assert.ok(l.qkv, `layer ${i}: q, k and v are loaded side by side (CpuBackend.splitRows)`);
+    for (const t of [l.qkv, l.o, l.router, l.expertsGateUp, l.expertsDown, l.sharedGateUp, l.sharedDown, l.mlpGateUp, l.mlpDown]) {
       if (t) assert.ok(planned.has(t), `layer ${i}: a weight is missing`);
     }
+    for (const t of [l.q, l.k, l.v]) assert.ok(!planned.has(t), `layer ${i}: q, k or v planned alone (the GEMM runs on the stacked tensor)`);
   }
   const head = specs.filter((s) => s.weight === w.lmHead);
   assert.deepEqual(head.map((s) => [s.maxRows, s.outF32]), [[16, true]]);

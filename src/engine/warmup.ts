@@ -21,7 +21,8 @@ export function gemmWarmups(model: Llama4Model, limits: WarmupLimits): GemmWarmu
     if (w) specs.push({ weight: w, maxRows: tokens });
   };
   for (const l of model.weights.layers) {
-    for (const w of [l.q, l.k, l.v, l.o]) add(w);
+    // q, k and v run as one GEMM over their stacked tensor where they have one (linearMany).
+    for (const w of l.qkv ? [l.qkv, l.o] : [l.q, l.k, l.v, l.o]) add(w);
     // MoE: a routed expert can get any number of the step's rows, so every count up to them all.
     for (const w of [l.router, l.sharedGateUp, l.sharedDown, l.expertsGateUp, l.expertsDown, l.mlpGateUp, l.mlpDown]) add(w);
   }

@@ -104,8 +104,12 @@ for (const fixture of ["scout-tiny", "maverick-tiny"]) {
         assert.ok(got, `${what} was loaded`);
         out.push({ what, got, want: await want, transpose });
       };
-      const stacked = async (a: string, b: string, rows: [number, number]) =>
-        Buffer.concat([await expected(a, { 0: [rows] }), await expected(b, { 0: [rows] })]);
+      // Row blocks of several tensors, stacked in order (gate then up; q, k, v).
+      const stacked = async (...parts: [string, [number, number]][]) => {
+        const blocks: Uint8Array[] = [];
+        for (const [name, rows] of parts) blocks.push(await expected(name, { 0: [rows] }));
+        return Buffer.concat(blocks);
+      };
       await add(names.embed, w.embed, expected(names.embed, { 0: [s.vocab] }));
       await add(names.lmHead, w.lmHead, expected(names.lmHead, { 0: [s.vocab] }));
       await add(names.norm, w.norm, expected(names.norm));
@@ -114,9 +118,10 @@ for (const fixture of ["scout-tiny", "maverick-tiny"]) {
         const lw = w.layers[layer.index]!;
         await add(`${p}input_layernorm.weight`, lw.inputNorm, expected(`${p}input_layernorm.weight`));
         await add(`${p}post_attention_layernorm.weight`, lw.postAttnNorm, expected(`${p}post_attention_layernorm.weight`));
-        await add(`${p}self_attn.q_proj.weight`, lw.q, expected(`${p}self_attn.q_proj.weight`, { 0: [s.q] }));
-        await add(`${p}self_attn.k_proj.weight`, lw.k, expected(`${p}self_attn.k_proj.weight`, { 0: [s.kv] }));
-        await add(`${p}self_attn.v_proj.weight`, lw.v, expected(`${p}self_attn.v_proj.weight`, { 0: [s.kv] }));
+        // q, k and v are uploaded as one stacked tensor and used as its views (CpuBackend.splitRows).
+        await add(`${p}self_attn q+k+v`, lw.qkv,
+          stacked([`${p}self_attn.q_proj.weight`, s.q], [`${p}self_attn.k_proj.weight`, s.kv], [`${p}self_attn.v_proj.weight`, s.kv]));
+        assert.deepEqual([lw.q, lw.k, lw.v].map((t) => t.shape), [[s.q[1], cfg.hiddenSize], [s.kv[1], cfg.hiddenSize], [s.kv[1], cfg.hiddenSize]], `${p} q/k/v views`);
         await add(`${p}self_attn.o_proj.weight`, lw.o, expected(`${p}self_attn.o_proj.weight`, { 1: [s.q] }));
         const m = `${p}feed_forward.`;
         if (layer.moe) {
@@ -127,10 +132,10 @@ for (const fixture of ["scout-tiny", "maverick-tiny"]) {
             expected(`${m}experts.gate_up_proj`, { 0: [s.experts], 2: [[ws, wn], [f + ws, wn]] }), true);
           await add(`${m}experts.down_proj`, lw.expertsDown, expected(`${m}experts.down_proj`, { 0: [s.experts], 1: [s.width] }), true);
           await add(`${m}shared_expert gate+up`, lw.sharedGateUp,
-            stacked(`${m}shared_expert.gate_proj.weight`, `${m}shared_expert.up_proj.weight`, s.shared));
+            stacked([`${m}shared_expert.gate_proj.weight`, s.shared], [`${m}shared_expert.up_proj.weight`, s.shared]));
           await add(`${m}shared_expert.down_proj.weight`, lw.sharedDown, expected(`${m}shared_expert.down_proj.weight`, { 1: [s.shared] }));
         } else {
-          await add(`${m}gate+up`, lw.mlpGateUp, stacked(`${m}gate_proj.weight`, `${m}up_proj.weight`, s.mlp));
+          await add(`${m}gate+up`, lw.mlpGateUp, stacked([`${m}gate_proj.weight`, s.mlp], [`${m}up_proj.weight`, s.mlp]));
           await add(`${m}down_proj.weight`, lw.mlpDown, expected(`${m}down_proj.weight`, { 1: [s.mlp] }));
         }
       }

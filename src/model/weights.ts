@@ -17,6 +17,8 @@ export interface LayerWeights {
   q: Tensor;
   k: Tensor;
   v: Tensor;
+  /** q, k and v side by side, when the backend stores them so (Backend.splitRows): q, k, v are its views. */
+  qkv?: Tensor;
   o: Tensor;
   /** MoE layers. */
   router?: Tensor;
@@ -51,6 +53,11 @@ export function tensorNames(cfg: Llama4Config) {
 /** A tensor's name, its full [out, in] shape in the checkpoint, and the rows [start, count] to take. */
 type StackedPart = [name: string, shape: number[], rows: [number, number]];
 
+/** The [Σ rows, in] shape of parts stacked by loadStacked. */
+function stackedShape(parts: StackedPart[]): number[] {
+  return [parts.reduce((a, [, , rows]) => a + rows[1], 0), parts[0][1][1]];
+}
+
 interface LoadSpec {
   /** Swap the last two dims after selecting ([.., in, out] → [.., out, in]). */
   transpose?: boolean;
@@ -61,7 +68,6 @@ interface LoadSpec {
 interface WeightSource {
   /** `shape` is the full shape in the checkpoint; `select` cuts this rank's share of it. */
   load(name: string, shape: number[], spec?: LoadSpec): Promise<Tensor>;
-  /** Two [rows, in] matrices (their selected rows) as one tensor, a's rows first (gate then up). */
   /** Row blocks of several tensors stacked into one [Σ rows, in] tensor (each `shape` is [out, in] in the checkpoint). */
   loadStacked(parts: StackedPart[]): Promise<Tensor>;
   has(name: string): boolean;
@@ -105,7 +111,7 @@ class CheckpointSource implements WeightSource {
       data.set(new Uint8Array(h.data.buffer, h.data.byteOffset, h.data.byteLength), at);
       at += h.data.byteLength;
     }
-    return this.backend.weight({ dtype: hs[0].dtype, shape: [parts.reduce((a, [, , rows]) => a + rows[1], 0), parts[0][1][1]], data });
+    return this.backend.weight({ dtype: hs[0].dtype, shape: stackedShape(parts), data });
   }
 }
 
@@ -130,7 +136,7 @@ class DummySource implements WeightSource {
   }
 
   async loadStacked(parts: StackedPart[]): Promise<Tensor> {
-    return this.make(parts[0][0], [parts.reduce((a, [, , rows]) => a + rows[1], 0), parts[0][1][1]]);
+    return this.make(parts[0][0], stackedShape(parts));
   }
 }
 
@@ -188,7 +194,8 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         [`${p}self_attn.v_proj.weight`, [cfg.numKvHeads * hd, d], kvRows],
       ];
       const parts: Tensor[] = [];
-      if (backend.splitRows) parts.push(...backend.splitRows(await r.loadStacked(qkv), qkv.map(([, , rows]) => rows[1])));
+      const stacked = backend.splitRows ? await r.loadStacked(qkv) : undefined;
+      if (stacked) parts.push(...backend.splitRows!(stacked, qkv.map(([, , rows]) => rows[1])));
       else for (const [name, shape, rows] of qkv) parts.push(await r.load(name, shape, { select: { 0: [rows] } }));
       const [q, k, v] = parts;
       const lw: LayerWeights = {
@@ -197,6 +204,7 @@ export async function loadWeights(dir: string, cfg: Llama4Config, backend: Backe
         q,
         k,
         v,
+        ...(stacked && { qkv: stacked }),
         o: await r.load(`${p}self_attn.o_proj.weight`, [d, cfg.numHeads * hd], { select: { 1: [qRows] } }),
       };
       const m = `${p}feed_forward.`;

@@ -167,6 +167,19 @@ export class CpuBackend implements Backend {
     return this.rmsNorm(residual, w, eps);
   }
 
+  /** Backend.splitRows: views (subarrays) of consecutive row blocks of one weight. */
+  splitRows(w: Tensor, counts: number[]): CpuTensor[] {
+    const wt = t(w);
+    const [total, inDim] = wt.shape;
+    if (wt.shape.length !== 2 || counts.reduce((a, c) => a + c, 0) !== total) throw new Error(`splitRows: [${counts}] rows of a [${wt.shape}] weight`);
+    let at = 0;
+    return counts.map((c) => {
+      const v = new CpuTensor([c, inDim], wt.data.subarray(at * inDim, (at + c) * inDim));
+      at += c;
+      return v;
+    });
+  }
+
   linear(x: Tensor, w: Tensor): CpuTensor {
     const xt = t(x);
     const wt = t(w);

@@ -319,12 +319,17 @@ for (const precision of ["f32", "bf16"] as const) {
     // 3 and 5 rows: decode, routed inside the gate_up kernel (1 row: the golden decode tests);
     // 37 rows: the device MoE kernels. More rows: the host-sorted path (one cuBLASLt GEMM per
     // expert). The last case routes by construction (expert j's rows carry a large x[j], router
-    // row j picks it up): uneven experts of 70, 150, 1 and 290 rows.
+    // row j picks it up): uneven experts of 70, 150, 1 and 290 rows; empty experts between full
+    // ones (the host path splits the experts with rows over two streams, one SiLU-mul per range);
+    // and one expert alone with rows (the side stream's half is empty), on all experts and on a
+    // rank holding experts 1–2.
     const moeCases: [boolean, boolean, number, number, number, number[]?][] = [
       [false, false, 3, 64, 48], [false, true, 3, 64, 48], [false, false, 5, 64, 48], [false, true, 5, 64, 48],
       [true, false, 37, 64, 48], [false, false, 37, 64, 48], [true, true, 37, 64, 48],
       [true, false, 300, 64, 48], [false, false, 300, 192, 64], [false, true, 700, 192, 64],
       [false, false, 511, 192, 64, [70, 150, 1, 290]],
+      [false, false, 511, 192, 64, [100, 0, 0, 411]], [false, true, 511, 192, 64, [100, 0, 0, 411]],
+      [false, false, 300, 192, 64, [0, 300, 0, 0]], [false, true, 300, 192, 64, [0, 0, 300, 0]],
     ];
     for (const [transpose, slice, n, d, f, counts] of moeCases) {
       test(`moe: top-1 sigmoid on the input + shared expert (${n} rows${counts ? ` routed ${counts.join("/")}` : ""}, d ${d}, F ${f}, ${transpose ? "[E, in, out] checkpoint layout" : "[E, out, in]"}${slice ? ", experts 1–2 of 4 on this rank" : ""})`, () => {

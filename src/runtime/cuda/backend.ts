@@ -93,7 +93,7 @@ export class CudaTensor implements Tensor {
     readonly transposed = false,
     /**
      * Elements from one row to the next when that is not the row length: a column block of a
-     * wider output (linearMany's packed q/k/v). Only attention() takes such a view.
+     * wider output (linearMany's packed q/k/v). Only attention() and toHost() take such a view.
      */
     readonly rowStride = 0,
   ) {}
@@ -221,8 +221,11 @@ export class CudaBackend implements Backend {
   private onSide = false;
   /** splitRows views → the weight they share (freed with its last view). */
   private readonly views = new WeakMap<CudaTensor, { ptr: DevicePtr; live: number }>();
-  /** Events of the MoE host path (see moe): routed, shared expert done, rows gathered, side-stream experts done. */
-  private moeEvents: { routed: DevicePtr; shared: DevicePtr; gathered: DevicePtr; experts: DevicePtr } | null = null;
+  /** Events of the MoE host path (see moe), on the main stream: routing done, rows gathered. */
+  private moeEvents: { routed: DevicePtr; gathered: DevicePtr } | null = null;
+  /** Recorded after the side stream's latest work; `sidePending` until the main stream waited for it (joinSideStream). */
+  private sideDone: DevicePtr | null = null;
+  private sidePending = false;
   private readonly comm: NcclCommunicator | null;
   /** The CUDA device ordinal this backend (and its thread) is bound to. */
   readonly deviceOrdinal: number;
@@ -317,6 +320,7 @@ export class CudaBackend implements Backend {
 
   /** Starts a new step: every step tensor of the previous one becomes invalid. */
   beginStep(): void {
+    this.joinSideStream(); // normally joined already (moe); not when an op threw in between
     this.mem.resetStep();
     this.step++;
     this.meta.clear();
@@ -414,7 +418,9 @@ export class CudaBackend implements Backend {
     if (wt.region !== PERSISTENT || wt.transposed || counts.reduce((a, c) => a + c, 0) !== total) {
       throw new Error(`splitRows: [${counts}] rows of a${wt.transposed ? " transposed" : ""} [${wt.shape}] weight`);
     }
-    const block = { ptr: wt.ptr, live: counts.length };
+    // The stacked tensor itself counts as one more holder of the block (freeing it alone keeps the views valid).
+    const block = { ptr: wt.ptr, live: counts.length + 1 };
+    this.views.set(wt, block);
     let at = wt.ptr;
     return counts.map((c) => {
       const v = new CudaTensor([c, inDim], at, wt.dtype, PERSISTENT, 0);
@@ -847,13 +853,15 @@ export class CudaBackend implements Backend {
 
   /**
    * Several linears of the same input (q, k and v): one GEMV launch over their rows together when
-   * the GEMV kernels take the input (few rows), else one linear each. The small k/v projections
-   * then ride in q's grid instead of under-filling the GPU in launches of their own.
+   * the GEMV kernels take the input (few rows); one GEMM when the weights lie side by side
+   * (splitRows views); else one linear each. Either way the small k/v projections ride with q
+   * instead of under-filling the GPU in launches of their own.
    */
   linearMany(x: Tensor, ws: Tensor[]): CudaTensor[] {
     const xt = this.as(this.tensor(x), this.t);
     const wts = ws.map((w) => this.tensor(w));
     const [n, inDim] = rows(xt, "linearMany");
+    const total = wts.reduce((a, w) => a + w.shape[0], 0);
     const fits =
       wts.length >= 1 && wts.length <= 3 && n >= 1 && n <= this.gemvMax && !this.fallbackGemm && inDim % (16 / BYTES[this.t]) === 0 && xt.ptr % 16n === 0n &&
       wts.every((w) => w.shape.length === 2 && w.shape[1] === inDim && !w.transposed && w.dtype === this.t && w.ptr % 16n === 0n);
@@ -862,7 +870,6 @@ export class CudaBackend implements Backend {
       // alone are too small to fill the GPU (measured ~370 TFLOP/s each at 2048 rows on an H100).
       // Each output is then a column block of one [n, Σ out] tensor, which attention() reads.
       if (n > this.gemvMax && wts.length > 1 && !this.fallbackGemm && contiguous(wts) && wts.every((w) => w.dtype === this.t && !w.transposed && w.shape[1] === inDim)) {
-        const total = wts.reduce((a, w) => a + w.shape[0], 0);
         const y = this.stepTensor([n, total], this.t);
         this.gemm(y.ptr, this.t, xt.ptr, n, inDim, wts[0], 0, total);
         let col = 0;
@@ -875,7 +882,6 @@ export class CudaBackend implements Backend {
       return wts.map((w) => this.linear(xt, w));
     }
     const outs = wts.map((w) => this.stepTensor([n, w.shape[0]], this.t));
-    const total = wts.reduce((a, w) => a + w.shape[0], 0);
     const rb = this.rowsPerBlock(total);
     const part = (i: number) => (i < wts.length ? [wts[i].ptr, outs[i].ptr, wts[i].shape[0]] as const : [0n, 0n, 0] as const);
     this.k.launch(`gemv3_${tokensPerPass(n)}_${this.t}`, [Math.ceil(total / rb)], [GEMV_THREADS], (a) => {
@@ -1204,7 +1210,7 @@ export class CudaBackend implements Backend {
 
     // The host sorts the rows by expert: not possible inside a CUDA-graph capture.
     if (this.graph?.capturing) throw new Error("cuda backend: the MoE host path (more rows than the device MoE kernels take, or transposed experts) inside a CUDA-graph capture");
-    const ev = (this.moeEvents ??= { routed: this.native.eventCreate(), shared: this.native.eventCreate(), gathered: this.native.eventCreate(), experts: this.native.eventCreate() });
+    const ev = (this.moeEvents ??= { routed: this.native.eventCreate(), gathered: this.native.eventCreate() });
     const logits = this.linear(xt, w.router);
     const expertDev = this.mem.stepAlloc(n * 4).ptr;
     const scoreDev = this.mem.stepAlloc(n * 4).ptr;
@@ -1212,7 +1218,7 @@ export class CudaBackend implements Backend {
     this.native.eventRecord(ev.routed);
     // The shared expert needs no routing: it runs on the side stream while the host sorts the
     // rows and the routed experts run (queued after the routing, so the router never waits for it).
-    const shared = this.onSideStream(ev.routed, ev.shared, () => this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown));
+    const shared = this.onSideStream(ev.routed, () => this.linear(this.siluMul(this.linear(xt, w.sharedGateUp)), w.sharedDown));
     const expert = new Int32Array(n);
     this.native.dtohAfter(expert, expertDev, ev.routed); // the one host sync of the layer
 
@@ -1260,32 +1266,41 @@ export class CudaBackend implements Backend {
     const mid = Math.ceil(js.length / 2);
     this.native.eventRecord(ev.gathered);
     runExperts(0, mid);
-    this.onSideStream(ev.gathered, ev.experts, () => runExperts(mid, js.length));
+    this.onSideStream(ev.gathered, () => runExperts(mid, js.length));
     const out = this.stepTensor([n, d], this.t);
-    this.native.streamWaitEvent(ev.experts); // the side stream's shared expert and experts (it runs in order)
+    this.joinSideStream(); // the side stream's shared expert and experts
     this.k.launch(`moe_combine_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(shared.ptr).ptr(y.ptr).ptr(invDev).ptr(out.ptr).i32(d));
     return out;
   }
 
   /**
-   * Queues `run` on the side stream after `after` (recorded on the main stream) and records `done`
-   * there; the main stream must wait for `done` (streamWaitEvent) before it reads the result. Not
-   * inside a CUDA-graph capture (the host paths that use it are not captured either).
+   * Queues `run` on the side stream after `after` (an event recorded on the main stream). The main
+   * stream must joinSideStream() before it reads what `run` wrote; a step that begins joins it
+   * too, so work left behind by an op that threw never overlaps the next step's use of the arena.
+   * Not inside a CUDA-graph capture (the host paths that use it are not captured either).
    */
-  private onSideStream<R>(after: DevicePtr, done: DevicePtr, run: () => R): R {
+  private onSideStream<R>(after: DevicePtr, run: () => R): R {
     if (this.graph?.capturing) throw new Error("cuda backend: side-stream work inside a CUDA-graph capture");
     this.sideWorkspace ??= this.mem.alloc(WORKSPACE_BYTES, "the side stream's cuBLASLt workspace");
+    this.sideDone ??= this.native.eventCreate();
     this.native.useSideStream(true);
     this.onSide = true;
     try {
       this.native.streamWaitEvent(after);
-      const r = run();
-      this.native.eventRecord(done);
-      return r;
+      return run();
     } finally {
+      this.native.eventRecord(this.sideDone);
+      this.sidePending = true;
       this.onSide = false;
       this.native.useSideStream(false);
     }
+  }
+
+  /** Work queued on the main stream from now on waits for everything queued on the side stream. */
+  private joinSideStream(): void {
+    if (!this.sidePending) return;
+    this.native.streamWaitEvent(this.sideDone!);
+    this.sidePending = false;
   }
 
   /**
