@@ -39,22 +39,22 @@ __device__ void moeCombine(const T* __restrict__ shared, const T* __restrict__ r
   const T* a = shared + r * d;
   const T* b = routed + (size_t)inv[r] * d;
   T* o = out + r * d;
+  // bf16 rows of d % 8 == 0: 16-byte accesses, 8 elements a thread.
   if constexpr (sizeof(T) == 2) {
     if ((d & 7) == 0) {
-    // bf16 rows of d % 8 == 0: 16-byte accesses, 8 elements a thread.
-    for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8) {
-      uint4 u = *reinterpret_cast<const uint4*>(a + c);
-      const uint4 v = *reinterpret_cast<const uint4*>(b + c);
-      __nv_bfloat162* x = reinterpret_cast<__nv_bfloat162*>(&u);
-      const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&v);
+      for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8) {
+        uint4 u = *reinterpret_cast<const uint4*>(a + c);
+        const uint4 v = *reinterpret_cast<const uint4*>(b + c);
+        __nv_bfloat162* x = reinterpret_cast<__nv_bfloat162*>(&u);
+        const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&v);
 #pragma unroll
-      for (int k = 0; k < 4; k++) {
-        const float2 p = __bfloat1622float2(x[k]), q = __bfloat1622float2(y[k]);
-        x[k] = __floats2bfloat162_rn(p.x + q.x, p.y + q.y);
+        for (int k = 0; k < 4; k++) {
+          const float2 p = __bfloat1622float2(x[k]), q = __bfloat1622float2(y[k]);
+          x[k] = __floats2bfloat162_rn(p.x + q.x, p.y + q.y);
+        }
+        *reinterpret_cast<uint4*>(o + c) = u;
       }
-      *reinterpret_cast<uint4*>(o + c) = u;
-    }
-    return;
+      return;
     }
   }
   for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = fromF<T>(toF(a[i]) + toF(b[i]));
