@@ -12,7 +12,7 @@
 //   custom all-reduce over peer memory (runtime/cuda/peer_allreduce.ts): its buffer addresses
 //   cross the threads through a SharedArrayBuffer, also handed over in workerData.
 
-import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { type Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
 import type { AttentionSpec, Backend, KvPoolSizes, StepBatch } from "../runtime/backend.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { SharedMemoryCollective, createSharedCollective, type SharedCollectiveInit } from "../runtime/collective.js";
@@ -24,6 +24,7 @@ import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
+import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
   modelPath: string;
@@ -70,7 +71,8 @@ type RankMessage =
   | { type: "forward"; batch: StepBatch }
   | { type: "forwardArgmax"; batch: StepBatch }
   | { type: "close" };
-type RankReply = { type: "joining" } | { type: "ready" } | { type: "closed" } | { type: "error"; message: string };
+/** A rank thread's replies: spawnRanks' (its result is `true` once loaded), then `closed` when asked to close. */
+type RankReply = RankThreadReply<true> | { closed: true };
 
 interface LoadedRank {
   model: ForwardModel;
@@ -167,7 +169,7 @@ class ParallelModel implements ForwardModel {
   /** Every rank frees its device memory and communicator, then the threads end. */
   async close(): Promise<void> {
     const closed = this.workers.map((w) => new Promise<void>((resolve) => {
-      w.on("message", (m: RankReply) => m.type === "closed" && resolve());
+      w.on("message", (m: RankReply) => "closed" in m && resolve());
       w.once("exit", () => resolve());
     }));
     for (const w of this.workers) w.postMessage({ type: "close" } satisfies RankMessage);
@@ -195,32 +197,14 @@ export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptio
     const collective = createSharedCollective(opts.tp);
     for (let rank = 0; rank < opts.tp; rank++) links.push({ device, collective });
   }
-  const workers = links.slice(1).map((link, i) => new Worker(new URL(import.meta.url), { workerData: { opts, rank: i + 1, link } satisfies RankData }));
-  const joining: Promise<void>[] = [];
-  const ready: Promise<void>[] = [];
-  for (const w of workers) {
-    let joined!: () => void, isReady!: () => void, fail!: (e: Error) => void;
-    const failed = new Promise<never>((_, reject) => (fail = reject));
-    failed.catch(() => {}); // observed through joining/ready
-    joining.push(Promise.race([new Promise<void>((r) => (joined = r)), failed]));
-    ready.push(Promise.race([new Promise<void>((r) => (isReady = r)), failed]));
-    const onMessage = (m: RankReply) => {
-      if (m.type === "joining") joined();
-      else if (m.type === "ready") {
-        isReady();
-        w.off("message", onMessage);
-      } else if (m.type === "error") fail(new Error(m.message));
-    };
-    w.on("message", onMessage);
-    w.once("error", fail);
-    w.once("exit", (code) => fail(new Error(`tensor-parallel rank thread exited (code ${code}) before it was ready`)));
-  }
+  const threads = spawnRanks<true>(new URL(import.meta.url), opts.tp, (rank) => ({ opts, rank, link: links[rank] }) satisfies RankData);
+  const workers = threads.workers;
   let lead: LoadedRank;
   try {
     // Rank 0 joins last, so a rank that cannot start is an error here rather than a hang in NCCL.
-    [lead] = await Promise.all([loadRank(opts, 0, links[0], () => Promise.all(joining).then(() => {}), onProgress), ...ready]);
+    [lead] = await Promise.all([loadRank(opts, 0, links[0], () => threads.joined, onProgress), threads.results]);
   } catch (e) {
-    await Promise.all(workers.map((w) => w.terminate()));
+    await threads.terminate();
     throw e;
   }
   // A rank that dies mid-step would leave the others waiting in a collective forever.
@@ -237,7 +221,7 @@ export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptio
 if (!isMainThread && (workerData as RankData)?.link) {
   const { opts, rank, link } = workerData as RankData;
   const reply = (m: RankReply) => parentPort!.postMessage(m);
-  loadRank(opts, rank, link, () => reply({ type: "joining" })).then(
+  loadRank(opts, rank, link, () => reply({ joining: true })).then(
     (loaded) => {
       parentPort!.on("message", (m: RankMessage) => {
         if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
@@ -246,11 +230,11 @@ if (!isMainThread && (workerData as RankData)?.link) {
         else if (m.type === "forwardArgmax") loaded.model.forwardArgmax!(m.batch);
         else {
           loaded.close();
-          reply({ type: "closed" });
+          reply({ closed: true });
         }
       });
-      reply({ type: "ready" });
+      reply({ result: true });
     },
-    (e: Error) => reply({ type: "error", message: e.message }),
+    (e: Error) => reply({ error: e.message }),
   );
 }

@@ -5,7 +5,7 @@
 
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import { NcclCommunicator, type NcclInit, bindCudaDevice, loadNccl, ncclUniqueId } from "./nccl.js";
-import { type RankThreadReply, spawnRanks } from "./rank_threads.js";
+import { type RankThreadReply, spawnRanks } from "../../util/rank_threads.js";
 
 export interface NcclBenchResult {
   ranks: number;

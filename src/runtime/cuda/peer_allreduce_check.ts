@@ -19,7 +19,7 @@ import { CudaBackend, CudaTensor } from "./backend.js";
 import { NcclCommunicator, type NcclInit, bindCudaDevice, ncclUniqueId } from "./nccl.js";
 import { type DevicePtr, type NativeCuda, loadNative } from "./native.js";
 import { type PeerAllReduce, type PeerExchange, createPeerExchange } from "./peer_allreduce.js";
-import { type RankThreadReply, spawnRanks } from "./rank_threads.js";
+import { type RankThreadReply, spawnRanks } from "../../util/rank_threads.js";
 
 type DType = "bf16" | "f32";
 const BYTES: Record<DType, number> = { bf16: 2, f32: 4 };
