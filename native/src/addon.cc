@@ -102,6 +102,12 @@ bool ensureDevice(napi_env env) {
   return false;
 }
 
+// The one argument of a call on this thread's device: a handle, address or byte count.
+bool deviceU64Arg(napi_env env, napi_callback_info info, uint64_t& out) {
+  napi_value argv[1];
+  return getArgs(env, info, 1, argv) && ensureDevice(env) && getU64(env, argv[0], out);
+}
+
 bool check(napi_env env, const char* what, CUresult r) {
   if (r == 0) return true;
   throwError(env, cuErrorText(drv, what, r));
@@ -238,20 +244,16 @@ napi_value MemGetInfo(napi_env env, napi_callback_info /*info*/) {
 }
 
 napi_value MemAlloc(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t bytes;
-  if (!getU64(env, argv[0], bytes)) return nullptr;
+  if (!deviceU64Arg(env, info, bytes)) return nullptr;
   CUdeviceptr p = 0;
   CHECK("cuMemAlloc", drv.cuMemAlloc(&p, bytes));
   return bigint(env, p);
 }
 
 napi_value MemFree(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t p;
-  if (!getU64(env, argv[0], p)) return nullptr;
+  if (!deviceU64Arg(env, info, p)) return nullptr;
   CHECK("cuMemFree", drv.cuMemFree(p));
   return undefined(env);
 }
@@ -347,10 +349,8 @@ napi_value UseSideStream(napi_env env, napi_callback_info info) {
 
 // streamWaitEvent(ev): work queued on the current stream from now on waits for `ev` (recorded on either stream).
 napi_value StreamWaitEvent(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t ev;
-  if (!getU64(env, argv[0], ev)) return nullptr;
+  if (!deviceU64Arg(env, info, ev)) return nullptr;
   CHECK("cuStreamWaitEvent", drv.cuStreamWaitEvent(stream, reinterpret_cast<CUevent>(ev), 0));
   return undefined(env);
 }
@@ -498,10 +498,8 @@ napi_value EventCreate(napi_env env, napi_callback_info /*info*/) {
 }
 
 napi_value EventRecord(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t ev;
-  if (!getU64(env, argv[0], ev)) return nullptr;
+  if (!deviceU64Arg(env, info, ev)) return nullptr;
   CHECK("cuEventRecord", drv.cuEventRecord(reinterpret_cast<CUevent>(ev), stream));
   return undefined(env);
 }
@@ -562,19 +560,15 @@ napi_value GraphEndCapture(napi_env env, napi_callback_info /*info*/) {
 
 // graphLaunch(exec): replays the graph on the stream.
 napi_value GraphLaunch(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t exec;
-  if (!getU64(env, argv[0], exec)) return nullptr;
+  if (!deviceU64Arg(env, info, exec)) return nullptr;
   CHECK("cuGraphLaunch", drv.cuGraphLaunch(reinterpret_cast<CUgraphExec>(exec), stream));
   return undefined(env);
 }
 
 napi_value GraphDestroy(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!getArgs(env, info, 1, argv) || !ensureDevice(env)) return nullptr;
   uint64_t exec;
-  if (!getU64(env, argv[0], exec)) return nullptr;
+  if (!deviceU64Arg(env, info, exec)) return nullptr;
   CHECK("cuGraphExecDestroy", drv.cuGraphExecDestroy(reinterpret_cast<CUgraphExec>(exec)));
   return undefined(env);
 }
