@@ -862,14 +862,16 @@ export class CudaBackend implements Backend {
     const wts = ws.map((w) => this.tensor(w));
     const [n, inDim] = rows(xt, "linearMany");
     const total = wts.reduce((a, w) => a + w.shape[0], 0);
+    // [out, in] weights of this input's width in the storage type: what both fused paths take.
+    const plain = !this.fallbackGemm && wts.every((w) => w.shape.length === 2 && w.shape[1] === inDim && !w.transposed && w.dtype === this.t);
     const fits =
-      wts.length >= 1 && wts.length <= 3 && n >= 1 && n <= this.gemvMax && !this.fallbackGemm && inDim % (16 / BYTES[this.t]) === 0 && xt.ptr % 16n === 0n &&
-      wts.every((w) => w.shape.length === 2 && w.shape[1] === inDim && !w.transposed && w.dtype === this.t && w.ptr % 16n === 0n);
+      plain && wts.length >= 1 && wts.length <= 3 && n >= 1 && n <= this.gemvMax && inDim % (16 / BYTES[this.t]) === 0 && xt.ptr % 16n === 0n &&
+      wts.every((w) => w.ptr % 16n === 0n);
     if (!fits) {
       // Many rows: weights side by side in memory (splitRows views) run as one GEMM — the k and v GEMMs
       // alone are too small to fill the GPU (measured ~370 TFLOP/s each at 2048 rows on an H100).
       // Each output is then a column block of one [n, Σ out] tensor, which attention() reads.
-      if (n > this.gemvMax && wts.length > 1 && !this.fallbackGemm && contiguous(wts) && wts.every((w) => w.dtype === this.t && !w.transposed && w.shape[1] === inDim)) {
+      if (plain && n > this.gemvMax && wts.length > 1 && contiguous(wts)) {
         const y = this.stepTensor([n, total], this.t);
         this.gemm(y.ptr, this.t, xt.ptr, n, inDim, wts[0], 0, total);
         let col = 0;
@@ -1112,6 +1114,7 @@ export class CudaBackend implements Backend {
       this.appendSlots(batch);
     }
     let m = this.meta.get(spec.pool);
+    if (m?.checked.has(spec.chunkSize)) return m; // every layer after the pool's first of this chunk size
     const n = batch.ids.length;
     const context = tables.sizes.context;
     const padSlots = Int32Array.of(this.padSlot[spec.pool]); // the padding row's one position
