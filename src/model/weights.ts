@@ -101,10 +101,11 @@ class CheckpointSource implements WeightSource {
   }
 
   async loadStacked(parts: StackedPart[]): Promise<Tensor> {
+    const names = parts.map(([n]) => n).join(", ");
+    if (parts.some(([, shape]) => shape[1] !== parts[0][1][1])) throw new Error(`tensors ${names} have different input widths`); // before any read
     const hs: HostTensor[] = [];
     for (const [name, shape, rows] of parts) hs.push(await this.host(name, shape, { 0: [rows] }));
-    if (hs.some((h) => h.dtype !== hs[0].dtype)) throw new Error(`tensors ${parts.map(([n]) => n).join(", ")} have different dtypes`);
-    if (parts.some(([, shape]) => shape[1] !== parts[0][1][1])) throw new Error(`tensors ${parts.map(([n]) => n).join(", ")} have different input widths`);
+    if (hs.some((h) => h.dtype !== hs[0].dtype)) throw new Error(`tensors ${names} have different dtypes`);
     const data = new Uint8Array(hs.reduce((a, h) => a + h.data.byteLength, 0));
     let at = 0;
     for (const h of hs) {
