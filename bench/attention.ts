@@ -144,7 +144,7 @@ function prefillFlops(kvLen: number, qLen: number, chunk: number): number {
   return 4 * HQ * D * keys;
 }
 
-function prefill(name: string, kvLen: number, qLen: number, chunk: number, shuffled: boolean, useTorchInputs: boolean, variant: "w4" | "w8" = "w4"): void {
+function prefill(name: string, kvLen: number, qLen: number, chunk: number, shuffled: boolean, useTorchInputs: boolean, variant: "w4" | "w8" | "wg" = "w4"): void {
   fa.prefillVariant = variant;
   const q = alloc(qLen * HQ * D * 2), out = alloc(qLen * HQ * D * 2);
   const k = alloc(kvLen * HKV * D * 2), v = alloc(kvLen * HKV * D * 2);
@@ -202,6 +202,11 @@ function prefill(name: string, kvLen: number, qLen: number, chunk: number, shuff
 
 await section("prefill 8k", () => prefill("prefill causal 8k, GQA 40/8, d128", 8192, 8192, 0, false, true));
 await section("prefill 8k w8", () => prefill("prefill causal 8k, 8-warp variant", 8192, 8192, 0, false, true, "w8"));
+if (info.ccMajor === 9) {
+  await section("prefill 8k wg", () => prefill("prefill causal 8k, 8-warp variant with Q·Kᵀ on wgmma", 8192, 8192, 0, false, true, "wg"));
+  await section("prefill 2k wg", () => prefill("prefill causal 2k, wgmma variant", 2048, 2048, 0, false, false, "wg"));
+}
+await section("prefill 2k", () => prefill("prefill causal 2k, GQA 40/8, d128", 2048, 2048, 0, false, false));
 await section("prefill 8k shuffled", () => prefill("prefill causal 8k, shuffled slots", 8192, 8192, 0, true, true));
 await section("prefill chunked", () => prefill("prefill chunked-local 8192 over 16k", 16384, 16384, 8192, false, false));
 await section("prefill prefix", () => prefill("prefill 1k over a 7k cached prefix", 8192, 1024, 0, false, false));

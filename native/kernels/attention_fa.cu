@@ -34,6 +34,7 @@
 #include <math_constants.h>
 
 #include "common.cuh"
+#include "wgmma.cuh"
 
 namespace {
 
@@ -88,6 +89,14 @@ __device__ __forceinline__ int swz(int r, int c) {
   return (r * CH + (c ^ (r & SW))) * 16;
 }
 
+// The wgmma variant's layout of Q and K tiles: two panels of 64 columns (128 B per row), each
+// [rows × 128 B] in 8-row atoms of 1024 B with 16-byte chunk c of row r at (c ^ r % 8)·16 — the
+// K-major 128-byte-swizzled layout wgmma descriptors read (wgmma.cuh). V keeps swz<CH>.
+template <int ROWS>
+__device__ __forceinline__ int panelSwz(int r, int c) {
+  return (c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+}
+
 template <int D, int NW, int MT, int STAGES>
 constexpr int faSmemBytes() {
   return (NW * 16 * MT + 2 * STAGES * FA_BN) * D * 2;
@@ -98,8 +107,11 @@ constexpr int faSmemBytes() {
  * BM = 16·NW·MT).
  * PACKED: a block is one KV head and its rows are (query row, head in group) pairs; else one
  * query head. partO/partML non-null: write unnormalised split partials instead of out.
+ * WG (D = 128, NW = 8, MT = 1, sm_90a only): S = Q·Kᵀ by wgmma, one warpgroup per 64 rows, from
+ * Q and K tiles in panelSwz layout; its accumulators land in exactly the m16n8 layout the rest
+ * uses (row 16·warp + g + 8h, column 8·nt + 2·t4 + e), so softmax and P·V are unchanged.
  */
-template <int D, int NW, int MT, bool PACKED, int STAGES>
+template <int D, int NW, int MT, bool PACKED, int STAGES, bool WG = false>
 __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const bf16* __restrict__ kPool,
                                                const bf16* __restrict__ vPool, const int* __restrict__ slotTable,
                                                const int4* __restrict__ tiles, bf16* __restrict__ out,
@@ -115,6 +127,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   constexpr int TILE_BYTES = BN * D * 2;
   static_assert(D % 16 == 0 && D <= 128, "head dim");
   static_assert((BN * CH) % FA_THREADS == 0 && (BM * CH) % FA_THREADS == 0, "tile loads");
+  static_assert(!WG || (D == 128 && NW == 8 && MT == 1 && !PACKED), "the wgmma variant: 8 warps × 16 rows, head_dim 128");
 
   extern __shared__ __align__(1024) uint8_t smem[];
   uint8_t* sQ = smem;
@@ -140,9 +153,10 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   auto rowOf = [&](int m) { return PACKED ? m / G : m; };
   auto headOf = [&](int m) { return PACKED ? kvh * G + m % G : (int)blockIdx.x; };
 
-  // This thread's rows: m = warp·16·MT + mt·16 + g + 8h.
+  // This thread's rows: m = warp·16·MT + mt·16 + g + 8h. wgmma is warpgroup-wide: a warpgroup
+  // computes while any of its 64 rows is real (padding rows are zero Q rows, never written).
   const int wRow0 = warp * 16 * MT;
-  const bool warpActive = rowOf(wRow0) < nRows;
+  const bool warpActive = WG ? rowOf(64 * (warp >> 2)) < nRows : rowOf(wRow0) < nRows;
 
   if (ktBegin >= ktEnd) {  // an empty split: weight zero in the combine
     if (partO == nullptr) return;
@@ -164,13 +178,14 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     const int i = rowOf(m);
     const bool ok = i < nRows;
     const bf16* src = ok ? q + ((size_t)(rowStart + i) * hq + headOf(m)) * D + ch * 8 : q;
-    cpAsync16(smemAddr(sQ + swz<CH>(m, ch)), src, ok);
+    cpAsync16(smemAddr(sQ + (WG ? panelSwz<BM>(m, ch) : swz<CH>(m, ch))), src, ok);
   }
   // K/V tiles: this thread copies chunk tid % CH of rows tid / CH + it·(128 / CH); that row
   // step is a multiple of the swizzle period, so the swizzled offset is one base + it·step.
   constexpr int RSTEP = FA_THREADS / CH;
   const int ldRow = tid / CH, ldCh = tid % CH;
-  const uint32_t ldK = smemAddr(sK) + swz<CH>(ldRow, ldCh), ldV = smemAddr(sV) + swz<CH>(ldRow, ldCh);
+  const uint32_t ldK = smemAddr(sK) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh)), ldV = smemAddr(sV) + swz<CH>(ldRow, ldCh);
+  constexpr int K_ROW = WG ? 128 : CH * 16;  // bytes from one K row to the next (within a panel)
   const bf16* kSrc = kPool + (size_t)kvh * D + ldCh * 8;
   const bf16* vSrc = vPool + (size_t)kvh * D + ldCh * 8;
   const size_t slotStride = (size_t)hkv * D;
@@ -181,9 +196,8 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       const int u = u0 + it * RSTEP;
       const bool ok = u < kHi;
       const size_t off = ok ? (size_t)slots[u] * slotStride : 0;
-      const uint32_t so = stage * TILE_BYTES + it * RSTEP * CH * 16;
-      cpAsync16(ldK + so, kSrc + off, ok);
-      cpAsync16(ldV + so, vSrc + off, ok);
+      cpAsync16(ldK + stage * TILE_BYTES + it * RSTEP * K_ROW, kSrc + off, ok);
+      cpAsync16(ldV + stage * TILE_BYTES + it * RSTEP * CH * 16, vSrc + off, ok);
     }
   };
 #pragma unroll
@@ -236,6 +250,24 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
+    if constexpr (WG) {
+#ifdef TSGLANG_WGMMA
+      // cp.async wrote the tiles through the generic proxy; wgmma reads them through the async one.
+      fenceProxyAsync();
+      wgmmaFence();
+      const uint32_t qWg = sBase + (warp >> 2) * 64 * 128;  // this warpgroup's 64 rows of each Q panel
+      const uint32_t kTile = sBase + BM * D * 2 + stage * TILE_BYTES;
+#pragma unroll
+      for (int ks = 0; ks < KS; ks++) {
+        const uint32_t col = (ks >> 2), step = (ks & 3) * 32;  // panel, and 16 columns inside its 128-byte rows
+        wgmma64xN<64>(reinterpret_cast<float(&)[32]>(s), wgmmaDesc(qWg + col * BM * 128 + step), wgmmaDesc(kTile + col * BN * 128 + step));
+      }
+      wgmmaCommit();
+      wgmmaWait<0>();
+#else
+      __trap();  // the host launches the wgmma variant on sm_90 only
+#endif
+    } else
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) {
       uint32_t a[MT][4];
@@ -383,6 +415,14 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_w8_d12
   flashAttention<128, 8, 1, false, 2>(FA_PASS);
 }
 static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
+
+// The same with S = Q·Kᵀ on wgmma (TSGLANG_FA_PREFILL=wg; sm_90a only, the other targets trap):
+// the Hopper tensor-core path for half the FLOPs, P·V still mma.sync. Same 96 KB.
+extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_wg_d128(FA_ARGS) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  flashAttention<128, 8, 1, false, 2, true>(FA_PASS);
+}
 
 // Merges split-KV partials: out = Σ w_s·O_s / Σ w_s·l_s with w_s = 2^(m_s − max m). Block per
 // (row, head), threads over the head dim. Memory-bound and small (n·Hq·splits·(D + 2) floats).

@@ -188,23 +188,26 @@ describe("fa3 attention kernels vs cpu (bf16)", { skip }, () => {
     }, "G5 d128");
   });
 
-  test("the 8-warp prefill variant (TSGLANG_FA_PREFILL=w8), head_dim 128, G = 5, cached prefix and chunk crossings", () => {
-    process.env.TSGLANG_FA_PREFILL = "w8";
-    const be = new CudaBackend({ precision: "bf16", attention: "fa3", memoryBytes: 256 * MIB, stepBytes: 128 * MIB, poison: true });
-    delete process.env.TSGLANG_FA_PREFILL;
-    try {
-      const perm = shuffled(rng, 400);
-      runScenario(rng, be, {
-        hq: 10, hkv: 2, dim: 128,
-        layers: [{ rope: true, qkNorm: true, temperatureTuning: false, chunkSize: 80, pool: "full" }, { rope: false, qkNorm: false, temperatureTuning: true, chunkSize: 0, pool: "full" }],
-        fullSlots: 400, swaSlots: 0,
-        seqSlots: [perm.subarray(0, 360), perm.subarray(360, 400)],
-        steps: [[150, 20], [180, 0]],
-      }, "w8");
-    } finally {
-      be.destroy();
-    }
-  });
+  for (const variant of ["w8", "wg"] as const) {
+    test(`the 8-warp prefill variant (TSGLANG_FA_PREFILL=${variant}${variant === "wg" ? ": Q·Kᵀ on wgmma" : ""}), head_dim 128, G = 5, cached prefix and chunk crossings`, () => {
+      process.env.TSGLANG_FA_PREFILL = variant;
+      const be = new CudaBackend({ precision: "bf16", attention: "fa3", memoryBytes: 256 * MIB, stepBytes: 128 * MIB, poison: true });
+      delete process.env.TSGLANG_FA_PREFILL;
+      try {
+        const perm = shuffled(rng, 400);
+        runScenario(rng, be, {
+          hq: 10, hkv: 2, dim: 128,
+          layers: [{ rope: true, qkNorm: true, temperatureTuning: false, chunkSize: 80, pool: "full" }, { rope: false, qkNorm: false, temperatureTuning: true, chunkSize: 0, pool: "full" }],
+          fullSlots: 400, swaSlots: 0,
+          // 150 and 20 rows: a tile whose second warpgroup is all padding (wg), and partial ones.
+          seqSlots: [perm.subarray(0, 360), perm.subarray(360, 400)],
+          steps: [[150, 20], [180, 0]],
+        }, variant);
+      } finally {
+        be.destroy();
+      }
+    });
+  }
 
   test("decode with split-KV: long and short sequences together (empty splits), global and chunked, G = 1 and G = 4", () => {
     for (const [hq, hkv] of [[4, 1], [4, 4]]) {

@@ -12,7 +12,8 @@
 //                   blocks would not fill the GPU, then a combine kernel merges the splits.
 // The decode kernel is used when every sequence of the step has at most R new tokens.
 // TSGLANG_FA_PREFILL=w8 picks the 8-warp prefill variant at head_dim 128 (16 rows per warp
-// instead of 32: fewer registers, more warps per SM, twice the shared-memory reads per FLOP).
+// instead of 32: fewer registers, more warps per SM, twice the shared-memory reads per FLOP);
+// TSGLANG_FA_PREFILL=wg the same with Q·Kᵀ on wgmma (sm_90 only; elsewhere the default).
 
 import type { Kernels } from "./kernels.js";
 import type { DevicePtr, NativeCuda } from "./native.js";
@@ -114,19 +115,21 @@ export function planTiles(seqs: readonly FaSeq[], hq: number, hkv: number): { ki
   return { kind, host, count: tiles.length };
 }
 
-export type PrefillVariant = "w4" | "w8";
+export type PrefillVariant = "w4" | "w8" | "wg";
 
 export class FlashAttention {
   /** Tile tables per step metadata object (one per step and pool). */
   private readonly plans = new WeakMap<object, Plan>();
   private readonly smemSet = new Set<string>();
-  /** The prefill kernel at head_dim 128: 4 warps × 32 rows (default) or 8 warps × 16 rows. */
+  /** The prefill kernel at head_dim 128: 4 warps × 32 rows (default), 8 warps × 16 rows, or that with wgmma. */
   prefillVariant: PrefillVariant;
   /** The decode split count last chosen for a step's metadata, per chunk size (1 for prefill): see splitsOf. */
   private readonly splits = new WeakMap<object, Map<number, number>>();
 
-  constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant } = {}) {
-    this.prefillVariant = opts.prefillVariant ?? (process.env.TSGLANG_FA_PREFILL === "w8" ? "w8" : "w4");
+  constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant; sm90?: boolean } = {}) {
+    const env = process.env.TSGLANG_FA_PREFILL;
+    const asked = opts.prefillVariant ?? (env === "w8" || env === "wg" ? env : "w4");
+    this.prefillVariant = asked === "wg" && !opts.sm90 ? "w4" : asked; // wgmma exists on sm_90 only
   }
 
   /**
@@ -151,8 +154,9 @@ export class FlashAttention {
     if (plan.count === 0) return;
     const { hq, hkv, dim, chunk } = a;
     const scaleLog2 = Math.LOG2E / Math.sqrt(dim);
-    const w8 = plan.kind === "prefill" && dim === 128 && this.prefillVariant === "w8";
-    const name = w8 ? "attention_fa_prefill_w8_d128" : `attention_fa_${plan.kind}_d${dim}`;
+    const variant = plan.kind === "prefill" && dim === 128 ? this.prefillVariant : "w4";
+    const w8 = variant !== "w4"; // 8 warps: w8, and wg (its wgmma twin)
+    const name = w8 ? `attention_fa_prefill_${variant}_d128` : `attention_fa_${plan.kind}_d${dim}`;
     const smem = faSmemBytes(plan.kind, dim);
     const fn = this.ctx.kernels.fn(name);
     if (!this.smemSet.has(name)) {

@@ -306,7 +306,7 @@ export class CudaBackend implements Backend {
             smCount: this.info.smCount,
             uploadInts: (v) => this.uploadInts(v, true),
             scratch: (bytes) => this.mem.stepAlloc(bytes).ptr,
-          })
+          }, { sm90: this.info.ccMajor === 9 })
         : null;
     this.beginStep();
   }

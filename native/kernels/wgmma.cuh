@@ -1,0 +1,48 @@
+// Hopper's asynchronous warpgroup MMA (wgmma, sm_90a) from shared memory: the descriptors of
+// 128-byte-swizzled K-major tiles (rows of 64 bf16 = 128 B, 8-row atoms of 1024 B, chunk c of row
+// r at (c ^ r % 8)·16), the m64n64k16 MMA and its fences. Only compiled for sm_90a
+// (__CUDA_ARCH_FEAT_SM90_ALL); the host launches these kernels on compute capability 9.0.
+// (From the grouped-GEMM experiment 11bf053, where these descriptors and the accumulator layout
+// below were checked on an H100.)
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TSGLANG_WGMMA 1
+
+// Descriptor of a K-major, 128-byte-swizzled tile at shared address `addr` (1024-byte aligned
+// atom rows; advancing by 32 B steps k by 16 inside the 128-byte row).
+__device__ __forceinline__ uint64_t wgmmaDesc(uint32_t addr) {
+  uint64_t d = (uint64_t)((addr & 0x3FFFF) >> 4);  // start address
+  d |= (uint64_t)1 << 16;                          // leading byte offset: unused with 128-B swizzle, K-major
+  d |= (uint64_t)(1024 >> 4) << 32;                // stride byte offset: one 8-row atom
+  d |= (uint64_t)1 << 62;                          // 128-byte swizzle
+  return d;
+}
+
+__device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes shared memory through the generic proxy; wgmma reads it through the async one.
+__device__ __forceinline__ void fenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d += A·B for one warpgroup: A 64×16 (descriptor a, K-major), B 16×N (descriptor b, K-major),
+// fp32 accumulators, N/2 per thread. d[4j + q] holds (m = 16·warp + lane/4 + 8·(q / 2),
+// n = 8j + 2·(lane % 4) + q % 2). One specialisation per N the kernels use (the operand lists are
+// written out: inline asm takes no arrays).
+template <int N>
+__device__ __forceinline__ void wgmma64xN(float (&d)[N / 2], uint64_t a, uint64_t b);
+
+template <>
+__device__ __forceinline__ void wgmma64xN<64>(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+#endif
