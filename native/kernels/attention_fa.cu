@@ -233,6 +233,9 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   for (int kt = ktBegin; kt < ktEnd; kt++) {
     const int stage = (kt - ktBegin) % STAGES;
     cpAsyncWait<STAGES - 2>();  // this thread's copies of tile kt (and Q) have landed
+#ifdef TSGLANG_WGMMA
+    if constexpr (WG) fenceProxyAsync();  // ... and are visible to wgmma's async proxy (before the barrier)
+#endif
     __syncthreads();            // everyone's have, and everyone is done with tile kt − 1
     {
       const int nk = kt + STAGES - 1;
@@ -252,8 +255,6 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
         for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
     if constexpr (WG) {
 #ifdef TSGLANG_WGMMA
-      // cp.async wrote the tiles through the generic proxy; wgmma reads them through the async one.
-      fenceProxyAsync();
       wgmmaFence();
       const uint32_t qWg = sBase + (warp >> 2) * 64 * 128;  // this warpgroup's 64 rows of each Q panel
       const uint32_t kTile = sBase + BM * D * 2 + stage * TILE_BYTES;
