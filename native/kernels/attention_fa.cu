@@ -255,16 +255,19 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
         for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
     if constexpr (WG) {
 #ifdef TSGLANG_WGMMA
+      float(&acc)[32] = reinterpret_cast<float(&)[32]>(s);
+      wgmmaFenceOperands(acc);
       wgmmaFence();
       const uint32_t qWg = sBase + (warp >> 2) * 64 * 128;  // this warpgroup's 64 rows of each Q panel
       const uint32_t kTile = sBase + BM * D * 2 + stage * TILE_BYTES;
 #pragma unroll
       for (int ks = 0; ks < KS; ks++) {
         const uint32_t col = (ks >> 2), step = (ks & 3) * 32;  // panel, and 16 columns inside its 128-byte rows
-        wgmma64xN<64>(reinterpret_cast<float(&)[32]>(s), wgmmaDesc(qWg + col * BM * 128 + step), wgmmaDesc(kTile + col * BN * 128 + step));
+        wgmma64xN<64>(acc, wgmmaDesc(qWg + col * BM * 128 + step), wgmmaDesc(kTile + col * BN * 128 + step));
       }
       wgmmaCommit();
       wgmmaWait<0>();
+      wgmmaFenceOperands(acc);
 #else
       __trap();  // the host launches the wgmma variant on sm_90 only
 #endif

@@ -26,6 +26,13 @@ template <int N>
 __device__ __forceinline__ void wgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// Pins the accumulators around an asynchronous MMA: the compiler may not move their reads or
+// writes across this point (the MMA writes them after it is issued, until wgmmaWait).
+template <int N>
+__device__ __forceinline__ void wgmmaFenceOperands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
 // cp.async writes shared memory through the generic proxy; wgmma reads it through the async one.
 __device__ __forceinline__ void fenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
