@@ -188,8 +188,9 @@ describe("fa3 attention kernels vs cpu (bf16)", { skip }, () => {
     }, "G5 d128");
   });
 
-  for (const variant of ["w8", "wg"] as const) {
-    test(`the 8-warp prefill variant (TSGLANG_FA_PREFILL=${variant}${variant === "wg" ? ": Q·Kᵀ on wgmma" : ""}), head_dim 128, G = 5, cached prefix and chunk crossings`, () => {
+  // Each prefill variant by name (the scenarios above run the device's default: wg on sm_90).
+  for (const variant of ["w4", "w8", "wg"] as const) {
+    test(`the ${variant === "w4" ? "4" : "8"}-warp prefill variant (TSGLANG_FA_PREFILL=${variant}${variant === "wg" ? ": Q·Kᵀ on wgmma" : ""}), head_dim 128, G = 5, cached prefix and chunk crossings`, () => {
       process.env.TSGLANG_FA_PREFILL = variant;
       const be = new CudaBackend({ precision: "bf16", attention: "fa3", memoryBytes: 256 * MIB, stepBytes: 128 * MIB, poison: true });
       delete process.env.TSGLANG_FA_PREFILL;

@@ -11,9 +11,10 @@
 //                   tile is read once for the whole group), split over the key range when the
 //                   blocks would not fill the GPU, then a combine kernel merges the splits.
 // The decode kernel is used when every sequence of the step has at most R new tokens.
-// TSGLANG_FA_PREFILL=w8 picks the 8-warp prefill variant at head_dim 128 (16 rows per warp
-// instead of 32: fewer registers, more warps per SM, twice the shared-memory reads per FLOP);
-// TSGLANG_FA_PREFILL=wg the same with Q·Kᵀ on wgmma (sm_90 only; elsewhere the default).
+// Prefill at head_dim 128 has three variants (TSGLANG_FA_PREFILL): w4 (4 warps × 32 rows; the
+// default off sm_90), w8 (8 warps × 16 rows: fewer registers, more warps per SM, twice the
+// shared-memory reads per FLOP) and wg (w8 with Q·Kᵀ on wgmma; sm_90 only, its default: on an
+// H200 8k causal 1.86 vs 1.98 ms for w4, 2k 0.164 vs 0.170 ms, 2026-11-27).
 
 import type { Kernels } from "./kernels.js";
 import type { DevicePtr, NativeCuda } from "./native.js";
@@ -127,8 +128,9 @@ export class FlashAttention {
   private readonly splits = new WeakMap<object, Map<number, number>>();
 
   constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant; sm90?: boolean } = {}) {
+    // wg by default on sm_90 (measured faster than w4, bench/attention.ts); TSGLANG_FA_PREFILL picks another.
     const env = process.env.TSGLANG_FA_PREFILL;
-    const asked = opts.prefillVariant ?? (env === "w8" || env === "wg" ? env : "w4");
+    const asked = opts.prefillVariant ?? (env === "w4" || env === "w8" || env === "wg" ? env : opts.sm90 ? "wg" : "w4");
     this.prefillVariant = asked === "wg" && !opts.sm90 ? "w4" : asked; // wgmma exists on sm_90 only
   }
 
