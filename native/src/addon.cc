@@ -440,7 +440,8 @@ napi_value Launch(napi_env env, napi_callback_info info) {
 
 // matmul(transA, transB, m, n, k, a, lda, b, ldb, d, ldd, typeAB, typeD, alpha, beta, workspace, wsBytes): boolean
 // Column-major D[m,n] = alpha·op(A)·op(B) + beta·D; false when cuBLASLt has no algorithm for it.
-napi_value Matmul(napi_env env, napi_callback_info info) {
+// matmulPlan(same arguments): plans that call (blaslt.cc) without running it.
+napi_value MatmulCall(napi_env env, napi_callback_info info, bool run) {
   napi_value argv[17];
   if (!getArgs(env, info, 17, argv) || !ensureDevice(env)) return nullptr;
   if (!blasLtLoaded) {
@@ -466,7 +467,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   a.beta = static_cast<float>(beta);
   a.workspaceBytes = ws;
   std::string err;
-  bool ok = blasLtMatmul(lt, a, stream, capturing ? nullptr : &drv, err);
+  bool ok = blasLtMatmul(lt, a, stream, capturing ? nullptr : &drv, err, run);
   if (!err.empty()) {
     throwError(env, err);
     return nullptr;
@@ -475,6 +476,9 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   napi_get_boolean(env, ok, &r);
   return r;
 }
+
+napi_value Matmul(napi_env env, napi_callback_info info) { return MatmulCall(env, info, true); }
+napi_value MatmulPlanOnly(napi_env env, napi_callback_info info) { return MatmulCall(env, info, false); }
 
 // matmulBucket(n): the n whose planned algorithm matmul uses for n (blaslt.cc), so a warm-up
 // can plan every bucket once.
@@ -488,6 +492,16 @@ napi_value MatmulBucket(napi_env env, napi_callback_info info) {
     return nullptr;
   }
   return number(env, static_cast<double>(blasLtBucket(n)));
+}
+
+// matmulStats(): {plans, timed, exact} — this thread's cuBLASLt planning so far (blaslt.h).
+napi_value MatmulStats(napi_env env, napi_callback_info /*info*/) {
+  napi_value r;
+  napi_create_object(env, &r);
+  napi_set_named_property(env, r, "plans", number(env, static_cast<double>(lt.plansMade)));
+  napi_set_named_property(env, r, "timed", number(env, static_cast<double>(lt.choicesTimed)));
+  napi_set_named_property(env, r, "exact", number(env, static_cast<double>(lt.exactChoices)));
+  return r;
 }
 
 napi_value EventCreate(napi_env env, napi_callback_info /*info*/) {
@@ -656,8 +670,8 @@ NAPI_MODULE_INIT() {
       {"openDriver", OpenDriver}, {"deviceCount", DeviceCount}, {"init", Init}, {"openBlasLt", OpenBlasLt}, {"memGetInfo", MemGetInfo},
       {"memAlloc", MemAlloc}, {"memFree", MemFree}, {"htod", HtoD}, {"dtoh", DtoH}, {"dtod", DtoD},
       {"memset", Memset}, {"synchronize", Synchronize}, {"moduleLoad", ModuleLoad}, {"getFunction", GetFunction},
-      {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul},
-      {"matmulBucket", MatmulBucket},
+      {"setMaxDynamicShared", SetMaxDynamicShared}, {"launch", Launch}, {"matmul", Matmul}, {"matmulPlan", MatmulPlanOnly},
+      {"matmulBucket", MatmulBucket}, {"matmulStats", MatmulStats},
       {"useSideStream", UseSideStream}, {"streamWaitEvent", StreamWaitEvent},
       {"dtohAfter", DtoHAfter}, {"eventCreate", EventCreate}, {"eventRecord", EventRecord}, {"eventElapsed", EventElapsed},
       {"graphBeginCapture", GraphBeginCapture}, {"graphEndCapture", GraphEndCapture}, {"graphLaunch", GraphLaunch},

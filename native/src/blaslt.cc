@@ -120,6 +120,7 @@ bool chooseAlgo(BlasLt& lt, const MatmulArgs& a, const MatmulPlan& p, cublasLtMa
       }
   }
   if (nUsable == 1) return true;
+  lt.choicesTimed++;
 
   auto cu = [&](const char* what, CUresult res) {
     if (res != 0) err = cuErrorText(*timer, what, res);
@@ -198,7 +199,7 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
   return loadedFrom.empty() ? "cannot load cuBLASLt (libcublasLt.so.13 or .12); set TSGLANG_CUBLASLT to its path. Tried:" + errors : "";
 }
 
-bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err) {
+bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err, bool run) {
   const uint32_t align[3] = {alignmentOf(a.a), alignmentOf(a.b), alignmentOf(a.d)};
   auto keyFor = [&](int64_t n) {
     return std::to_string(a.transA) + "," + std::to_string(a.transB) + "," + std::to_string(a.m) + "," +
@@ -215,6 +216,7 @@ bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver
     const std::string xkey = "exact," + key;
     auto xi = lt.algos.find(xkey);
     if (xi == lt.algos.end()) {
+      lt.exactChoices++;
       bool found = false;
       cublasLtMatmulAlgo_t algo{};
       if (!chooseAlgo(lt, a, p, p.b, p.d, timer, stream, found, algo, err)) return false;
@@ -226,14 +228,16 @@ bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver
   };
   auto it = lt.plans.find(key);
   if (it == lt.plans.end()) {
-    // Every shape is planned once; a serving process sees a bounded set of (batch, layer) shapes.
-    // Past 8192 the layouts go (cheap to remake); the chosen algorithms stay.
-    if (lt.plans.size() > 8192) {
+    // Every shape is planned once; a serving process sees a bounded set of (batch, layer) shapes
+    // (the warm-up plans every expert row count of a chunked prefill: 2 × 8192 by default).
+    // Past 32768 the layouts go (cheap to remake); the chosen algorithms stay.
+    if (lt.plans.size() > 32768) {
       for (auto& kv : lt.plans) destroyPlan(lt, kv.second);
       lt.plans.clear();
     }
     MatmulPlan p{};
     if (!createPlan(lt, a, align, p, err)) return false;
+    lt.plansMade++;
     // The algorithm: the bucket's, chosen once for the bucket's n (the same layouts but for n).
     const int64_t nb = bucketN(a.n);
     p.exact = nb == a.n;
@@ -275,6 +279,7 @@ bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver
   }
   MatmulPlan& p = it->second;
   if (!p.found) return false;
+  if (!run) return true;
   cublasStatus_t s = runAlgo(lt, a, p, p.algo, stream);
   if (s != 0 && !p.exact) {
     // The bucket's algorithm does not take this n: plan this n alone, once.

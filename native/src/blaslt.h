@@ -58,6 +58,11 @@ struct BlasLt {
   std::unordered_map<std::string, std::pair<bool, cublasLtMatmulAlgo_t>> algos;
   // The autotuner's timing events (created on first use, on this thread's context).
   CUevent tuneStart = nullptr, tuneEnd = nullptr;
+  // What planning a step met (matmulStats): plans made (descriptors for a new shape or n, ~4 µs of
+  // host time each), algorithm choices timed on the GPU (each a few ms: a new bucket, or a new n
+  // its bucket's algorithm refused), and choices made for an exact n. Benchmarks read them to
+  // tell planning from kernels.
+  uint64_t plansMade = 0, choicesTimed = 0, exactChoices = 0;
 };
 
 /** Opens the first of `paths` that loads; "" on success, else why not. */
@@ -67,9 +72,10 @@ std::string loadBlasLt(const std::string* paths, int count, BlasLt& lt, std::str
  * Runs D = alpha·op(A)·op(B) + beta·D. Returns false (err empty) when cuBLASLt has no algorithm for
  * it. A bucket planned with `timer` (the driver; null while the stream is being captured) times
  * the heuristic's candidates on these operands and keeps the fastest (blaslt.cc, chooseAlgo);
- * without it, the heuristic's first choice.
+ * without it, the heuristic's first choice. run = false plans (descriptors, the bucket's algorithm)
+ * and returns without running: a warm-up's way to make the ~4 µs host cost of a new n's plan early.
  */
-bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err);
+bool blasLtMatmul(BlasLt& lt, const MatmulArgs& a, CUstream stream, const Driver* timer, std::string& err, bool run = true);
 
 /** The n whose algorithm serves an n (blaslt.cc's buckets): warm-ups plan each bucket once. */
 int64_t blasLtBucket(int64_t n);

@@ -10,6 +10,7 @@ import { loadModel } from "../model/loader.js";
 import { createBackend, cudaAttentionFor, gpuFor, parseAttentionBackend, parseDevice } from "../runtime/select.js";
 import { loadParallel } from "../engine/parallel.js";
 import type { ForwardModel } from "../model/llama4.js";
+import type { GemmStats } from "../runtime/backend.js";
 import { argmax } from "../engine/sampling.js";
 import { warmupGemms } from "../engine/warmup.js";
 
@@ -176,10 +177,14 @@ export async function main(argv: string[]): Promise<number> {
   let seqs!: ContiguousBatch;
   let logits: Float32Array = new Float32Array(batch * vocab);
   const prefillRuns: number[] = [];
+  // GEMM planning inside each timed prefill (CUDA: cuBLASLt plans for new row counts, timed
+  // algorithm choices); rank 0's backend under tensor parallelism.
+  const planRuns: GemmStats[] = [];
   for (let run = 0; run < runs; run++) {
     const prompts = promptsFor(run);
     seqs = new ContiguousBatch(model, batch, inputLen + outputLen);
     sync();
+    const before = be.gemmStats?.();
     const t = performance.now();
     for (let g = 0; g < batch; g += group) {
       // `group` whole prompts (then one chunk holds them), or one prompt's chunks: the last chunk's logits are its last token's.
@@ -190,6 +195,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     sync();
     prefillRuns.push((performance.now() - t) / 1000);
+    const after = be.gemmStats?.();
+    if (before && after) planRuns.push({ plans: after.plans - before.plans, timed: after.timed - before.timed, exact: after.exact - before.exact });
   }
   const prefillS = median(prefillRuns);
   const steps: number[] = [];
@@ -236,6 +243,7 @@ export async function main(argv: string[]): Promise<number> {
     prefill_s: prefillS,
     prefill_s_runs: prefillRuns,
     prefill_cold_s: prefillColdS,
+    prefill_gemm_planning_runs: planRuns.length > 0 ? planRuns : null,
     prefill_tokens_per_s: (batch * inputLen) / prefillS,
     prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,
     decode_sampling: deviceGreedy ? "greedy on the device" : "logits to the host",

@@ -142,6 +142,8 @@ export interface Backend {
    * steps only: it starts a step. Returns the GEMMs run and the distinct weight shapes.
    */
   prepareGemms?(specs: GemmWarmup[]): { gemms: number; shapes: number };
+  /** GEMM planning met so far on this backend's thread (benchmarks: was a timed run planning?). */
+  gemmStats?(): GemmStats;
   /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
   copyBandwidth?(bytes: number): number;
 
@@ -234,6 +236,13 @@ export const EDIT_MASK = 2;
 
 /** Top logprobs Backend.sampleRows can return per row. */
 export const SAMPLE_MAX_TOP = 20;
+
+/** Counts of GEMM planning: plans made, algorithm choices timed on the device, choices for an exact row count. */
+export interface GemmStats {
+  plans: number;
+  timed: number;
+  exact: number;
+}
 
 /** One weight whose GEMMs Backend.prepareGemms plans. */
 export interface GemmWarmup {

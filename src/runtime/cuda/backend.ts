@@ -38,6 +38,7 @@ import type {
   AttentionParams,
   AttentionSpec,
   Backend,
+  GemmStats,
   GemmWarmup,
   HostTensor,
   KvPoolSizes,
@@ -786,16 +787,25 @@ export class CudaBackend implements Backend {
       );
       return;
     }
-    const ab = this.t === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
-    const d = yType === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
-    const ok =
-      !this.fallbackGemm &&
-      this.native.matmul(w.transposed ? 0 : 1, 0, out, n, inDim, wPtr, w.transposed ? out : inDim, x, inDim, y, out, ab, d, 1, 0, this.onSide ? this.sideWorkspace! : this.workspace, WORKSPACE_BYTES);
+    const ok = !this.fallbackGemm && this.native.matmul(...this.matmulArgs(y, yType, x, n, inDim, w.transposed, wPtr, out));
     if (ok) return;
     this.fallbackGemms++;
     this.k.launch(`gemm_fallback_${this.t}_${yType}`, [Math.ceil(out / 16), Math.ceil(n / 16)], [16, 16], (a) =>
       a.ptr(x).ptr(wPtr).ptr(y).i32(n).i32(out).i32(inDim).i32(w.transposed ? 1 : 0),
     );
+  }
+
+  /** cuBLASLt's arguments for y[n, out] = x[n, inDim] · wᵀ (column-major: D[out, n] = op(W)·X). */
+  private matmulArgs(y: DevicePtr, yType: DType, x: DevicePtr, n: number, inDim: number, transposed: boolean, wPtr: DevicePtr, out: number) {
+    const ab = this.t === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
+    const d = yType === "bf16" ? CUDA_R_16BF : CUDA_R_32F;
+    const ws = this.onSide ? this.sideWorkspace! : this.workspace;
+    return [transposed ? 0 : 1, 0, out, n, inDim, wPtr, transposed ? out : inDim, x, inDim, y, out, ab, d, 1, 0, ws, WORKSPACE_BYTES] as const;
+  }
+
+  /** Backend.gemmStats: the native cuBLASLt planning counters of this thread. */
+  gemmStats(): GemmStats {
+    return this.native.matmulStats();
   }
 
   /**
@@ -809,7 +819,8 @@ export class CudaBackend implements Backend {
   prepareGemms(specs: GemmWarmup[]): { gemms: number; shapes: number } {
     if (this.graph) throw new Error("prepareGemms: not inside a CUDA-graph step");
     if (this.fallbackGemm) return { gemms: 0, shapes: 0 }; // nothing to plan: every GEMM is the simple kernel
-    const seen = new Map<string, { w: CudaTensor; maxRows: number; yType: DType }>();
+    // experts: some weight of this shape is an expert stack (the shared expert's has the same shape).
+    const seen = new Map<string, { w: CudaTensor; maxRows: number; yType: DType; experts: boolean }>();
     for (const s of specs) {
       const w = this.tensor(s.weight);
       if (w.shape.length !== 2 && w.shape.length !== 3) throw new Error(`prepareGemms: weight must be [out, in] or [experts, out, in], got [${w.shape}]`);
@@ -818,13 +829,16 @@ export class CudaBackend implements Backend {
       // cuBLASLt plans per shape, op and operand alignment (blaslt.cc): one warm-up per such key.
       const key = `${out},${inDim},${w.transposed},${w.dtype},${yType},${alignment(w.ptr)}`;
       const had = seen.get(key);
-      if (had) had.maxRows = Math.max(had.maxRows, s.maxRows);
-      else seen.set(key, { w, maxRows: s.maxRows, yType });
+      const experts = w.shape.length === 3;
+      if (had) {
+        had.maxRows = Math.max(had.maxRows, s.maxRows);
+        had.experts ||= experts;
+      } else seen.set(key, { w, maxRows: s.maxRows, yType, experts });
     }
     let gemms = 0;
     // Bucket = n means per-n planning (TSGLANG_BLASLT_EXACT=1): plan only the small counts then.
     const exact = this.native.matmulBucket(17) === 17;
-    for (const { w, maxRows, yType } of seen.values()) {
+    for (const { w, maxRows, yType, experts } of seen.values()) {
       const [out, inDim] = w.shape.slice(-2);
       const limit = exact ? Math.min(maxRows, 64) : maxRows;
       if (limit < 1) continue;
@@ -844,6 +858,13 @@ export class CudaBackend implements Backend {
         this.gemm(y.ptr, yType, x.ptr, nb, inDim, w, 0, out);
         gemms++;
         n = nb + 1;
+      }
+      // Expert weights meet every row count (each expert gets some of a step's rows): their plans
+      // for every n (descriptors over the bucket's algorithm, not run) are made here too. Without
+      // this, bench-one-batch's first timed 2048-token prefills each made 12–76 new plans (~4 µs
+      // of host time each, between a layer's routing and its experts).
+      if (experts && !exact) {
+        for (let n = this.gemvMax + 1; n <= Math.min(limit, rowsMax); n++) this.native.matmulPlan(...this.matmulArgs(y.ptr, yType, x.ptr, n, inDim, w.transposed, w.ptr, out));
       }
     }
     this.native.synchronize();

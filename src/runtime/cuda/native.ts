@@ -6,6 +6,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { packageRoot } from "../../util/repo.js";
+import type { GemmStats } from "../backend.js";
 
 /** A device address or driver handle (CUdeviceptr, CUmodule, CUfunction, CUevent). */
 export type DevicePtr = bigint;
@@ -63,11 +64,19 @@ export interface NativeCuda {
     a: DevicePtr, lda: number, b: DevicePtr, ldb: number, d: DevicePtr, ldd: number,
     typeAB: number, typeD: number, alpha: number, beta: number, workspace: DevicePtr, workspaceBytes: number,
   ): boolean;
+  /** matmul's planning for these arguments (descriptors, the bucket's algorithm) without running it. */
+  matmulPlan(
+    transA: number, transB: number, m: number, n: number, k: number,
+    a: DevicePtr, lda: number, b: DevicePtr, ldb: number, d: DevicePtr, ldd: number,
+    typeAB: number, typeD: number, alpha: number, beta: number, workspace: DevicePtr, workspaceBytes: number,
+  ): boolean;
   /**
    * The token count whose planned algorithm matmul uses for `n` columns (blaslt.cc's buckets:
    * exact to 16, then four per octave); matmul plans each bucket once.
    */
   matmulBucket(n: number): number;
+  /** This thread's cuBLASLt planning so far: plans made, algorithm choices timed on the GPU, choices for an exact n. */
+  matmulStats(): GemmStats;
   eventCreate(): DevicePtr;
   /** Records `ev` on the current stream. */
   eventRecord(ev: DevicePtr): void;
