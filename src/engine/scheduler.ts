@@ -8,6 +8,7 @@
 
 import { SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "../runtime/backend.js";
 import type { ForwardModel } from "../model/llama4.js";
+import { ramp } from "../util/int_arrays.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
 import type { TokenPool } from "../cache/token_pool.js";
 import { type LogitEdits, Rng, applyEdits, isGreedy, logSoftmax, logitEdits, sampleToken, topEntries } from "./sampling.js";
@@ -313,10 +314,8 @@ export class Scheduler {
     let row = 0;
     for (const { req, n } of work) {
       const start = req.kvLen;
-      for (let i = 0; i < n; i++) {
-        ids[row + i] = req.ids[start + i];
-        positions[row + i] = start + i;
-      }
+      ids.set(req.ids.slice(start, start + n), row); // builtins, not a loop per token (util/int_arrays.ts)
+      positions.set(ramp(start, start + n), row);
       const kvLen = start + n;
       const from = Math.min(req.synced, start);
       seqs.push({

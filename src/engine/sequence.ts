@@ -3,6 +3,7 @@
 // golden-reference tests. The server's scheduler drives the same model through pooled,
 // shared KV instead.
 
+import { ramp } from "../util/int_arrays.js";
 import type { SeqSpan, StepBatch } from "../runtime/backend.js";
 import type { ForwardModel } from "../model/llama4.js";
 
@@ -72,10 +73,8 @@ export class ContiguousBatch {
       if (start + t.length > this.capacity) {
         throw new Error(`sequence of ${start + t.length} tokens exceeds the KV capacity ${this.capacity}`);
       }
-      t.forEach((id, i) => {
-        ids[row + i] = id;
-        positions[row + i] = start + i;
-      });
+      ids.set(t, row);
+      positions.set(ramp(start, start + t.length), row);
       // Sequence b is slot-table row b; the step carries its new positions' slots.
       const slots = this.slots[b].subarray(start, start + t.length);
       seqs.push({ qStart: row, qLen: t.length, kvLen: start + t.length, row: b, slotsFrom: start, fullSlots: slots, swaSlots: slots });

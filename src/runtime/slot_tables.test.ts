@@ -8,13 +8,17 @@ const seq = (row: number, qLen: number, kvLen: number, slotsFrom: number, full: 
 });
 const step = (...seqs: SeqSpan[]): StepBatch => ({ ids: new Int32Array(0), positions: new Int32Array(0), seqs, logitRows: new Int32Array(0) });
 
-test("slot tables grow by what each step carries and give (row · context + position, slot) pairs", () => {
+test("slot tables grow by what each step carries and give a run per sequence: (row · context + position, length, offset) and the slots", () => {
   const t = new SlotTables({ full: 100, swa: 50, rows: 3, context: 10 }, ["full", "swa"]);
   const a = t.apply(step(seq(2, 3, 3, 0, [7, 8, 9], [1, 2, 3])));
-  assert.deepEqual([...a.full], [20, 7, 21, 8, 22, 9]);
-  assert.deepEqual([...a.swa], [20, 1, 21, 2, 22, 3]);
+  assert.deepEqual([...a.full.segs], [20, 3, 0]);
+  assert.deepEqual([...a.full.slots], [7, 8, 9]);
+  assert.deepEqual([...a.swa.segs], [20, 3, 0]);
+  assert.deepEqual([...a.swa.slots], [1, 2, 3]);
   const b = t.apply(step(seq(2, 1, 4, 3, [40], [-1]), seq(0, 2, 2, 0, [5, 6])));
-  assert.deepEqual([...b.full], [23, 40, 0, 5, 1, 6]);
+  assert.deepEqual([...b.full.segs], [23, 1, 0, 0, 2, 1]);
+  assert.deepEqual([...b.full.slots], [40, 5, 6]);
+  assert.deepEqual([...b.swa.slots], [-1, 5, 6]);
   assert.deepEqual([...t.slots("full", 2)], [7, 8, 9, 40]);
   assert.deepEqual([...t.slots("swa", 2)], [1, 2, 3, -1]); // gone SWA KV is recorded as -1
   // A new occupant of a row starts over at 0.
@@ -26,9 +30,10 @@ test("the same batch twice is one append, and a fixed row is left out", () => {
   const t = new SlotTables({ full: 10, swa: 0, rows: 2, context: 4 }, ["full"]);
   const b = step(seq(0, 2, 2, 0, [3, 4]), seq(1, 1, 1, 0, [9]));
   assert.equal(t.apply(b, 1), t.apply(b, 1));
-  assert.deepEqual([...t.apply(b, 1).full], [0, 3, 1, 4]);
+  assert.deepEqual([...t.apply(b, 1).full.segs], [0, 2, 0]);
+  assert.deepEqual([...t.apply(b, 1).full.slots], [3, 4]);
   assert.equal(t.slots("full", 1).length, 0);
-  assert.equal(t.apply(step()).swa.length, 0, "no pairs for a pool no layer uses");
+  assert.equal(t.apply(step()).swa.slots.length, 0, "nothing for a pool no layer uses");
 });
 
 test("bad rows, lengths and slots are errors naming what is wrong", () => {

@@ -4,20 +4,30 @@
 // device tables (the kernels read those) and uses this copy for its host-side bounds checks.
 
 import type { KvPoolSizes, StepBatch } from "./backend.js";
+import { allInRange, firstOutOfRange } from "../util/int_arrays.js";
 
 /** Table indices (row · context + position) are int32 in the kernels. */
 export const SLOT_TABLE_MAX_ENTRIES = 2 ** 31 - 1;
 
 export type Pool = "full" | "swa";
 
-/** One step's additions to a pool's table: (row · context + position, slot) pairs. */
-export type SlotAppends = Record<Pool, Int32Array>;
+/**
+ * One step's additions to a pool's table, a run per sequence: `segs` holds [table index of the
+ * run's first position (row · context + position), its length, its offset in `slots`] per run.
+ */
+export interface PoolAppends {
+  segs: Int32Array;
+  slots: Int32Array;
+}
+export type SlotAppends = Record<Pool, PoolAppends>;
+
+const none = (): PoolAppends => ({ segs: new Int32Array(0), slots: new Int32Array(0) });
 
 export class SlotTables {
   private readonly lists: Record<Pool, Int32Array>[];
   private readonly lens: Int32Array;
   private lastBatch: StepBatch | null = null;
-  private lastAppends: SlotAppends = { full: new Int32Array(0), swa: new Int32Array(0) };
+  private lastAppends: SlotAppends = { full: none(), swa: none() };
 
   /** `pools`: the pools some layer uses (only those are kept and checked). */
   constructor(
@@ -42,7 +52,7 @@ export class SlotTables {
 
   /**
    * Applies a step's additions (validated: rows, lengths, every slot inside its pool or -1 for
-   * gone SWA KV) and returns them as index/slot pairs per pool. The same batch object again is a
+   * gone SWA KV) and returns them as runs per pool (PoolAppends). The same batch object again is a
    * no-op returning the same pairs (every layer's attention calls this). Sequences on `fixedRow`
    * (a GPU's padding row, whose content never changes) are left out.
    */
@@ -70,16 +80,18 @@ export class SlotTables {
         const src = pool === "full" ? s.fullSlots : s.swaSlots;
         const limit = pool === "full" ? this.sizes.full : this.sizes.swa;
         const lo = pool === "full" ? 0 : -1; // a full slot is never gone
-        for (let i = 0; i < src.length; i++) {
-          if (!(src[i] >= lo && src[i] < limit)) throw new Error(`slot tables: ${pool} slot ${src[i]} for position ${s.slotsFrom + i} is outside the pool of ${limit}`);
+        if (!allInRange(src, lo, limit)) {
+          const i = firstOutOfRange(src, lo, limit);
+          throw new Error(`slot tables: ${pool} slot ${src[i]} for position ${s.slotsFrom + i} is outside the pool of ${limit}`);
         }
       }
       total += n;
     }
     // Everything is checked before anything is written: a rejected step changes no row.
-    const out = { full: new Int32Array(this.pools.includes("full") ? 2 * total : 0), swa: new Int32Array(this.pools.includes("swa") ? 2 * total : 0) };
+    const out: SlotAppends = { full: none(), swa: none() };
+    for (const pool of this.pools) out[pool] = { segs: new Int32Array(3 * seqs.length), slots: new Int32Array(total) };
     let at = 0;
-    for (const s of seqs) {
+    seqs.forEach((s, k) => {
       for (const pool of this.pools) {
         const src = pool === "full" ? s.fullSlots : s.swaSlots;
         let list = this.lists[s.row][pool];
@@ -89,16 +101,12 @@ export class SlotTables {
           this.lists[s.row][pool] = list = grown;
         }
         list.set(src, s.slotsFrom);
-        const pairs = out[pool];
-        const base = s.row * context + s.slotsFrom;
-        for (let i = 0; i < src.length; i++) {
-          pairs[2 * (at + i)] = base + i;
-          pairs[2 * (at + i) + 1] = src[i];
-        }
+        out[pool].segs.set([s.row * context + s.slotsFrom, src.length, at], 3 * k);
+        out[pool].slots.set(src, at);
       }
       this.lens[s.row] = s.kvLen;
       at += s.kvLen - s.slotsFrom;
-    }
+    });
     this.lastBatch = batch;
     this.lastAppends = out;
     return out;

@@ -51,6 +51,7 @@ import type {
 } from "../backend.js";
 import { SAMPLE_MAX_TOP } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
+import { allInRange, firstOutOfRange, ramp } from "../../util/int_arrays.js";
 import { type Pool, SlotTables } from "../slot_tables.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
@@ -1148,20 +1149,22 @@ export class CudaBackend implements Backend {
       const rowPos = host.subarray(n, 2 * n).fill(-1);
       const rowSlotBase = host.subarray(2 * n, 3 * n);
       const rowSlot = host.subarray(3 * n, 4 * n);
+      // Per sequence, copies and fills (int_arrays.ts: no per-row JavaScript on the step's critical path).
       for (const s of batch.seqs) {
-        if (s.qLen > s.kvLen || s.qStart + s.qLen > n) throw new Error(`attention: sequence rows [${s.qStart}, ${s.qStart + s.qLen}) do not fit the step`);
+        if (s.qLen > s.kvLen || s.qStart < 0 || s.qStart + s.qLen > n) throw new Error(`attention: sequence rows [${s.qStart}, ${s.qStart + s.qLen}) do not fit the step`);
         const slots = slotsOf(s.row);
         if (slots.length < s.kvLen) throw new Error(`attention: a sequence of ${s.kvLen} tokens has only ${slots.length} ${spec.pool} slots`);
         const first = s.kvLen - s.qLen;
-        for (let i = 0; i < s.qLen; i++) {
-          const row = s.qStart + i;
-          if (rowPos[row] !== -1) throw new Error(`attention: row ${row} belongs to two sequences`);
-          const slot = slots[first + i];
-          if (slot < 0 || slot >= poolSlots) throw new Error(`attention: no valid ${spec.pool} KV slot for position ${first + i} (slot ${slot}, pool of ${poolSlots})`);
-          rowPos[row] = first + i;
-          rowSlotBase[row] = s.row * context;
-          rowSlot[row] = slot;
+        const rows = rowPos.subarray(s.qStart, s.qStart + s.qLen);
+        if (!allInRange(rows, -1, 0)) throw new Error(`attention: row ${s.qStart + firstOutOfRange(rows, -1, 0)} belongs to two sequences`);
+        const fresh = slots.subarray(first, s.kvLen);
+        if (!allInRange(fresh, 0, poolSlots)) {
+          const i = firstOutOfRange(fresh, 0, poolSlots);
+          throw new Error(`attention: no valid ${spec.pool} KV slot for position ${first + i} (slot ${fresh[i]}, pool of ${poolSlots})`);
         }
+        rows.set(ramp(first, s.kvLen));
+        rowSlotBase.fill(s.row * context, s.qStart, s.qStart + s.qLen);
+        rowSlot.set(fresh, s.qStart);
         seqs.push({ qStart: s.qStart, qLen: s.qLen, kvLen: s.kvLen, slotBase: s.row * context });
       }
       const missing = rowPos.indexOf(-1);
@@ -1178,8 +1181,11 @@ export class CudaBackend implements Backend {
         if (s.qLen === 0) continue;
         const slots = slotsOf(s.row);
         const first = s.kvLen - s.qLen;
-        for (let u = first - (first % spec.chunkSize); u < s.kvLen; u++) {
-          if (slots[u] < 0 || slots[u] >= poolSlots) throw new Error(`attention: KV for position ${u} is gone (${spec.pool} slot ${slots[u]})`);
+        const lo = first - (first % spec.chunkSize);
+        const window = slots.subarray(lo, s.kvLen);
+        if (!allInRange(window, 0, poolSlots)) {
+          const u = lo + firstOutOfRange(window, 0, poolSlots);
+          throw new Error(`attention: KV for position ${u} is gone (${spec.pool} slot ${slots[u]})`);
         }
       }
     }
@@ -1191,17 +1197,25 @@ export class CudaBackend implements Backend {
   private appendSlots(batch: StepBatch): void {
     const appends = this.tables!.apply(batch, this.padRow);
     for (const [pool, table] of this.deviceTables) {
-      const pairs = appends[pool];
-      if (pairs.length === 0) continue;
-      if (!this.appendBuf || this.appendBuf.ints < pairs.length) {
+      const { segs, slots } = appends[pool];
+      const runs = segs.length / 3;
+      if (runs === 0) continue;
+      // One upload: the runs, then their slots.
+      const host = new Int32Array(segs.length + slots.length);
+      host.set(segs);
+      host.set(slots, segs.length);
+      if (!this.appendBuf || this.appendBuf.ints < host.length) {
         if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
-        const ints = Math.max(pairs.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
+        const ints = Math.max(host.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
         this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
       }
       const buf = this.appendBuf.ptr;
-      this.native.htod(buf, pairs);
-      const count = pairs.length / 2;
-      this.k.launch("slot_table_write", [Math.ceil(count / 256)], [256], (a) => a.ptr(table).ptr(buf).i32(count).i32(this.padSlot[pool]));
+      this.native.htod(buf, host);
+      let longest = 0;
+      for (let k = 0; k < runs; k++) longest = Math.max(longest, segs[3 * k + 1]);
+      this.k.launch("slot_table_write", [runs, Math.min(65535, Math.ceil(longest / 256))], [256], (a) =>
+        a.ptr(table).ptr(buf).ptr(buf + BigInt(segs.length * 4)).i32(this.padSlot[pool]),
+      );
     }
   }
 
