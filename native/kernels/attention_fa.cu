@@ -1,5 +1,6 @@
 // Tiled (FlashAttention-2 style) attention over the paged KV pools, bf16 with tensor cores
 // (mma.sync m16n8k16, fp32 accumulation, online softmax in fp32). The `fa3` attention backend.
+// On sm_90 the prefill at head_dim 128 runs both products on wgmma (the `wg` variant below).
 //
 // Roofline, prefill (H100 SXM: ~790 TFLOP/s dense bf16 through wgmma, ~3.0 TB/s copy; mma.sync
 // reaches about 2/3 of the wgmma rate): causal GQA 40/8, head_dim 128, 8k tokens is
@@ -9,7 +10,8 @@
 // ~17 FLOP/B a Hopper SM's 128 B/clk of shared memory needs at mma.sync rate: hence 32 query
 // rows per warp (two m16 tiles sharing each K/V fragment), as FlashAttention-2 does.
 // Measured (H100, bench/attention.sh, docs/PERF.md): 346–351 TFLOP/s, 1.08× torch SDPA flash,
-// 0.55–0.59× its cuDNN backend (the wgmma-class mark); the 8-warp variant 309 TFLOP/s.
+// 0.55–0.59× its cuDNN backend (the wgmma-class mark); the 8-warp variant 309 TFLOP/s; the wg
+// variant 488 TFLOP/s (1.41 ms: 1.53× flash, 0.79× cuDNN's 620, same run, 2026-11-27).
 // Roofline, decode (one query row per sequence): memory-bound on K/V, 2·kvLen·Hkv·D·2 bytes per
 // sequence, read once per KV head (the G = Hq/Hkv query heads of a group are packed into the
 // rows of one tile) at copy bandwidth; the FLOPs (G·4·D per key and KV head, ~2.5 FLOP/B) are
@@ -89,9 +91,10 @@ __device__ __forceinline__ int swz(int r, int c) {
   return (r * CH + (c ^ (r & SW))) * 16;
 }
 
-// The wgmma variant's layout of Q and K tiles: two panels of 64 columns (128 B per row), each
+// The wgmma variant's layout of Q, K and V tiles: two panels of 64 columns (128 B per row), each
 // [rows × 128 B] in 8-row atoms of 1024 B with 16-byte chunk c of row r at (c ^ r % 8)·16 — the
-// K-major 128-byte-swizzled layout wgmma descriptors read (wgmma.cuh). V keeps swz<CH>.
+// 128-byte-swizzled layout wgmma descriptors read (wgmma.cuh): K-major for Q and K in S = Q·Kᵀ,
+// N-major for V in O = P·V.
 template <int ROWS>
 __device__ __forceinline__ int panelSwz(int r, int c) {
   return (c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
@@ -107,9 +110,10 @@ constexpr int faSmemBytes() {
  * BM = 16·NW·MT).
  * PACKED: a block is one KV head and its rows are (query row, head in group) pairs; else one
  * query head. partO/partML non-null: write unnormalised split partials instead of out.
- * WG (D = 128, NW = 8, MT = 1, sm_90a only): S = Q·Kᵀ by wgmma, one warpgroup per 64 rows, from
- * Q and K tiles in panelSwz layout; its accumulators land in exactly the m16n8 layout the rest
- * uses (row 16·warp + g + 8h, column 8·nt + 2·t4 + e), so softmax and P·V are unchanged.
+ * WG (D = 128, NW = 8, MT = 1, sm_90a only): both products by wgmma, one warpgroup per 64 rows,
+ * from Q, K and V tiles in panelSwz layout. S's accumulators land in exactly the m16n8 layout the
+ * softmax uses (row 16·warp + g + 8h, column 8·nt + 2·t4 + e); P packed to bf16 from them is
+ * wgmma's register A operand, and O's accumulators are the same layout again.
  */
 template <int D, int NW, int MT, bool PACKED, int STAGES, bool WG = false>
 __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const bf16* __restrict__ kPool,
@@ -127,7 +131,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   constexpr int TILE_BYTES = BN * D * 2;
   static_assert(D % 16 == 0 && D <= 128, "head dim");
   static_assert((BN * CH) % FA_THREADS == 0 && (BM * CH) % FA_THREADS == 0, "tile loads");
-  static_assert(!WG || (D == 128 && NW == 8 && MT == 1 && !PACKED), "the wgmma variant: 8 warps × 16 rows, head_dim 128");
+  static_assert(!WG || (D == 128 && NW == 8 && MT == 1 && !PACKED), "the wgmma variants: 8 warps × 16 rows, head_dim 128");
 
   extern __shared__ __align__(1024) uint8_t smem[];
   uint8_t* sQ = smem;
@@ -184,8 +188,9 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   // step is a multiple of the swizzle period, so the swizzled offset is one base + it·step.
   constexpr int RSTEP = FA_THREADS / CH;
   const int ldRow = tid / CH, ldCh = tid % CH;
-  const uint32_t ldK = smemAddr(sK) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh)), ldV = smemAddr(sV) + swz<CH>(ldRow, ldCh);
-  constexpr int K_ROW = WG ? 128 : CH * 16;  // bytes from one K row to the next (within a panel)
+  const uint32_t ldK = smemAddr(sK) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh));
+  const uint32_t ldV = smemAddr(sV) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh));
+  constexpr int KV_ROW = WG ? 128 : CH * 16;  // bytes from one K or V row to the next (within a panel)
   const bf16* kSrc = kPool + (size_t)kvh * D + ldCh * 8;
   const bf16* vSrc = vPool + (size_t)kvh * D + ldCh * 8;
   const size_t slotStride = (size_t)hkv * D;
@@ -196,8 +201,8 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       const int u = u0 + it * RSTEP;
       const bool ok = u < kHi;
       const size_t off = ok ? (size_t)slots[u] * slotStride : 0;
-      cpAsync16(ldK + stage * TILE_BYTES + it * RSTEP * K_ROW, kSrc + off, ok);
-      cpAsync16(ldV + stage * TILE_BYTES + it * RSTEP * CH * 16, vSrc + off, ok);
+      cpAsync16(ldK + stage * TILE_BYTES + it * RSTEP * KV_ROW, kSrc + off, ok);
+      cpAsync16(ldV + stage * TILE_BYTES + it * RSTEP * KV_ROW, vSrc + off, ok);
     }
   };
 #pragma unroll
@@ -340,6 +345,21 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       }
 
     // O += P·V
+    if constexpr (WG) {
+#ifdef TSGLANG_WGMMA
+      // P from registers (its fragments are wgmma's A layout), V N-major from its two panels;
+      // 16 keys are two 8-row atoms, 2048 B.
+      float(&oacc)[64] = reinterpret_cast<float(&)[64]>(o);
+      const uint32_t vTile = sBase + BM * D * 2 + STAGES * TILE_BYTES + stage * TILE_BYTES;
+      wgmmaFenceOperands(oacc);
+      wgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++) wgmma64x128RS(oacc, pa[0][kk], wgmmaDescMN(vTile + kk * 2048, BN * 128));
+      wgmmaCommit();
+      wgmmaWait<0>();
+      wgmmaFenceOperands(oacc);
+#endif
+    } else
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
 #pragma unroll
@@ -420,10 +440,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_w8_d12
 }
 static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
 
-// The same with S = Q·Kᵀ on wgmma (sm_90a only, the other targets trap; the default prefill at
-// head_dim 128 on sm_90): the Hopper tensor-core path for half the FLOPs, P·V still mma.sync.
-// Same 96 KB. Measured (H200, 2026-11-27): 8k causal 1.86 ms = 369 TFLOP/s against 1.98 ms for
-// the 4-warp kernel; P·V on wgmma too (P from registers) is what would close on cuDNN's ~600.
+// The same on wgmma (sm_90a only, the other targets trap; the default prefill at head_dim 128 on
+// sm_90): S = Q·Kᵀ from shared memory, O += P·V with P from registers. Same 96 KB, 126 registers,
+// no spills. Measured (H100, 2026-11-27, same run): 8k causal 1.41 ms = 488 TFLOP/s (4-warp
+// kernel 1.99 ms; with only Q·Kᵀ on wgmma 1.82 ms), 2k 0.125 ms (0.162). Next toward cuDNN's
+// 620: warp specialisation (a producer warp feeding K/V by TMA) so softmax overlaps the MMAs.
 extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_wg_d128(FA_ARGS) {
   gridDependencyWait();
   gridDependencyLaunchDependents();

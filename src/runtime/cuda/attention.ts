@@ -13,8 +13,8 @@
 // The decode kernel is used when every sequence of the step has at most R new tokens.
 // Prefill at head_dim 128 has three variants (TSGLANG_FA_PREFILL): w4 (4 warps × 32 rows; the
 // default off sm_90), w8 (8 warps × 16 rows: fewer registers, more warps per SM, twice the
-// shared-memory reads per FLOP) and wg (w8 with Q·Kᵀ on wgmma; sm_90 only, its default: on an
-// H200 8k causal 1.86 vs 1.98 ms for w4, 2k 0.164 vs 0.170 ms, 2026-11-27).
+// shared-memory reads per FLOP) and wg (w8's tiling with Q·Kᵀ and P·V on wgmma; sm_90 only, its
+// default: on an H100 8k causal 1.41 vs 1.99 ms for w4, 2k 0.125 vs 0.162 ms, 2026-11-27).
 
 import type { Kernels } from "./kernels.js";
 import type { DevicePtr, NativeCuda } from "./native.js";
