@@ -24,3 +24,10 @@ test("chunked prefill of long prompts decodes the same tokens as one forward", (
     assert.deepEqual(chunked.first_sequence_ids, whole.first_sequence_ids, `chunks of ${chunk}`);
   }
 });
+
+test("greedy on the device and --host-logits pick the same first and later tokens", () => {
+  const device = bench("--batch-size", "3", "--input-len", "20", "--output-len", "4", "--chunked-prefill-size", "16");
+  const host = bench("--batch-size", "3", "--input-len", "20", "--output-len", "4", "--chunked-prefill-size", "16", "--host-logits");
+  assert.equal(device.first_sequence_ids.length, 4);
+  assert.deepEqual(device.first_sequence_ids, host.first_sequence_ids);
+});

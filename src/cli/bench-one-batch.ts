@@ -34,9 +34,9 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
                             kernels' speed), prefill_s_runs lists them all
   --chunked-prefill-size N  most prompt tokens per prefill forward (default 8192, as launch): whole
                             prompts are grouped up to it, longer ones are prefilled in chunks
-  --host-logits             decode steps download every logit row and take the argmax on the host
-                            (default: greedy on the device where the model can, as SGLang samples
-                            on the GPU; the next tokens are the same)
+  --host-logits             the prefill and decode steps download every logit row and take the argmax
+                            on the host (default: greedy on the device where the model can, as SGLang
+                            samples on the GPU; the next tokens are the same)
   --json                    print one JSON object`;
 
 /** The middle value (the upper one of an even count). */
@@ -176,6 +176,10 @@ export async function main(argv: string[]): Promise<number> {
   const vocab = config.vocabSize;
   let seqs!: ContiguousBatch;
   let logits: Float32Array = new Float32Array(batch * vocab);
+  // Greedy on the device where the model can (as sglang's bench_one_batch samples on the GPU):
+  // the prefill's first tokens and every decode step come back as ids, not [rows, vocab] logits.
+  const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
+  const firstTokens = new Int32Array(batch);
   const prefillRuns: number[] = [];
   // GEMM planning inside each timed prefill (CUDA: cuBLASLt plans for new row counts, timed
   // algorithm choices); rank 0's backend under tensor parallelism.
@@ -189,8 +193,15 @@ export async function main(argv: string[]): Promise<number> {
     for (let g = 0; g < batch; g += group) {
       // `group` whole prompts (then one chunk holds them), or one prompt's chunks: the last chunk's logits are its last token's.
       for (let at = 0; at < inputLen; at += chunk) {
-        const out = seqs.append(prompts.map((p, b) => (b >= g && b < g + group ? p.slice(at, at + chunk) : [])));
-        if (at + chunk >= inputLen) logits.set(out, g * vocab);
+        const lists = prompts.map((p, b) => (b >= g && b < g + group ? p.slice(at, at + chunk) : []));
+        const last = at + chunk >= inputLen;
+        if (deviceGreedy) {
+          const ids = seqs.appendGreedy(lists); // one id per taking-part sequence: g, g + 1, …
+          if (last) firstTokens.set(ids, g);
+        } else {
+          const out = seqs.append(lists);
+          if (last) logits.set(out, g * vocab);
+        }
       }
     }
     sync();
@@ -201,8 +212,7 @@ export async function main(argv: string[]): Promise<number> {
   const prefillS = median(prefillRuns);
   const steps: number[] = [];
   const graphMs: number[] = []; // rank 0's device time of each replayed decode graph
-  const deviceGreedy = !values["host-logits"] && model.forwardArgmax !== undefined;
-  let next = Array.from({ length: batch }, (_, b) => [argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
+  let next = Array.from({ length: batch }, (_, b) => [deviceGreedy ? firstTokens[b] : argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
   const firstIds = [next[0][0]]; // sequence 0's greedy tokens: a check that two runs computed the same thing
   for (let s = 1; s < outputLen; s++) {
     const t = performance.now();
