@@ -4,7 +4,6 @@
 // device tables (the kernels read those) and uses this copy for its host-side bounds checks.
 
 import type { KvPoolSizes, StepBatch } from "./backend.js";
-import { allInRange, firstOutOfRange } from "../util/int_arrays.js";
 
 /** Table indices (row · context + position) are int32 in the kernels. */
 export const SLOT_TABLE_MAX_ENTRIES = 2 ** 31 - 1;
@@ -80,9 +79,8 @@ export class SlotTables {
         const src = pool === "full" ? s.fullSlots : s.swaSlots;
         const limit = pool === "full" ? this.sizes.full : this.sizes.swa;
         const lo = pool === "full" ? 0 : -1; // a full slot is never gone
-        if (!allInRange(src, lo, limit)) {
-          const i = firstOutOfRange(src, lo, limit);
-          throw new Error(`slot tables: ${pool} slot ${src[i]} for position ${s.slotsFrom + i} is outside the pool of ${limit}`);
+        for (let i = 0; i < src.length; i++) {
+          if (!(src[i] >= lo && src[i] < limit)) throw new Error(`slot tables: ${pool} slot ${src[i]} for position ${s.slotsFrom + i} is outside the pool of ${limit}`);
         }
       }
       total += n;

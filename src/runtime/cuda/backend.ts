@@ -51,7 +51,7 @@ import type {
 } from "../backend.js";
 import { SAMPLE_MAX_TOP } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
-import { allInRange, firstOutOfRange, ramp } from "../../util/int_arrays.js";
+import { ramp } from "../../util/int_arrays.js";
 import { type Pool, SlotTables } from "../slot_tables.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
@@ -1149,20 +1149,23 @@ export class CudaBackend implements Backend {
       const rowPos = host.subarray(n, 2 * n).fill(-1);
       const rowSlotBase = host.subarray(2 * n, 3 * n);
       const rowSlot = host.subarray(3 * n, 4 * n);
-      // Per sequence, copies and fills (int_arrays.ts: no per-row JavaScript on the step's critical path).
+      // Per sequence, copies, fills and native searches, not a loop per row (util/int_arrays.ts):
+      // the tables hold only slots inside the pool or −1 (gone SWA KV; checked when appended),
+      // so a slot a kernel will read is valid unless it is −1.
+      let end = 0; // sequences' row ranges, in order of their first row, may not overlap
+      for (const s of [...batch.seqs].sort((a, b) => a.qStart - b.qStart)) {
+        if (s.qLen > 0 && s.qStart < end) throw new Error(`attention: row ${s.qStart} belongs to two sequences`);
+        end = Math.max(end, s.qStart + s.qLen);
+      }
       for (const s of batch.seqs) {
         if (s.qLen > s.kvLen || s.qStart < 0 || s.qStart + s.qLen > n) throw new Error(`attention: sequence rows [${s.qStart}, ${s.qStart + s.qLen}) do not fit the step`);
         const slots = slotsOf(s.row);
         if (slots.length < s.kvLen) throw new Error(`attention: a sequence of ${s.kvLen} tokens has only ${slots.length} ${spec.pool} slots`);
         const first = s.kvLen - s.qLen;
-        const rows = rowPos.subarray(s.qStart, s.qStart + s.qLen);
-        if (!allInRange(rows, -1, 0)) throw new Error(`attention: row ${s.qStart + firstOutOfRange(rows, -1, 0)} belongs to two sequences`);
         const fresh = slots.subarray(first, s.kvLen);
-        if (!allInRange(fresh, 0, poolSlots)) {
-          const i = firstOutOfRange(fresh, 0, poolSlots);
-          throw new Error(`attention: no valid ${spec.pool} KV slot for position ${first + i} (slot ${fresh[i]}, pool of ${poolSlots})`);
-        }
-        rows.set(ramp(first, s.kvLen));
+        const gone = fresh.indexOf(-1);
+        if (gone >= 0) throw new Error(`attention: no valid ${spec.pool} KV slot for position ${first + gone} (slot -1, pool of ${poolSlots})`);
+        rowPos.set(ramp(first, s.kvLen), s.qStart);
         rowSlotBase.fill(s.row * context, s.qStart, s.qStart + s.qLen);
         rowSlot.set(fresh, s.qStart);
         seqs.push({ qStart: s.qStart, qLen: s.qLen, kvLen: s.kvLen, slotBase: s.row * context });
@@ -1182,11 +1185,8 @@ export class CudaBackend implements Backend {
         const slots = slotsOf(s.row);
         const first = s.kvLen - s.qLen;
         const lo = first - (first % spec.chunkSize);
-        const window = slots.subarray(lo, s.kvLen);
-        if (!allInRange(window, 0, poolSlots)) {
-          const u = lo + firstOutOfRange(window, 0, poolSlots);
-          throw new Error(`attention: KV for position ${u} is gone (${spec.pool} slot ${slots[u]})`);
-        }
+        const gone = slots.subarray(lo, s.kvLen).indexOf(-1);
+        if (gone >= 0) throw new Error(`attention: KV for position ${lo + gone} is gone (${spec.pool} slot -1)`);
       }
     }
     m.checked.add(spec.chunkSize);
