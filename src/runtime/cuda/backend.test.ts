@@ -379,6 +379,22 @@ for (const precision of ["f32", "bf16"] as const) {
         assert.ok(keep.length > n / 2, `only ${keep.length} of ${n} rows have a clear routing`);
         relErr(got, want, "moe (all rows written)");
         close(pick(got), pick(want), tol, `moe (${keep.length}/${n} rows)`);
+        if (n >= 300) {
+          // The host path leaves its combine to the next add + RMSNorm (one fused launch): the
+          // same bits as the combine run first, for the normed rows, the residual and the output.
+          const resid = randn(rng, n * d), normW = randn(rng, d, 0.5);
+          const wg = load(g()), norm = g().weight(host(normW, [d]));
+          const xin = g().upload(x, [n, d], precision);
+          const res1 = g().upload(resid, [n, d]), res2 = g().upload(resid, [n, d]);
+          const fusedMoe = g().moe(xin, wg);
+          const fused = g().toHost(g().addRmsNorm(res1, fusedMoe, norm, 1e-5));
+          const plainMoe = g().moe(xin, wg);
+          const plainDelta = g().toHost(plainMoe); // runs its combine
+          const plain = g().toHost(g().addRmsNorm(res2, plainMoe, norm, 1e-5));
+          assert.deepEqual(fused, plain, "normed rows");
+          assert.deepEqual(g().toHost(res1), g().toHost(res2), "residual");
+          assert.deepEqual(g().toHost(fusedMoe), plainDelta, "the MoE output itself");
+        }
       });
     }
   });

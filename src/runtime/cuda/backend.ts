@@ -100,6 +100,12 @@ export class CudaTensor implements Tensor {
     readonly rowStride = 0,
   ) {}
 
+  /**
+   * A MoE layer's output whose combine (shared + routed rows, moe_combine) has not run yet:
+   * addRmsNorm runs it fused with the norm; any other use runs it first (CudaBackend.tensor).
+   */
+  pendingCombine: { shared: DevicePtr; routed: DevicePtr; inv: DevicePtr } | null = null;
+
   get numel(): number {
     return this.shape.reduce((a, b) => a * b, 1);
   }
@@ -331,6 +337,13 @@ export class CudaBackend implements Backend {
   }
 
   private tensor(x: Tensor, strided = false): CudaTensor {
+    const t = this.checked(x, strided);
+    if (t.pendingCombine) this.combine(t);
+    return t;
+  }
+
+  /** tensor() without running a pending combine: the checks that a tensor is this backend's and alive. */
+  private checked(x: Tensor, strided = false): CudaTensor {
     if (!(x instanceof CudaTensor)) throw new Error("cuda backend got a tensor from another backend");
     if (x.released) throw new Error("cuda backend: tensor used after free()");
     if (x.rowStride && !strided) throw new Error(`cuda backend: a column block of a wider output ([${x.shape}] with rows ${x.rowStride} apart, from linearMany) goes to attention() or toHost() only`);
@@ -338,6 +351,14 @@ export class CudaBackend implements Backend {
       throw new Error(`cuda backend: a step tensor [${x.shape}] was used after its memory was recycled (it belongs to an earlier step, or to the layer before last)`);
     }
     return x;
+  }
+
+  /** Runs a MoE output's combine into its memory (its inputs live in the same layer region). */
+  private combine(x: CudaTensor): void {
+    const p = x.pendingCombine!;
+    x.pendingCombine = null;
+    const d = x.shape[x.shape.length - 1];
+    this.k.launch(`moe_combine_${this.t}`, [x.numel / d], [this.rowThreads(d)], (a) => a.ptr(p.shared).ptr(p.routed).ptr(p.inv).ptr(x.ptr).i32(d));
   }
 
   /** An activation of this layer, or of the whole step with `base`. */
@@ -725,6 +746,8 @@ export class CudaBackend implements Backend {
 
   addRmsNorm(residual: Tensor, x: Tensor, w: Tensor, eps: number): CudaTensor {
     const rt = this.residual(residual, "addRmsNorm");
+    const fused = this.addRmsNormMoe(rt, x, w, eps);
+    if (fused) return fused;
     let xt = this.tensor(x);
     const wt = this.tensor(w);
     const [n, d] = rows(rt, "addRmsNorm");
@@ -736,6 +759,23 @@ export class CudaBackend implements Backend {
     const name = vec ? `add_rms_norm_vec_${xt.dtype}_bf16` : `add_rms_norm_${xt.dtype}_${this.t}`;
     const threads = vec ? this.rowThreads(d) : blockFor(d);
     this.k.launch(name, [n], [threads], (a) => a.ptr(rt.ptr).ptr(xt.ptr).ptr(wt.ptr).ptr(out.ptr).i32(d).f32(eps));
+    return out;
+  }
+
+  /** addRmsNorm of a MoE output still to combine: both in one launch (norm.cu, add_rms_norm_moe); null where the vector kernel does not fit. */
+  private addRmsNormMoe(rt: CudaTensor, x: Tensor, w: Tensor, eps: number): CudaTensor | null {
+    if (!(x instanceof CudaTensor) || !x.pendingCombine) return null;
+    const p = x.pendingCombine;
+    const xt = this.checked(x);
+    const wt = this.tensor(w);
+    const [n, d] = rows(rt, "addRmsNorm");
+    if (xt.numel !== n * d || wt.numel !== d || xt.dtype !== "bf16") return null;
+    if (!this.vecRows(d, wt.dtype, [rt.ptr, xt.ptr, wt.ptr, p.shared, p.routed])) return null;
+    x.pendingCombine = null;
+    const out = this.stepTensor([n, d], this.t);
+    this.k.launch("add_rms_norm_moe_bf16", [n], [this.rowThreads(d)], (a) =>
+      a.ptr(rt.ptr).ptr(p.shared).ptr(p.routed).ptr(p.inv).ptr(xt.ptr).ptr(wt.ptr).ptr(out.ptr).i32(d).f32(eps),
+    );
     return out;
   }
 
@@ -1307,7 +1347,8 @@ export class CudaBackend implements Backend {
     this.onSideStream(ev.gathered, () => runExperts(mid, js.length));
     const out = this.stepTensor([n, d], this.t);
     this.joinSideStream(); // the side stream's shared expert and experts
-    this.k.launch(`moe_combine_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(shared.ptr).ptr(y.ptr).ptr(invDev).ptr(out.ptr).i32(d));
+    // The combine runs with the next add + RMSNorm where that follows (addRmsNorm), else at first use.
+    out.pendingCombine = { shared: shared.ptr, routed: y.ptr, inv: invDev };
     return out;
   }
 
