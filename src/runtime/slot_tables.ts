@@ -52,7 +52,7 @@ export class SlotTables {
   /**
    * Applies a step's additions (validated: rows, lengths, every slot inside its pool or -1 for
    * gone SWA KV) and returns them as runs per pool (PoolAppends). The same batch object again is a
-   * no-op returning the same pairs (every layer's attention calls this). Sequences on `fixedRow`
+   * no-op returning the same runs (every layer's attention calls this). Sequences on `fixedRow`
    * (a GPU's padding row, whose content never changes) are left out.
    */
   apply(batch: StepBatch, fixedRow = -1): SlotAppends {

@@ -271,7 +271,7 @@ export class CudaBackend implements Backend {
   private tables: SlotTables | null = null;
   private readonly deviceTables = new Map<Pool, DevicePtr>();
   private padRow = -1;
-  /** Staging for a step's (index, slot) pairs: persistent, so graph steps' step memory keeps its layout. */
+  /** Staging for a step's slot-table runs and slots: persistent, so graph steps' step memory keeps its layout. */
   private appendBuf: { ptr: DevicePtr; ints: number } | null = null;
   /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
   graphStats = { captures: 0, replays: 0, gpuMs: 0, off: "" };
