@@ -62,6 +62,30 @@ __device__ __forceinline__ float blockSum(float v) {
   return warpSum(t);
 }
 
+// Eight bf16 lanes as floats.
+__device__ __forceinline__ void widen8(const uint4 u, float (&v)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 f = __bfloat1622float2(h[k]);
+    v[2 * k] = f.x;
+    v[2 * k + 1] = f.y;
+  }
+}
+
+// Eight bf16 lanes of a + b, each summed in fp32 and rounded to bf16 (moe_combine's add; the
+// fused add_rms_norm_moe reuses it so the two stay bit-identical).
+__device__ __forceinline__ uint4 addBf16x8(uint4 a, const uint4 b) {
+  __nv_bfloat162* x = reinterpret_cast<__nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 p = __bfloat1622float2(x[k]), q = __bfloat1622float2(y[k]);
+    x[k] = __floats2bfloat162_rn(p.x + q.x, p.y + q.y);
+  }
+  return a;
+}
+
 // dst[0, d) = round(src[0, d) · s): in bf16 with d % 8 == 0 (16-byte rows), 8 elements per thread
 // and step (one 16-byte load and store), else one; any blockDim. The MoE gathers of one row per
 // block were latency-bound as 20 scalar steps per thread at d = 5120.

@@ -17,13 +17,10 @@ __device__ __forceinline__ void widenRow<bf16>(const bf16* __restrict__ src, flo
     return;
   }
   for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8) {
-    const uint4 u = *reinterpret_cast<const uint4*>(src + c);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-    float2 f[4];
-#pragma unroll
-    for (int k = 0; k < 4; k++) f[k] = __bfloat1622float2(h[k]);
-    reinterpret_cast<float4*>(dst + c)[0] = make_float4(f[0].x, f[0].y, f[1].x, f[1].y);
-    reinterpret_cast<float4*>(dst + c)[1] = make_float4(f[2].x, f[2].y, f[3].x, f[3].y);
+    float v[8];
+    widen8(*reinterpret_cast<const uint4*>(src + c), v);
+    reinterpret_cast<float4*>(dst + c)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(dst + c)[1] = make_float4(v[4], v[5], v[6], v[7]);
   }
 }
 

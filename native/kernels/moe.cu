@@ -42,18 +42,8 @@ __device__ void moeCombine(const T* __restrict__ shared, const T* __restrict__ r
   // bf16 rows of d % 8 == 0: 16-byte accesses, 8 elements a thread.
   if constexpr (sizeof(T) == 2) {
     if ((d & 7) == 0) {
-      for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8) {
-        uint4 u = *reinterpret_cast<const uint4*>(a + c);
-        const uint4 v = *reinterpret_cast<const uint4*>(b + c);
-        __nv_bfloat162* x = reinterpret_cast<__nv_bfloat162*>(&u);
-        const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-          const float2 p = __bfloat1622float2(x[k]), q = __bfloat1622float2(y[k]);
-          x[k] = __floats2bfloat162_rn(p.x + q.x, p.y + q.y);
-        }
-        *reinterpret_cast<uint4*>(o + c) = u;
-      }
+      for (int c = threadIdx.x * 8; c < d; c += blockDim.x * 8)
+        *reinterpret_cast<uint4*>(o + c) = addBf16x8(*reinterpret_cast<const uint4*>(a + c), *reinterpret_cast<const uint4*>(b + c));
       return;
     }
   }

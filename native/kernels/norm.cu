@@ -97,19 +97,10 @@ extern "C" __global__ void add_rms_norm_moe_bf16(float* res, const bf16* shared,
   const int c = threadIdx.x * 8;
   float xv[8] = {};
   if (c < d) {
-    float a[8], b[8];
-    load8(shared + row + c, a);
-    load8(routed + (size_t)inv[blockIdx.x] * d + c, b);
-    uint4 o;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&o);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      h[k] = __floats2bfloat162_rn(a[2 * k] + b[2 * k], a[2 * k + 1] + b[2 * k + 1]);
-      const float2 f = __bfloat1622float2(h[k]);
-      xv[2 * k] = f.x;
-      xv[2 * k + 1] = f.y;
-    }
-    *reinterpret_cast<uint4*>(x + row + c) = o;
+    const uint4 sum = addBf16x8(*reinterpret_cast<const uint4*>(shared + row + c),
+                                *reinterpret_cast<const uint4*>(routed + (size_t)inv[blockIdx.x] * d + c));
+    *reinterpret_cast<uint4*>(x + row + c) = sum;
+    widen8(sum, xv);
   }
   addRmsNormRow8(res + row, xv, w, out + row, d, eps);
 }
