@@ -13,6 +13,7 @@ test("slot tables grow by what each step carries and give a run per sequence: (r
   const a = t.apply(step(seq(2, 3, 3, 0, [7, 8, 9], [1, 2, 3])));
   assert.deepEqual([...a.full.segs], [20, 3, 0]);
   assert.deepEqual([...a.full.slots], [7, 8, 9]);
+  assert.deepEqual([...a.full.packed], [20, 3, 0, 7, 8, 9], "runs then slots, in one array");
   assert.deepEqual([...a.swa.segs], [20, 3, 0]);
   assert.deepEqual([...a.swa.slots], [1, 2, 3]);
   const b = t.apply(step(seq(2, 1, 4, 3, [40], [-1]), seq(0, 2, 2, 0, [5, 6])));

@@ -13,14 +13,20 @@ export type Pool = "full" | "swa";
 /**
  * One step's additions to a pool's table, a run per sequence: `segs` holds [table index of the
  * run's first position (row · context + position), its length, its offset in `slots`] per run.
+ * Both are views of `packed` ([segs | slots]), which the CUDA backend uploads as it is.
  */
 export interface PoolAppends {
   segs: Int32Array;
   slots: Int32Array;
+  packed: Int32Array;
 }
 export type SlotAppends = Record<Pool, PoolAppends>;
 
-const none = (): PoolAppends => ({ segs: new Int32Array(0), slots: new Int32Array(0) });
+function appends(runs: number, slots: number): PoolAppends {
+  const packed = new Int32Array(3 * runs + slots);
+  return { segs: packed.subarray(0, 3 * runs), slots: packed.subarray(3 * runs), packed };
+}
+const none = (): PoolAppends => appends(0, 0);
 
 export class SlotTables {
   private readonly lists: Record<Pool, Int32Array>[];
@@ -87,7 +93,7 @@ export class SlotTables {
     }
     // Everything is checked before anything is written: a rejected step changes no row.
     const out: SlotAppends = { full: none(), swa: none() };
-    for (const pool of this.pools) out[pool] = { segs: new Int32Array(3 * seqs.length), slots: new Int32Array(total) };
+    for (const pool of this.pools) out[pool] = appends(seqs.length, total);
     let at = 0;
     seqs.forEach((s, k) => {
       for (const pool of this.pools) {

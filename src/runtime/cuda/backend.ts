@@ -32,7 +32,7 @@
 // GEMMs of our own were tried and were no faster than cuBLASLt per expert: docs/PERF.md, fourth
 // pass); the grouped expert kernels reach ~70% of copy bandwidth at 64 tokens (cuBLASLt per
 // expert: ~80%); attention is the simple reference kernel unless `attention: "fa3"`
-// (attention.ts: mma.sync, not yet wgmma).
+// (attention.ts: mma.sync; on sm_90 the head_dim-128 prefill runs on wgmma).
 
 import type {
   AttentionParams,
@@ -55,7 +55,7 @@ import { ramp } from "../../util/int_arrays.js";
 import { type Pool, SlotTables } from "../slot_tables.js";
 import type { AttentionBackend, BackendChoice } from "../select.js";
 import { FlashAttention, type FaSeq, faUnsupported } from "./attention.js";
-import { Kernels } from "./kernels.js";
+import { Kernels, threadsPer8 } from "./kernels.js";
 import type { NcclCommunicator } from "./nccl.js";
 import { PeerAllReduce, type PeerExchange } from "./peer_allreduce.js";
 import { DeviceMemory } from "./memory.js";
@@ -965,7 +965,7 @@ export class CudaBackend implements Backend {
 
   /** Threads for a one-block-per-row kernel using common.cuh's scaleRow: one per 8 bf16 elements (≤ 1024), else blockFor. */
   private rowThreads(d: number): number {
-    return this.t === "bf16" && d % 8 === 0 ? Math.max(32, Math.min(1024, Math.ceil(d / 8 / 32) * 32)) : blockFor(d);
+    return this.t === "bf16" && d % 8 === 0 ? threadsPer8(d) : blockFor(d);
   }
 
   /** Output rows per GEMV block: as many as keep ≥ 2 blocks per SM (the rest split K within the block). */
@@ -1012,9 +1012,7 @@ export class CudaBackend implements Backend {
     const xt = this.tensor(x);
     const wt = this.tensor(w);
     const [n, d] = rows(rt, "allReduceAddRmsNorm");
-    const fused =
-      this.peerAr?.coversRows(n, d) && this.t === "bf16" && xt.dtype === "bf16" && wt.dtype === "bf16" && xt.numel === n * d && wt.numel === d &&
-      [rt.ptr, xt.ptr, wt.ptr].every((p) => p % 16n === 0n);
+    const fused = this.peerAr?.coversRows(n, d) && xt.dtype === "bf16" && xt.numel === n * d && wt.numel === d && this.vecRows(d, wt.dtype, [rt.ptr, xt.ptr, wt.ptr]);
     if (!fused) {
       this.allReduce(xt);
       return this.addRmsNorm(rt, xt, wt, eps);
@@ -1241,20 +1239,17 @@ export class CudaBackend implements Backend {
   private appendSlots(batch: StepBatch): void {
     const appends = this.tables!.apply(batch, this.padRow);
     for (const [pool, table] of this.deviceTables) {
-      const { segs, slots } = appends[pool];
+      const { segs, packed } = appends[pool];
       const runs = segs.length / 3;
       if (runs === 0) continue;
       // One upload: the runs, then their slots.
-      const host = new Int32Array(segs.length + slots.length);
-      host.set(segs);
-      host.set(slots, segs.length);
-      if (!this.appendBuf || this.appendBuf.ints < host.length) {
+      if (!this.appendBuf || this.appendBuf.ints < packed.length) {
         if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
-        const ints = Math.max(host.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
+        const ints = Math.max(packed.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
         this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
       }
       const buf = this.appendBuf.ptr;
-      this.native.htod(buf, host);
+      this.native.htod(buf, packed);
       let longest = 0;
       for (let k = 0; k < runs; k++) longest = Math.max(longest, segs[3 * k + 1]);
       this.k.launch("slot_table_write", [runs, Math.min(65535, Math.ceil(longest / 256))], [256], (a) =>

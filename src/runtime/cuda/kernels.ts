@@ -4,6 +4,11 @@
 
 import { type DevicePtr, type NativeCuda, kernelImages } from "./native.js";
 
+/** Threads for a row kernel with one thread per 8 elements of a row of d (bf16 16-byte lanes): whole warps, ≤ 1024. */
+export function threadsPer8(d: number): number {
+  return Math.max(32, Math.min(1024, Math.ceil(d / 8 / 32) * 32));
+}
+
 /** Packs kernel parameters in declaration order with C alignment. */
 export class KernelArgs {
   private readonly buf = new ArrayBuffer(512);

@@ -16,7 +16,7 @@
 // threads in workerData; waiting on it polls with timers, so rank 0's thread stays free to hear
 // that another rank failed.
 
-import type { KernelArgs, Kernels } from "./kernels.js";
+import { type KernelArgs, type Kernels, threadsPer8 } from "./kernels.js";
 import { ALIGN } from "./memory.js";
 import type { DevicePtr, NativeCuda } from "./native.js";
 
@@ -219,7 +219,7 @@ export class PeerAllReduce {
    */
   runAddRmsNorm(x: DevicePtr, res: DevicePtr, w: DevicePtr, out: DevicePtr, rows: number, d: number, eps: number): void {
     if (!this.coversRows(rows, d)) throw new Error(`custom all-reduce: ${rows} rows of ${d} do not fit the fused add + RMSNorm`);
-    this.launchWith("allreduce_add_rms_norm_bf16", rows, Math.max(32, Math.ceil(d / 8 / 32) * 32), (a) =>
+    this.launchWith("allreduce_add_rms_norm_bf16", rows, threadsPer8(d), (a) =>
       a.ptr(x).ptr(res).ptr(w).ptr(out).i32(d).f32(eps));
   }
 
