@@ -3,7 +3,8 @@
 // on machines without CUDA. Device pointers and handles cross into JS as BigInt. Everything
 // asynchronous goes on the thread's current stream (a thread is bound to one device by init()):
 // its main stream, or a side stream between useSideStream(true) and useSideStream(false), joined
-// to the main one by events (streamWaitEvent). The JS side (src/runtime/cuda/native.ts) types this interface. NCCL lives in nccl.cc.
+// to the main one by events (streamWaitEvent). The JS side (src/runtime/cuda/native.ts) types
+// this interface. NCCL lives in nccl.cc.
 #define NAPI_VERSION 8
 #include <node_api.h>
 
