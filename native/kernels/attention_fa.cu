@@ -30,13 +30,19 @@
 //            double-buffered with cp.async (zero-filled past the key range), ldmatrix from a
 //            swizzled layout (16-byte chunk c of row r at c ^ (r & 7): conflict-free).
 //   decode:  block = (KV head, tile of ⌊64/G⌋ rows × G heads, split); 4 warps × 16 rows,
-//            3 stages; a warp whose rows are all padding only helps load.
+//            3 stages; a warp whose rows are all padding only helps load. With 2, 4 or 8 splits
+//            the splits of a tile are one thread-block cluster (the _c<C> kernels) and merge
+//            their partials through distributed shared memory: no combine launch, no partials
+//            in global memory.
 // Masks are applied only to key tiles that straddle a row's [lo, p]; fully-masked rows of a
 // tile keep m = −inf and contribute nothing (exp2(−inf) = 0).
+#include <cooperative_groups.h>
 #include <math_constants.h>
 
 #include "common.cuh"
 #include "wgmma.cuh"
+
+namespace cg = cooperative_groups;
 
 namespace {
 
@@ -105,6 +111,65 @@ constexpr int faSmemBytes() {
   return (NW * 16 * MT + 2 * STAGES * FA_BN) * D * 2;
 }
 
+// The decode splits of one tile as a thread-block cluster (grid z = the splits = the cluster):
+// each block leaves its unnormalised partial (O, m, l) in its own shared memory, then block s
+// merges head-dim slice s of every row from all the cluster's partials (distributed shared
+// memory) — the arithmetic of attention_fa_combine_bf16, split by split in order, so the two
+// paths give the same bits. An empty split has m = −inf, l = 0 and weighs nothing.
+template <int D, int NW, int MT, bool PACKED, int CLUSTER>
+__device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT][D / 8][4], const float (&mRow)[MT][2],
+                                             const float (&lRow)[MT][2], bf16* __restrict__ out, int rowStart, int nRows,
+                                             int G, int hq, int kvh, float scaleLog2) {
+  static_assert(PACKED && D % CLUSTER == 0, "cluster merge: the decode kernel's packed rows");
+  constexpr int BM = NW * 16 * MT, DT = D / 8;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  float* sO = reinterpret_cast<float*>(smem);            // [BM][D]
+  float2* sML = reinterpret_cast<float2*>(sO + BM * D);  // [BM]: (m · scaleLog2, l)
+  __syncthreads();  // every warp is done with the K/V tiles this overwrites
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float l = lRow[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int m = warp * 16 * MT + mt * 16 + g + 8 * h;
+      if (m / G >= nRows) continue;
+#pragma unroll
+      for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(sO + m * D + dt * 8 + 2 * t4) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+      if (t4 == 0) sML[m] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int SLICE = D / CLUSTER, THREADS = NW * 32;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every split's partials are written and visible to the cluster
+  const int slice = (int)cluster.block_rank();
+  for (int c = tid; c < nRows * G * SLICE; c += THREADS) {
+    const int m = c / SLICE, d = slice * SLICE + c % SLICE;
+    float2 ml[CLUSTER];
+    float mMax = -CUDART_INF_F;
+#pragma unroll
+    for (int s = 0; s < CLUSTER; s++) {
+      ml[s] = cluster.map_shared_rank(sML, s)[m];
+      mMax = fmaxf(mMax, ml[s].x);
+    }
+    float lSum = 0.f;
+#pragma unroll
+    for (int s = 0; s < CLUSTER; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
+    const float inv = 1.f / lSum;
+    float acc = 0.f;
+#pragma unroll
+    for (int s = 0; s < CLUSTER; s++)
+      if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * cluster.map_shared_rank(sO, s)[m * D + d];
+    const size_t rh = (size_t)(rowStart + m / G) * hq + kvh * G + m % G;
+    out[rh * D + d] = fromF<bf16>(acc * inv);
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
+#else
+  __trap();  // clusters are sm_90+; the host launches the _c<C> kernels only there
+#endif
+}
+
 /**
  * D: head dim (16..128, multiple of 16). NW: warps. MT: m16 tiles per warp (block rows
  * BM = 16·NW·MT).
@@ -115,7 +180,7 @@ constexpr int faSmemBytes() {
  * softmax uses (row 16·warp + g + 8h, column 8·nt + 2·t4 + e); P packed to bf16 from them is
  * wgmma's register A operand, and O's accumulators are the same layout again.
  */
-template <int D, int NW, int MT, bool PACKED, int STAGES, bool WG = false>
+template <int D, int NW, int MT, bool PACKED, int STAGES, bool WG = false, int CLUSTER = 0>
 __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const bf16* __restrict__ kPool,
                                                const bf16* __restrict__ vPool, const int* __restrict__ slotTable,
                                                const int4* __restrict__ tiles, bf16* __restrict__ out,
@@ -162,7 +227,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const int wRow0 = warp * 16 * MT;
   const bool warpActive = WG ? rowOf(64 * (warp >> 2)) < nRows : rowOf(wRow0) < nRows;
 
-  if (ktBegin >= ktEnd) {  // an empty split: weight zero in the combine
+  if (ktBegin >= ktEnd && CLUSTER == 0) {  // an empty split: weight zero in the combine (a cluster's: in the merge)
     if (partO == nullptr) return;
     for (int c = tid; c < BM * D; c += FA_THREADS) {
       const int m = c / D, d = c % D;
@@ -376,32 +441,36 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   }
   cpAsyncWait<0>();  // no copy may outlive the block (the trailing groups are empty)
 
-  // Epilogue: O / l, or the split's (O, m, l).
+  if constexpr (CLUSTER > 1) {
+    clusterMerge<D, NW, MT, PACKED, CLUSTER>(smem, o, mRow, lRow, out, rowStart, nRows, G, hq, kvh, scaleLog2);
+  } else {
+    // Epilogue: O / l, or the split's (O, m, l).
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++)
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      float l = lRow[mt][h];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int m = wRow0 + mt * 16 + g + 8 * h;
-      const int i = rowOf(m);
-      if (i >= nRows) continue;
-      const size_t rh = (size_t)(rowStart + i) * hq + headOf(m);
-      if (partO == nullptr) {
-        const float inv = 1.f / l;
-        bf16* dst = out + rh * D + 2 * t4;
+      for (int h = 0; h < 2; h++) {
+        float l = lRow[mt][h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int m = wRow0 + mt * 16 + g + 8 * h;
+        const int i = rowOf(m);
+        if (i >= nRows) continue;
+        const size_t rh = (size_t)(rowStart + i) * hq + headOf(m);
+        if (partO == nullptr) {
+          const float inv = 1.f / l;
+          bf16* dst = out + rh * D + 2 * t4;
 #pragma unroll
-        for (int dt = 0; dt < DT; dt++)
-          *reinterpret_cast<uint32_t*>(dst + dt * 8) = packBf16(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
-      } else {
-        const size_t idx = rh * nSplit + split;
-        float* dst = partO + idx * D + 2 * t4;
+          for (int dt = 0; dt < DT; dt++)
+            *reinterpret_cast<uint32_t*>(dst + dt * 8) = packBf16(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+        } else {
+          const size_t idx = rh * nSplit + split;
+          float* dst = partO + idx * D + 2 * t4;
 #pragma unroll
-        for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
-        if (t4 == 0) partML[idx] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
+          for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+          if (t4 == 0) partML[idx] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
+        }
       }
-    }
+  }
 }
 
 }  // namespace
@@ -413,6 +482,19 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const bf16 *q, const bf16 *kPool, const bf16 *vPool, const int *slotTable, const int4 *tiles, bf16 *out,       \
       float *partO, float2 *partML, int hq, int hkv, int chunk, int nSplit, float scaleLog2
 #define FA_PASS q, kPool, vPool, slotTable, tiles, out, partO, partML, hq, hkv, chunk, nSplit, scaleLog2
+// attention_fa_decode_c<C>_d<D>: the decode kernel for C splits as one cluster (clusterMerge);
+// sm_90+ (the sm_80 build has the kernels without the cluster shape, and they trap).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define FA_CLUSTER_DIMS(C)
+#else
+#define FA_CLUSTER_DIMS(C) __cluster_dims__(1, 1, C)
+#endif
+#define FA_DECODE_CLUSTER(D, C)                                                                                   \
+  extern "C" __global__ void FA_CLUSTER_DIMS(C) __launch_bounds__(128, 2) attention_fa_decode_c##C##_d##D(FA_ARGS) { \
+    gridDependencyWait();                                                                                         \
+    gridDependencyLaunchDependents();                                                                             \
+    flashAttention<D, 4, 1, true, 3, false, C>(FA_PASS);                                                          \
+  }
 #define FA_KERNELS(D)                                                                                             \
   extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_prefill_d##D(FA_ARGS) {                      \
     gridDependencyWait();                                                                                         \
@@ -424,7 +506,11 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 1, true, 3>(FA_PASS);                                                                    \
   }                                                                                                              \
-  static_assert(faSmemBytes<D, 4, 2, 2>() == 96 * D * 8 && faSmemBytes<D, 4, 1, 3>() == 112 * D * 8, "smem");
+  FA_DECODE_CLUSTER(D, 2)                                                                                        \
+  FA_DECODE_CLUSTER(D, 4)                                                                                        \
+  FA_DECODE_CLUSTER(D, 8)                                                                                        \
+  static_assert(faSmemBytes<D, 4, 2, 2>() == 96 * D * 8 && faSmemBytes<D, 4, 1, 3>() == 112 * D * 8, "smem");    \
+  static_assert(64 * D * 4 + 64 * 8 <= faSmemBytes<D, 4, 1, 3>(), "the cluster merge's partials fit the decode smem");
 
 FA_KERNELS(16)
 FA_KERNELS(32)

@@ -227,6 +227,58 @@ describe("fa3 attention kernels vs cpu (bf16)", { skip }, () => {
     }
   });
 
+  test("decode splits as one cluster (sm_90) give the split + combine path's bits: 2, 4 and 8 splits, empty splits, global and chunked, G = 5", (t) => {
+    if (g().info.ccMajor !== 9) {
+      t.skip(`clusters are sm_90 here; ${g().info.name} is sm_${g().info.ccMajor}${g().info.ccMinor}`);
+      return;
+    }
+    process.env.TSGLANG_FA_CLUSTER = "0";
+    const plain = new CudaBackend({ precision: "bf16", attention: "fa3", memoryBytes: 256 * MIB, stepBytes: 64 * MIB, poison: true });
+    delete process.env.TSGLANG_FA_CLUSTER;
+    const clustered = new CudaBackend({ precision: "bf16", attention: "fa3", memoryBytes: 256 * MIB, stepBytes: 64 * MIB, poison: true });
+    try {
+      const hq = 10, hkv = 2, dim = 128;
+      const invFreq = new Float32Array(dim / 2).map((_, i) => Math.fround(1 / Math.pow(10000, (2 * i) / dim)));
+      const params: AttentionParams = { numHeads: hq, numKvHeads: hkv, headDim: dim, eps: 1e-5, invFreq, floorScale: 4, attnScale: 0.3 };
+      const layers: AttentionSpec[] = [
+        { rope: false, qkNorm: false, temperatureTuning: true, chunkSize: 0, pool: "full" },
+        { rope: true, qkNorm: true, temperatureTuning: false, chunkSize: 640, pool: "full" },
+      ];
+      // One sequence; key tiles of 64 → splits (132 SMs, 2 blocks): 4 tiles 2, 8 → 4, 16 → 8,
+      // 17 → 8 with the last split empty (3 tiles per split), 5 → 2 uneven.
+      for (const kvLen of [256, 512, 1024, 1088, 300]) {
+        const slots = shuffled(rng, kvLen + 8);
+        const outs = [plain, clustered].map((be) => {
+          be.allocKv(params, layers, { full: kvLen + 8, swa: 0, rows: 1, context: kvLen + 8 });
+          const data = new Rng(kvLen);
+          const res: Float32Array[] = []; // bf16 values, exact in fp32
+          let len = 0;
+          for (const q of [kvLen - 1, 1]) {
+            const batch: StepBatch = {
+              ids: new Int32Array(q), positions: Int32Array.from({ length: q }, (_, i) => len + i), logitRows: new Int32Array(0),
+              seqs: [{ qStart: 0, qLen: q, kvLen: len + q, row: 0, slotsFrom: len, fullSlots: slots.subarray(len, len + q), swaSlots: new Int32Array(q).fill(-1) }],
+            };
+            be.beginStep();
+            const qd = randn(data, q * hq * dim), kd = randn(data, q * hkv * dim), vd = randn(data, q * hkv * dim);
+            for (const [li, spec] of layers.entries()) {
+              const out = be.attention(li, spec, be.upload(qd, [q, hq * dim], "bf16"), be.upload(kd, [q, hkv * dim], "bf16"), be.upload(vd, [q, hkv * dim], "bf16"), batch);
+              if (q === 1) res.push(Float32Array.from(be.toHost(out)));
+            }
+            len += q;
+          }
+          return res;
+        });
+        for (let li = 0; li < layers.length; li++) {
+          const i = outs[0][li].findIndex((v, k) => v !== outs[1][li][k]);
+          assert.equal(i, -1, `${kvLen} keys, layer ${li}: element ${i} differs (cluster vs combine)`);
+        }
+      }
+    } finally {
+      plain.destroy();
+      clustered.destroy();
+    }
+  });
+
   test("fa3 falls back to the reference kernel for f32 precision and other head dims", () => {
     const spec: AttentionSpec = { rope: true, qkNorm: false, temperatureTuning: false, chunkSize: 0, pool: "full" };
     for (const [precision, dim] of [["bf16", 48], ["f32", 64]] as const) {

@@ -9,7 +9,9 @@
 //                   position, largest first (causal: the longest key ranges start first);
 //   decode kernel:  R = ⌊64 / G⌋ rows × the G query heads of one KV head per block (the K/V
 //                   tile is read once for the whole group), split over the key range when the
-//                   blocks would not fill the GPU, then a combine kernel merges the splits.
+//                   blocks would not fill the GPU, then a combine kernel merges the splits —
+//                   on sm_90 with 2, 4 or 8 splits the splits are one cluster and merge
+//                   through distributed shared memory instead (attention_fa_decode_c<C>).
 // The decode kernel is used when every sequence of the step has at most R new tokens.
 // Prefill at head_dim 128 has three variants (TSGLANG_FA_PREFILL): w4 (4 warps × 32 rows; the
 // default off sm_90), w8 (8 warps × 16 rows: fewer registers, more warps per SM, twice the
@@ -126,8 +128,11 @@ export class FlashAttention {
   prefillVariant: PrefillVariant;
   /** The decode split count last chosen for a step's metadata, per chunk size (1 for prefill): see splitsOf. */
   private readonly splits = new WeakMap<object, Map<number, number>>();
+  /** Thread-block clusters (sm_90): 2, 4 or 8 decode splits merge inside the decode kernel. */
+  private readonly clusters: boolean;
 
   constructor(private readonly ctx: FaContext, opts: { prefillVariant?: PrefillVariant; sm90?: boolean } = {}) {
+    this.clusters = !!opts.sm90 && process.env.TSGLANG_FA_CLUSTER !== "0";
     // wg by default on sm_90 (measured faster than w4, bench/attention.ts); TSGLANG_FA_PREFILL picks another.
     const env = process.env.TSGLANG_FA_PREFILL;
     const asked = opts.prefillVariant ?? (env === "w4" || env === "w8" || env === "wg" ? env : opts.sm90 ? "wg" : "w4");
@@ -145,6 +150,11 @@ export class FlashAttention {
     return this.splits.get(key)?.get(chunk) ?? 1;
   }
 
+  /** Do `splits` decode splits run as one cluster (attention_fa_decode_c<splits>)? */
+  private clusteredSplits(splits: number): boolean {
+    return this.clusters && (splits === 2 || splits === 4 || splits === 8);
+  }
+
   /** Attention for one layer; `key` identifies the step's metadata for the pool (its tiles are cached on it). */
   run(key: object, seqs: readonly FaSeq[], a: FaArgs): void {
     let plan = this.plans.get(key);
@@ -158,13 +168,6 @@ export class FlashAttention {
     const scaleLog2 = Math.LOG2E / Math.sqrt(dim);
     const variant = plan.kind === "prefill" && dim === 128 ? this.prefillVariant : "w4";
     const w8 = variant !== "w4"; // 8 warps: w8, and wg (its wgmma twin)
-    const name = w8 ? `attention_fa_prefill_${variant}_d128` : `attention_fa_${plan.kind}_d${dim}`;
-    const smem = faSmemBytes(plan.kind, dim);
-    const fn = this.ctx.kernels.fn(name);
-    if (!this.smemSet.has(name)) {
-      this.ctx.native.setMaxDynamicShared(fn, smem);
-      this.smemSet.add(name);
-    }
     let splits = 1;
     let partO = 0n;
     let partML = 0n;
@@ -176,7 +179,7 @@ export class FlashAttention {
         maxKeyTiles = Math.max(maxKeyTiles, Math.ceil((pos0 + nRows - lo) / KEY_TILE));
       }
       splits = decodeSplits(this.ctx.smCount, hkv * plan.count, maxKeyTiles);
-      if (splits > 1) {
+      if (splits > 1 && !this.clusteredSplits(splits)) {
         partO = this.ctx.scratch(a.rows * hq * splits * dim * 4);
         partML = this.ctx.scratch(a.rows * hq * splits * 8);
       }
@@ -184,12 +187,19 @@ export class FlashAttention {
     let byChunk = this.splits.get(key);
     if (!byChunk) this.splits.set(key, (byChunk = new Map()));
     byChunk.set(chunk, splits);
+    const clustered = plan.kind === "decode" && this.clusteredSplits(splits);
+    const name = w8 ? `attention_fa_prefill_${variant}_d128` : clustered ? `attention_fa_decode_c${splits}_d${dim}` : `attention_fa_${plan.kind}_d${dim}`;
+    const smem = faSmemBytes(plan.kind, dim);
+    if (!this.smemSet.has(name)) {
+      this.ctx.native.setMaxDynamicShared(this.ctx.kernels.fn(name), smem);
+      this.smemSet.add(name);
+    }
     const grid: [number, number, number] = plan.kind === "decode" ? [hkv, plan.count, splits] : [hq, plan.count, 1];
     const tiles = plan.tiles;
     this.ctx.kernels.launch(name, grid, [w8 ? 256 : 128], (k) =>
       k.ptr(a.q).ptr(a.kPool).ptr(a.vPool).ptr(a.slotTable).ptr(tiles).ptr(a.out).ptr(partO).ptr(partML)
         .i32(hq).i32(hkv).i32(chunk).i32(splits).f32(scaleLog2), smem);
-    if (splits > 1) {
+    if (splits > 1 && !clustered) {
       this.ctx.kernels.launch("attention_fa_combine_bf16", [a.rows, hq], [Math.max(32, dim)], (k) =>
         k.ptr(partO).ptr(partML).ptr(a.out).i32(hq).i32(splits).i32(dim));
     }
