@@ -23,7 +23,7 @@ test("custom all-reduce on GPUs: devices, or why skipped", () => {
 describe("custom all-reduce over peer memory", { skip }, () => {
   for (const ranks of [2, 4, 8].filter((r) => r <= count)) {
     test(`${ranks} ranks: rank-order sums, identical bytes, consecutive calls, graph replays; vs NCCL`, async (t) => {
-      const r = await peerAllReduceCheck(ranks, { calls: 1200, replays: 500, benchBytes: [10 * 1024, 64 * 1024, 512 * 1024, 1024 * 1024] });
+      const r = await peerAllReduceCheck(ranks, { calls: 1200, replays: 500, benchBytes: [10 * 1024, 60 * 1024, 64 * 1024, 320 * 1024, 512 * 1024, 1024 * 1024] });
       if (/no peer access|could not use peer memory/.test(r.off)) {
         t.skip(`custom all-reduce off on these GPUs: ${r.off}`);
         return;

@@ -42,6 +42,8 @@ export interface PeerBench {
   /** Median µs per all-reduce on rank 0 (null: the size is past the custom path's threshold). */
   customUs: number | null;
   ncclUs: number;
+  /** bf16 messages of one 5120-wide row per 10 KiB: the fused all-reduce + add + RMSNorm (null: not fused at this size). */
+  fusedUs?: number | null;
 }
 
 export interface PeerCheckResult {
@@ -242,40 +244,54 @@ function checkSizes(rc: RankCheck, arena: Arena): void {
 /**
  * The all-reduce fused with the residual add and RMSNorm (decode rows, allreduce_add_rms_norm)
  * against the two ops it replaces, on the same inputs: the same residual and normed output, bit
- * for bit, on every rank; plus a shape the fused kernel does not take (the two ops then run).
+ * for bit, on every rank; plus shapes the fused kernel does not take (the two ops then run). The
+ * fused calls of every round run back to back with no host sync (one-block and many-block calls
+ * interleaved, more calls than the staging buffer has halves), then the two ops redo each.
  */
-function checkAddNorm(rc: RankCheck, arena: Arena): void {
+function checkAddNorm(rc: RankCheck, arena: Arena, rounds = 4): void {
   const eps = 1e-5;
-  for (const [rows, d] of [[1, 5120], [3, 5120], [32, 1280], [2, 64], [40, 64]] as const) {
+  const shapes = [[1, 5120], [3, 5120], [32, 1280], [1, 5120], [2, 64], [40, 64], [6, 5120], [1, 64]] as const;
+  for (let round = 0; round < rounds; round++) {
     arena.reset();
-    const n = rows * d;
-    const id = rc.freshId();
-    const x = input(rc.rank, id, n, "bf16").bits;
-    const res = input(0, id + 1e6, n, "f32").values; // the residual is the same on every rank
-    const w = input(0, id + 2e6, d, "bf16").bits;
     const put = (bits: ArrayBufferView, bytes: number) => {
       const p = arena.take(bytes);
       rc.native.htod(p, bits);
       return p;
     };
-    const wt = new CudaTensor([d], put(w, d * 2), "bf16", PERSISTENT, 0);
+    const cases = shapes.map(([rows, d]) => {
+      const n = rows * d;
+      const id = rc.freshId();
+      return {
+        rows, d, n,
+        x: input(rc.rank, id, n, "bf16").bits,
+        res: input(0, id + 1e6, n, "f32").values, // the residual is the same on every rank
+        wt: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits, d * 2), "bf16", PERSISTENT, 0),
+      };
+    });
     const run = (fused: boolean) => {
-      const xt = new CudaTensor([rows, d], put(x, n * 2), "bf16", PERSISTENT, 0);
-      const rt = new CudaTensor([rows, d], put(res, n * 4), "f32", PERSISTENT, 0);
       rc.be.beginStep();
-      const out = fused ? rc.be.allReduceAddRmsNorm(rt, xt, wt, eps) : (rc.be.allReduce(xt), rc.be.addRmsNorm(rt, xt, wt, eps));
-      const o = new Uint16Array(n), r = new Uint32Array(n);
-      rc.native.dtoh(o, out.ptr);
-      rc.native.dtoh(r, rt.ptr);
-      return { o, r };
+      const outs = cases.map((c) => {
+        const xt = new CudaTensor([c.rows, c.d], put(c.x, c.n * 2), "bf16", PERSISTENT, 0);
+        const rt = new CudaTensor([c.rows, c.d], put(c.res, c.n * 4), "f32", PERSISTENT, 0);
+        const out = fused ? rc.be.allReduceAddRmsNorm(rt, xt, c.wt, eps) : (rc.be.allReduce(xt), rc.be.addRmsNorm(rt, xt, c.wt, eps));
+        return { out, rt };
+      });
+      return outs.map(({ out, rt }, i) => {
+        const o = new Uint16Array(cases[i].n), r = new Uint32Array(cases[i].n);
+        rc.native.dtoh(o, out.ptr);
+        rc.native.dtoh(r, rt.ptr);
+        return { o, r };
+      });
     };
     const a = run(true), b = run(false);
-    const takes = rc.ar.coversRows(rows, d);
-    rc.expectedCalls += rc.ar.covers(n * 2) ? 2 : 0; // fused, or its fallback's all-reduce; then the two ops' one
     const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
-    for (const [what, i] of [["normed output", diff(a.o, b.o)], ["residual", diff(a.r, b.r)]] as const) {
-      if (i >= 0) rc.failures.push(`rank ${rc.rank}: fused all-reduce + add + RMSNorm, ${rows}×${d}${takes ? "" : " (not fused)"}: ${what} element ${i} differs from the two ops`);
-    }
+    cases.forEach((c, k) => {
+      rc.expectedCalls += rc.ar.covers(c.n * 2) ? 2 : 0; // fused, or its fallback's all-reduce; then the two ops' one
+      const path = rc.ar.coversRows(c.rows, c.d) ? "" : " (not fused)";
+      for (const [what, i] of [["normed output", diff(a[k].o, b[k].o)], ["residual", diff(a[k].r, b[k].r)]] as const) {
+        if (i >= 0) rc.failures.push(`rank ${rc.rank}: fused all-reduce + add + RMSNorm, round ${round}, ${c.rows}×${c.d}${path}: ${what} element ${i} differs from the two ops`);
+      }
+    });
   }
 }
 
@@ -397,7 +413,15 @@ function bench(rc: RankCheck, comm: NcclCommunicator, arena: Arena, sizes: numbe
     n.memset(ptr, 0, count, 2); // zeros stay zeros however often they are summed
     const customUs = rc.ar.covers(count * 2) ? time(() => rc.ar.run(ptr, count, "bf16")) : null;
     const ncclUs = time(() => comm.allReduce(ptr, count, "bf16"));
-    out.push({ bytes, customUs, ncclUs });
+    // The decode shape: rows of 5120 (Scout's hidden size) through the fused kernel, zeros in and out.
+    const d = 5120, rows = count / d;
+    let fusedUs: number | null = null;
+    if (Number.isInteger(rows) && rc.ar.coversRows(rows, d)) {
+      const res = arena.take(rows * d * 4), w = arena.take(d * 2), normed = arena.take(rows * d * 2);
+      for (const [p, c] of [[res, rows * d], [w, d / 2], [normed, rows * d / 2]] as const) n.memset(p, 0, c, 4);
+      fusedUs = time(() => rc.ar.runAddRmsNorm(ptr, res, w, normed, rows, d, 1e-5));
+    }
+    out.push({ bytes, customUs, ncclUs, fusedUs });
   }
   if (!useGraphs) rc.notes.push("benchmark without CUDA graphs: launch overheads included");
   return out;
@@ -432,7 +456,8 @@ export function benchLine(b: PeerBench): string {
   const size = b.bytes >= 2 ** 20 ? `${b.bytes / 2 ** 20} MiB` : `${b.bytes / 1024} KiB`;
   const custom = b.customUs === null ? "custom – (past the threshold)" : `custom ${b.customUs.toFixed(1)} µs`;
   const ratio = b.customUs === null ? "" : ` (${(b.ncclUs / b.customUs).toFixed(1)}× faster)`;
-  return `bf16 ${size}: ${custom}, NCCL ${b.ncclUs.toFixed(1)} µs${ratio}`;
+  const fused = b.fusedUs == null ? "" : `; fused with add + RMSNorm (${b.bytes / 10240} × 5120) ${b.fusedUs.toFixed(1)} µs`;
+  return `bf16 ${size}: ${custom}, NCCL ${b.ncclUs.toFixed(1)} µs${ratio}${fused}`;
 }
 
 /** Runs the checks (and benchmark) on GPUs 0..ranks−1. */
