@@ -143,6 +143,8 @@ export async function main(argv: string[]): Promise<number> {
     const choice = await createBackend(device, parseAttentionBackend(values["attention-backend"]!));
     model = (await loadModel(values["model-path"], choice.backend, { loadFormat: lf })).model;
     description = choice.description;
+    const be = choice.backend as { destroy?(): void };
+    close = async () => be.destroy?.(); // frees the device (and writes TSGLANG_KERNEL_STAMPS' file)
   }
   const config = model.cfg;
   const be = model.backend;

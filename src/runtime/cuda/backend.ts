@@ -689,6 +689,7 @@ export class CudaBackend implements Backend {
     this.peerAr = null;
     peers?.barrier();
     this.native.synchronize();
+    if (this.deviceOrdinal === 0) this.k.stamps?.dump(`${this.info.name}${this.comm ? `, rank 0 of ${this.comm.size}` : ""}`);
     this.dropGraphs();
     this.releasePinned();
     this.mem.destroy();
@@ -1593,19 +1594,19 @@ export class CudaBackend implements Backend {
       return this.graphsOff(e);
     }
     g.capturing = true;
-    this.k.capturing = true;
+    this.k.setCapturing(true);
     try {
       out = this.tensor(run(padded));
     } catch (e) {
       error = e;
     }
+    this.k.setCapturing(false); // before the capture ends: a kernel-stamp profile closes inside it
     try {
       exec = this.native.graphEndCapture!();
     } catch (e) {
       error ??= e;
     } finally {
       g.capturing = false;
-      this.k.capturing = false;
     }
     if (error === null && (out === null || out.shape.length !== 2 || out.shape[0] !== size)) error = new Error(`the captured step returned [${out?.shape}], not [${size}, vocab] logits`);
     if (error !== null || out === null || exec === null) {

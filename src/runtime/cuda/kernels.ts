@@ -2,6 +2,7 @@
 // by their extern "C" name. Parameters are packed into one buffer in C layout (natural
 // alignment) and passed whole to cuLaunchKernel, so a launch is one native call.
 
+import { KernelStamps } from "./kernel_stamps.js";
 import { type DevicePtr, type NativeCuda, kernelImages } from "./native.js";
 
 /** Threads for a row kernel with one thread per 8 elements of a row of d (bf16 16-byte lanes): whole warps, ≤ 1024. */
@@ -82,9 +83,24 @@ export class Kernels {
   capturing = false;
   /** Launches are skipped (the host side of ops runs alone: CUDA-graph step preparation). */
   dry = false;
+  /** TSGLANG_KERNEL_STAMPS=FILE: a timeline of captured graphs (kernel_stamps.ts). */
+  readonly stamps: KernelStamps | null;
+  private readonly stampLaunch = (name: string, out: DevicePtr) =>
+    this.native.launch(this.fn(name), 1, 1, 1, 1, 1, 1, 0, this.args.reset().ptr(out).packed(), this.pdl);
 
   constructor(private readonly native: NativeCuda) {
     this.modules = kernelImages().map((m) => ({ name: m.name, handle: native.moduleLoad(m.image) }));
+    const file = process.env.TSGLANG_KERNEL_STAMPS;
+    this.stamps = file ? new KernelStamps(native, file) : null;
+  }
+
+  /** A CUDA-graph capture starts or ends on this stream. */
+  setCapturing(on: boolean): void {
+    if (this.stamps && on !== this.capturing) {
+      if (on) this.stamps.begin(this.stampLaunch);
+      else this.stamps.end(this.stampLaunch);
+    }
+    this.capturing = on;
   }
 
   /**
@@ -112,6 +128,7 @@ export class Kernels {
     if (gx * gy * gz === 0 || this.dry) return; // nothing to do (empty batch, or a dry run)
     const params = fill(this.args.reset()).packed();
     this.native.launch(this.fn(name), gx, gy, gz, block[0], block[1] ?? 1, block[2] ?? 1, sharedBytes, params, this.pdl);
+    if (this.stamps && this.capturing) this.stamps.after(this.stampLaunch, name);
     if (this.syncEach && !this.capturing) {
       try {
         this.native.synchronize();
