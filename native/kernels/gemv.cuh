@@ -60,9 +60,8 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {  // 4 fp
   f[3] = __uint_as_float(v.w);
 }
 
-// acc[r][t] += Σ W_r[v]·X_t[v] over this lane's vectors v = v0 + lane + 32·i < v1.
-// x rows are xb + xo[t] (in 16-byte vectors). SCALED: X_t = round_T(x_t · xs[t]), the MoE
-// decode's gathered expert input computed on the fly, rounded as a gather kernel would store it.
+// One activation vector of token t as fp32. SCALED: X_t = round_T(x_t · xs[t]), the MoE decode's
+// gathered expert input computed on the fly, rounded as a gather kernel would store it.
 template <typename T, int NT, bool SCALED>
 __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], int t, float (&xf)[Vec<T>::N]) {
   unpack(ldAct(p), xf);
@@ -72,45 +71,77 @@ __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], i
   }
 }
 
-template <typename T, int ROWS, int NT, bool SCALED>
+// acc[r][t] += Σ W_r[v]·X_t[v] over this lane's vectors v = v0 + lane + 32·i < v1, in increasing
+// v (the same order however the loop is cut). x rows are xb + xo[t] (in 16-byte vectors).
+// A warp's pass is a chain of dependent DRAM round trips (loads, then the FMAs, then the next
+// loads); at batch 1 a lane has only 2–20 vectors of a row, so the count of round trips sets the
+// time: there every step loads up to GEMV_UNROLL vectors per row at once, the last one
+// predicated, where a one-vector tail loop cost a round trip per leftover vector. Only for one
+// weight row per warp in the batch-1 kernels (PRED_TAIL = MAXNT == 1 and ROWS == 1): elsewhere
+// it cost registers, hence occupancy — the routed MoE gate_up (two rows) went from 62 to 74
+// registers, three blocks a SM instead of four: 27 → 33 µs a layer at tp 4 on an H200.
+template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL>
 __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
                                         int v0, int v1, int lane, float (&acc)[ROWS][NT]) {
   constexpr int E = Vec<T>::N;
   int v = v0 + lane;
-  for (; v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
-    uint4 wv[ROWS][GEMV_UNROLL];
+  if constexpr (PRED_TAIL) {
+    static_assert(NT == 1, "the predicated tail is the batch-1 path");
+    for (; v < v1; v += 32 * GEMV_UNROLL) {
+      uint4 wv[ROWS][GEMV_UNROLL];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
+      for (int r = 0; r < ROWS; r++)
 #pragma unroll
-      for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = ldWeight(w[r] + v + 32 * u);
+        for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = v + 32 * u < v1 ? ldWeight(w[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+      for (int u = 0; u < GEMV_UNROLL; u++) {
+        if (v + 32 * u >= v1) break;
+        float wf[ROWS][E], xf[E];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+        loadAct<T, NT, SCALED>(xb + xo[0] + v + 32 * u, xs, 0, xf);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+          for (int i = 0; i < E; i++) acc[r][0] = fmaf(wf[r][i], xf[i], acc[r][0]);
+      }
+    }
+  } else {
+    for (; v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
+      uint4 wv[ROWS][GEMV_UNROLL];
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = ldWeight(w[r] + v + 32 * u);
+#pragma unroll
+      for (int u = 0; u < GEMV_UNROLL; u++) {
+        float wf[ROWS][E];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+          float xf[E];
+          loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
+#pragma unroll
+          for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
+        }
+      }
+    }
+    for (; v < v1; v += 32) {
       float wf[ROWS][E];
 #pragma unroll
-      for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+      for (int r = 0; r < ROWS; r++) unpack(ldWeight(w[r] + v), wf[r]);
 #pragma unroll
       for (int t = 0; t < NT; t++) {
         float xf[E];
-        loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
+        loadAct<T, NT, SCALED>(xb + xo[t] + v, xs, t, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
           for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
       }
-    }
-  }
-  for (; v < v1; v += 32) {
-    float wf[ROWS][E];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) unpack(ldWeight(w[r] + v), wf[r]);
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-      float xf[E];
-      loadAct<T, NT, SCALED>(xb + xo[t] + v, xs, t, xf);
-#pragma unroll
-      for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
     }
   }
 }
@@ -144,7 +175,7 @@ struct GemvGather {
   const float* scaleOf;
 };
 
-template <typename T, int ROWS, int NT, bool SCALED, typename Epi>
+template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, typename Epi>
 __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
                                          int in, int tok0, int cnt, GemvGather gather, Epi epi) {
   __shared__ float red[GEMV_WARPS][2][GEMV_MAX_NT];
@@ -169,7 +200,7 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
       xo[t] = row * vectors;
       xs[t] = SCALED ? gather.scaleOf[row] : 1.f;
     }
-    laneDot<T, ROWS, NT, SCALED>(wp, xb, xo, xs, v0, v1, s.lane, acc);
+    laneDot<T, ROWS, NT, SCALED, PRED_TAIL>(wp, xb, xo, xs, v0, v1, s.lane, acc);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
@@ -218,9 +249,9 @@ __device__ __forceinline__ void gemvTokens(const GemvSlot& s, const T* const (&w
   for (int c0 = 0; c0 < cnt; c0 += MAXNT) {
     const int c = min(MAXNT, cnt - c0);
     auto at = [&](int t, const float (&v)[ROWS]) { epi(c0 + t, v); };
-    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else gemvPass<T, ROWS, 1, SCALED>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else gemvPass<T, ROWS, 1, SCALED, MAXNT == 1 && ROWS == 1>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
   }
 }
