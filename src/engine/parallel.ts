@@ -1,6 +1,7 @@
 // Tensor/expert parallel ranks as threads: rank 0 lives in the calling thread (the engine
 // worker) and drives; ranks 1..N-1 are worker threads that replay every allocKv/forward rank 0
-// makes, meeting it in the collectives. The scheduler sees one model either way.
+// makes, meeting it in the collectives. The scheduler sees one model either way. Forward steps
+// reach the other ranks through shared memory (step_channel.ts), everything else by message.
 //
 // Two devices:
 // - "cpu": CpuBackend ranks joined by shared-memory collectives (runtime/collective.ts);
@@ -24,6 +25,7 @@ import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
+import { STEP_ARGMAX, STEP_FORWARD, type StepChannelInit, type StepCommand, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
@@ -56,6 +58,8 @@ export function compact(batch: StepBatch): StepBatch {
   };
 }
 
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
 /** How a rank reaches the others: shared memory (CPU ranks), or an NCCL communicator id and the peer-memory exchange (GPU ranks). */
 type Link = { device: "cpu"; collective: SharedCollectiveInit } | { device: "cuda"; nccl: NcclInit; peers: PeerExchange };
 
@@ -63,14 +67,17 @@ interface RankData {
   opts: ParallelOptions;
   rank: number;
   link: Link;
+  steps: StepChannelInit;
 }
 
-type RankMessage =
+/** Commands rank 0 posts (steps normally go through the step channel); `seq` orders them with the channel's. */
+type RankMessage = { seq: number } & (
   | { type: "allocKv"; sizes: KvPoolSizes }
   | { type: "warmup"; limits: WarmupLimits }
   | { type: "forward"; batch: StepBatch }
   | { type: "forwardArgmax"; batch: StepBatch }
-  | { type: "close" };
+  | { type: "close" }
+);
 /** A rank thread's replies: spawnRanks' (its result is `true` once loaded), then `closed` when asked to close. */
 type RankReply = RankThreadReply<true> | { closed: true };
 
@@ -112,10 +119,15 @@ async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJ
 }
 
 class ParallelModel implements ForwardModel {
+  private readonly steps: StepSender;
+
   constructor(
     private readonly lead: LoadedRank,
     private readonly workers: Worker[],
-  ) {}
+    channel: StepChannelInit,
+  ) {
+    this.steps = new StepSender(channel);
+  }
 
   get cfg(): Llama4Config {
     return this.lead.model.cfg;
@@ -139,13 +151,13 @@ class ParallelModel implements ForwardModel {
   }
 
   allocKv(sizes: KvPoolSizes): void {
-    for (const w of this.workers) w.postMessage({ type: "allocKv", sizes } satisfies RankMessage);
+    this.post({ type: "allocKv", sizes });
     this.lead.model.allocKv(sizes);
   }
 
   /** Every rank plans its shards' GEMMs, the others on their threads while rank 0 does here (a step's collectives wait for them). */
   warmupGemms(limits: WarmupLimits): { gemms: number; shapes: number } | null {
-    for (const w of this.workers) w.postMessage({ type: "warmup", limits } satisfies RankMessage);
+    this.post({ type: "warmup", limits });
     return warmupRank(this.lead.model, limits);
   }
 
@@ -160,10 +172,16 @@ class ParallelModel implements ForwardModel {
     return this.lead.model.forwardArgmax!(batch);
   }
 
-  /** The step to every other rank, its arrays copied out of views first (see compact). */
+  /** The step to every other rank: through the step channel, or (too large for it) posted, its arrays copied out of views first (see compact). */
   private sendStep(type: "forward" | "forwardArgmax", batch: StepBatch): void {
-    const sent = compact(batch);
-    for (const w of this.workers) w.postMessage({ type, batch: sent } satisfies RankMessage);
+    if (this.steps.step(type === "forward" ? STEP_FORWARD : STEP_ARGMAX, batch)) return;
+    this.post({ type, batch: compact(batch) });
+  }
+
+  /** A command to every other rank by postMessage, numbered in the step channel's order. */
+  private post(m: DistributiveOmit<RankMessage, "seq">): void {
+    const seq = this.steps.message();
+    for (const w of this.workers) w.postMessage({ ...m, seq } as RankMessage);
   }
 
   /** Every rank frees its device memory and communicator, then the threads end. */
@@ -172,7 +190,7 @@ class ParallelModel implements ForwardModel {
       w.on("message", (m: RankReply) => "closed" in m && resolve());
       w.once("exit", () => resolve());
     }));
-    for (const w of this.workers) w.postMessage({ type: "close" } satisfies RankMessage);
+    this.post({ type: "close" });
     this.lead.close();
     await Promise.all(closed);
     await Promise.all(this.workers.map((w) => w.terminate()));
@@ -197,7 +215,8 @@ export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptio
     const collective = createSharedCollective(opts.tp);
     for (let rank = 0; rank < opts.tp; rank++) links.push({ device, collective });
   }
-  const threads = spawnRanks<true>(new URL(import.meta.url), opts.tp, (rank) => ({ opts, rank, link: links[rank] }) satisfies RankData);
+  const steps = createStepChannel(opts.tp - 1);
+  const threads = spawnRanks<true>(new URL(import.meta.url), opts.tp, (rank) => ({ opts, rank, link: links[rank], steps }) satisfies RankData);
   const workers = threads.workers;
   let lead: LoadedRank;
   try {
@@ -215,25 +234,57 @@ export async function loadParallel(opts: ParallelOptions, onProgress?: LoadOptio
       process.exit(1);
     });
   }
-  return { model: new ParallelModel(lead, workers), config: lead.config };
+  return { model: new ParallelModel(lead, workers, steps), config: lead.config };
 }
 
 if (!isMainThread && (workerData as RankData)?.link) {
-  const { opts, rank, link } = workerData as RankData;
+  const { opts, rank, link, steps } = workerData as RankData;
   const reply = (m: RankReply) => parentPort!.postMessage(m);
   loadRank(opts, rank, link, () => reply({ joining: true })).then(
     (loaded) => {
+      // Commands run in rank 0's numbering, from the step channel or from posted messages.
+      const channel = new StepReceiver(steps, rank - 1);
+      let next = 1;
+      let closed = false;
+      const runStep = (c: StepCommand) => {
+        if (c.kind === STEP_FORWARD) loaded.model.forward(c.batch);
+        else loaded.model.forwardArgmax!(c.batch);
+      };
+      // Steps from the channel until a posted message is due or none comes for a while; then
+      // the event loop (messages), and back.
+      const pump = () => {
+        if (closed) return;
+        for (;;) {
+          const got = channel.take(next);
+          if (got === "message") return; // its handler pumps again
+          if (got === "none") return void setImmediate(pump);
+          runStep(got);
+          next++;
+        }
+      };
       parentPort!.on("message", (m: RankMessage) => {
+        // A step published before this message is still in the channel (rank 0 waits for it to be taken).
+        while (next < m.seq) {
+          const got = channel.take(next, 0);
+          if (typeof got !== "object") throw new Error(`rank ${rank}: command ${next} is neither in the step channel nor posted before ${m.seq}`);
+          runStep(got);
+          next++;
+        }
+        next++;
         if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
         else if (m.type === "warmup") warmupRank(loaded.model, m.limits);
         else if (m.type === "forward") loaded.model.forward(m.batch);
         else if (m.type === "forwardArgmax") loaded.model.forwardArgmax!(m.batch);
         else {
+          closed = true;
           loaded.close();
           reply({ closed: true });
+          return;
         }
+        pump();
       });
       reply({ result: true });
+      pump();
     },
     (e: Error) => reply({ error: e.message }),
   );
