@@ -55,20 +55,14 @@ __device__ __forceinline__ unsigned long long loadAcquire(const unsigned long lo
   return v;
 }
 
-__device__ __forceinline__ unsigned long long globalTimer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
 // Waits until *flag ≥ epoch; traps with a message after timeoutNs.
 __device__ void waitFor(const unsigned long long* flag, unsigned long long epoch, unsigned long long timeoutNs, int rank, int peer) {
   if (loadAcquire(flag) >= epoch) return;
-  const unsigned long long start = globalTimer();
+  const unsigned long long start = globalTimerNs();
   for (unsigned spins = 1;; spins++) {
     const unsigned long long seen = loadAcquire(flag);
     if (seen >= epoch) return;
-    if ((spins & 1023u) == 0 && globalTimer() - start > timeoutNs) {
+    if ((spins & 1023u) == 0 && globalTimerNs() - start > timeoutNs) {
       printf("tsglang allreduce: rank %d (block %d) waited %.1f s for rank %d at call %llu (it reached call %llu): "
              "the ranks launched different all-reduce sequences, or a rank stopped; trapping\n",
              rank, (int)blockIdx.x, (double)timeoutNs * 1e-9, peer, epoch, seen);

@@ -26,6 +26,13 @@ __device__ __forceinline__ void gridDependencyLaunchDependents() {
 #endif
 }
 
+// The GPU's global timer in ns (for bounded waits and the profiling stamps).
+__device__ __forceinline__ unsigned long long globalTimerNs() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 __device__ __forceinline__ float toF(float x) { return x; }
 __device__ __forceinline__ float toF(bf16 x) { return __bfloat162float(x); }
 

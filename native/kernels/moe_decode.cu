@@ -34,6 +34,8 @@
 // 0.27–0.30 ms, 58–63%); 8 tokens 70–73% (65–68%); 16 tokens 84–87% (76–78%); 32 tokens 79–80%
 // (75–77%); 64 tokens 69–71% — behind the host-sorted per-expert cuBLASLt path (80–82%), which
 // cannot be captured in a graph; the grouped kernels at ~4 tokens per expert are the next target.
+#include <stdio.h>
+
 #include "gemv.cuh"
 
 constexpr int MOE_SORT_MAX = 1024;
@@ -45,9 +47,9 @@ __device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int fir
   for (int r = threadIdx.x; r < n; r += blockDim.x) {
     const T* row = logits + (size_t)r * e;
     int best = 0;
-    float bestV = toF(row[0]);
+    float bestV = toF(__ldcg(row));  // L2: in moe_gate_up_routed other blocks of this grid wrote them
     for (int j = 1; j < e; j++) {
-      const float v = toF(row[j]);
+      const float v = toF(__ldcg(row + j));
       if (v > bestV) {  // lowest index wins ties, as moe_route and the CPU backend
         bestV = v;
         best = j;
@@ -96,12 +98,13 @@ template <typename T, int MAXNT, bool ROUTED = false>
 __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, const T* __restrict__ sharedGateUp,
                           const T* __restrict__ gateUp, const int* __restrict__ offsets, T* __restrict__ actShared,
                           T* __restrict__ act, int n, int d, int fs, int f, int local, int withShared, int rb,
-                          GemvGather gather = {nullptr, nullptr}) {
+                          GemvGather gather = {nullptr, nullptr}, int gFirst = -2, int gLast = -2) {
   const GemvSlot s(rb);
   const int col = blockIdx.x * rb + s.rib;
   const bool perExpert = gridDim.y > 1;  // the host sets this only without the shared group
-  const int gEnd = perExpert ? (int)blockIdx.y + 1 : local;
-  for (int g = perExpert ? (int)blockIdx.y : (withShared ? -1 : 0); g < gEnd; g++) {
+  // Groups [gFirst, gLast) when given (the routed kernel: the shared group, then the experts).
+  const int gEnd = gLast != -2 ? gLast : perExpert ? (int)blockIdx.y + 1 : local;
+  for (int g = gFirst != -2 ? gFirst : perExpert ? (int)blockIdx.y : (withShared ? -1 : 0); g < gEnd; g++) {
     const int width = g < 0 ? fs : f;
     const int tok0 = g < 0 ? 0 : offsets[g];
     const int cnt = g < 0 ? n : offsets[g + 1] - tok0;
@@ -125,23 +128,56 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 // tokens itself (n·e router logits, read from L2) and reads the routed rows from x, scaled as
 // loaded, so the sort and gather kernels (two launches of a few µs each, per layer) go. Block 0
 // also writes perm and offsets for moe_down.
+// With `router` (else `logits` come from a router launch before) the router GEMV is in here too:
+// blocks 0..e−1 first compute router row blockIdx.x for the n tokens — the gemv kernel's slot
+// layout (one row a block, 8 warps over K) and epilogue, so the bits of a gemv router launch
+// (which takes n ≤ 4 by default) — publish them (fence, then a count in `routerDone`), and every
+// block runs its shared-expert pass before it waits for the count, so the wait is normally over
+// before it starts. The host passes `router` only when the grid is one wave (every block
+// resident at once), so a waiting block never holds a slot a router block needs. moe_down, the
+// next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a
+// layer at tp 4 on an H200, kernel stamps.)
 constexpr int MOE_ROUTED_MAX_LOCAL = 256;
+constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost block is a bug: trap, not hang
 
 template <typename T, int MAXNT>
-__device__ void moeGateUpRouted(const T* __restrict__ logits, int e, int first, const T* __restrict__ x,
-                                const T* __restrict__ sharedGateUp, const T* __restrict__ gateUp, int* __restrict__ permOut,
-                                int* __restrict__ offsetsOut, T* __restrict__ actShared, T* __restrict__ act, int n, int d,
-                                int fs, int f, int local, int rb) {
+__device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ routerDone, T* __restrict__ logits, int e,
+                                int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
+                                const T* __restrict__ gateUp, int* __restrict__ permOut, int* __restrict__ offsetsOut,
+                                T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs, int f, int local, int rb) {
   __shared__ int perm[GEMV_MAX_NT];
   __shared__ float score[GEMV_MAX_NT];
   __shared__ int offsets[MOE_ROUTED_MAX_LOCAL + 1];
+  if (router != nullptr && (int)blockIdx.x < e) {
+    const GemvSlot rs(1);
+    const T* wr[1] = {router + (size_t)blockIdx.x * d};
+    gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + blockIdx.x] = fromF<T>(v[0]); });
+    if (threadIdx.x == 0) {
+      __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
+      atomicAdd(routerDone, 1);
+    }
+  }
+  // The shared expert needs no routing.
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, 1, rb, {perm, score}, -1, 0);
+  if (router != nullptr && threadIdx.x == 0) {
+    const unsigned long long start = globalTimerNs();
+    for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) < e; spins++) {
+      if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
+        printf("tsglang moe: block %d waited 5 s for the router blocks (%d of %d done); trapping\n", (int)blockIdx.x,
+               *reinterpret_cast<volatile int*>(routerDone), e);
+        __trap();
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
   moeRouteSort<T>(logits, n, e, first, local, perm, score, offsets);
   __syncthreads();
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
     for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
   }
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, 1, rb, {perm, score});
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, 1, rb, {perm, score}, 0, local);
 }
 
 template <typename T, int MAXNT>
@@ -184,19 +220,21 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
     moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, withShared, rb);     \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
-      moe_gate_up_routed##NT##_##TN(const T* logits, int e, int first, const T* x, const T* sharedGateUp,            \
-                                    const T* gateUp, int* perm, int* offsets, T* actShared, T* act, int n, int d,    \
-                                    int fs, int f, int local, int rb) {                                              \
+      moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
+                                    const T* sharedGateUp, const T* gateUp, int* perm, int* offsets, T* actShared,   \
+                                    T* act, int n, int d, int fs, int f, int local, int rb) {                        \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
-    moeGateUpRouted<T, NT>(logits, e, first, x, sharedGateUp, gateUp, perm, offsets, actShared, act, n, d, fs, f,    \
-                           local, rb);                                                                               \
+    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets, actShared,  \
+                           act, n, d, fs, f, local, rb);                                                             \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_down##NT##_##TN(const T* actShared, const T* act, const T* sharedDown, const T* down, const int* offsets,   \
-                          const int* perm, T* out, int n, int d, int fs, int f, int local, int withShared, int rb) { \
+                          const int* perm, T* out, int n, int d, int fs, int f, int local, int withShared, int rb,   \
+                          int* routerDone) {                                                                         \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
+    if (routerDone != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *routerDone = 0;             \
     moeDown<T, NT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared, rb);        \
   }
 

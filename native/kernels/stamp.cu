@@ -7,7 +7,5 @@
 extern "C" __global__ void stamp_globaltimer(unsigned long long* out) {
   gridDependencyWait();
   gridDependencyLaunchDependents();
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  *out = t;
+  *out = globalTimerNs();
 }

@@ -202,6 +202,8 @@ const GEMV_DEFAULT_MAX_TOKENS = 4;
 const MOE_SHARED_IN_KERNEL_MAX = 8;
 /** moe_decode.cu's MOE_ROUTED_MAX_LOCAL: experts per rank the in-kernel routing holds. */
 const MOE_ROUTED_MAX_LOCAL = 256;
+/** Blocks of moe_gate_up_routed1 an SM holds (ptxas, sm_90a: 64 registers × 256 threads). */
+const MOE_ROUTED_BLOCKS_PER_SM = 4;
 
 const PREP_ROPE = 1;
 const PREP_QK_NORM = 2;
@@ -231,6 +233,8 @@ export class CudaBackend implements Backend {
   private readonly views = new WeakMap<CudaTensor, { ptr: DevicePtr; live: number }>();
   /** Events of the MoE host path (see moe), on the main stream: routing done, rows gathered. */
   private moeEvents: { routed: DevicePtr; gathered: DevicePtr } | null = null;
+  /** moe_gate_up_routed's count of finished router blocks (zero between layers: moe_down resets it). */
+  private readonly moeRouterDone: DevicePtr;
   /** Recorded after the side stream's latest work; `sidePending` until the main stream waited for it (joinSideStream). */
   private sideDone: DevicePtr | null = null;
   private sidePending = false;
@@ -305,6 +309,8 @@ export class CudaBackend implements Backend {
     this.mem = new DeviceMemory(this.native, budget, step);
     this.k = new Kernels(this.native);
     this.workspace = this.mem.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace");
+    this.moeRouterDone = this.mem.alloc(4, "the MoE router count");
+    this.native.memset(this.moeRouterDone, 0, 1, 4);
     if (opts.attention === "fa3" && this.info.ccMajor < 8) throw new Error(`fa3 attention needs an sm_80+ GPU (mma.sync, cp.async); ${this.info.name} is sm_${this.info.ccMajor}${this.info.ccMinor}`);
     this.fa =
       opts.attention === "fa3"
@@ -1400,7 +1406,6 @@ export class CudaBackend implements Backend {
     if (sgu.transposed || sdn.transposed || sgu.shape[1] !== d || sdn.shape[0] !== d || sdn.shape[1] !== fs) return null;
     if (d % epv !== 0 || f % epv !== 0 || fs % epv !== 0 || !Number.isInteger(fs)) return null;
 
-    const logits = this.linear(xt, w.router);
     const perm = this.mem.stepAlloc(n * 4).ptr;
     const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
     const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
@@ -1413,13 +1418,24 @@ export class CudaBackend implements Backend {
     const rbUp = this.rowsPerBlock(cols);
     // Many tokens (no shared group): one expert per grid row instead of each block walking them all.
     const ys = withShared ? 1 : local;
-    if (withShared && local <= MOE_ROUTED_MAX_LOCAL) {
-      // Decode: routing and the scaled gather happen inside the gate_up kernel.
-      this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [Math.ceil(cols / rbUp)], [GEMV_THREADS], (a) =>
-        a.ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets).ptr(actShared.ptr).ptr(act.ptr)
-          .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
+    const router = this.tensor(w.router);
+    const upBlocks = Math.ceil(cols / rbUp);
+    const routed = withShared && local <= MOE_ROUTED_MAX_LOCAL;
+    // The router GEMV inside the routed kernel (its first e blocks, one router row each) where the
+    // grid is one wave: on 4 × H200 a tp-4 rank's 512 blocks ran the layer ~3 µs faster than with
+    // the router launch, while one GPU's 1024 (two waves) ran ~7 µs slower (2026-11-27,
+    // tp4-ab-…-8-router-in-gate-up.jsonl).
+    const routerInKernel = routed && e <= upBlocks && upBlocks <= MOE_ROUTED_BLOCKS_PER_SM * this.info.smCount && !router.transposed;
+    const routerDone = routerInKernel ? this.moeRouterDone : 0n;
+    if (routed) {
+      // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
+      const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, w.router);
+      this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
+        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets)
+          .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
       );
     } else {
+      const logits = this.linear(xt, w.router);
       const score = this.mem.stepAlloc(n * 4).ptr;
       this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
       const xin = this.stepTensor([n, d], this.t);
@@ -1432,7 +1448,7 @@ export class CudaBackend implements Backend {
     const rbDown = this.rowsPerBlock(d);
     this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown), ys], [GEMV_THREADS], (a) =>
       a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
-        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown),
+        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown).ptr(routerDone), // it zeroes the count
     );
     return out;
   }
