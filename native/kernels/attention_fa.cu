@@ -111,6 +111,21 @@ constexpr int faSmemBytes() {
   return (NW * 16 * MT + 2 * STAGES * FA_BN) * D * 2;
 }
 
+// f(mt, h, m, l) for each accumulator row this thread holds: m its row in the block, l the
+// row's softmax sum over the lane quad. Every lane calls it (the quad's shuffles).
+template <int MT, typename F>
+__device__ __forceinline__ void eachRow(int wRow0, int g, const float (&lRow)[MT][2], F f) {
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float l = lRow[mt][h];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      f(mt, h, wRow0 + mt * 16 + g + 8 * h, l);
+    }
+}
+
 // The decode splits of one tile as a thread-block cluster (grid z = the splits = the cluster):
 // each block leaves its unnormalised partial (O, m, l) in its own shared memory, then block s
 // merges head-dim slice s of every row from all the cluster's partials (distributed shared
@@ -126,19 +141,12 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
   float* sO = reinterpret_cast<float*>(smem);            // [BM][D]
   float2* sML = reinterpret_cast<float2*>(sO + BM * D);  // [BM]: (m · scaleLog2, l)
   __syncthreads();  // every warp is done with the K/V tiles this overwrites
+  eachRow<MT>(warp * 16 * MT, g, lRow, [&](int mt, int h, int m, float l) {
+    if (m / G >= nRows) return;
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      float l = lRow[mt][h];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int m = warp * 16 * MT + mt * 16 + g + 8 * h;
-      if (m / G >= nRows) continue;
-#pragma unroll
-      for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(sO + m * D + dt * 8 + 2 * t4) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
-      if (t4 == 0) sML[m] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
-    }
+    for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(sO + m * D + dt * 8 + 2 * t4) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+    if (t4 == 0) sML[m] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
+  });
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int SLICE = D / CLUSTER, THREADS = NW * 32;
   cg::cluster_group cluster = cg::this_cluster();
@@ -445,31 +453,24 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     clusterMerge<D, NW, MT, PACKED, CLUSTER>(smem, o, mRow, lRow, out, rowStart, nRows, G, hq, kvh, scaleLog2);
   } else {
     // Epilogue: O / l, or the split's (O, m, l).
+    eachRow<MT>(wRow0, g, lRow, [&](int mt, int h, int m, float l) {
+      const int i = rowOf(m);
+      if (i >= nRows) return;
+      const size_t rh = (size_t)(rowStart + i) * hq + headOf(m);
+      if (partO == nullptr) {
+        const float inv = 1.f / l;
+        bf16* dst = out + rh * D + 2 * t4;
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+        for (int dt = 0; dt < DT; dt++)
+          *reinterpret_cast<uint32_t*>(dst + dt * 8) = packBf16(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+      } else {
+        const size_t idx = rh * nSplit + split;
+        float* dst = partO + idx * D + 2 * t4;
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        float l = lRow[mt][h];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int m = wRow0 + mt * 16 + g + 8 * h;
-        const int i = rowOf(m);
-        if (i >= nRows) continue;
-        const size_t rh = (size_t)(rowStart + i) * hq + headOf(m);
-        if (partO == nullptr) {
-          const float inv = 1.f / l;
-          bf16* dst = out + rh * D + 2 * t4;
-#pragma unroll
-          for (int dt = 0; dt < DT; dt++)
-            *reinterpret_cast<uint32_t*>(dst + dt * 8) = packBf16(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
-        } else {
-          const size_t idx = rh * nSplit + split;
-          float* dst = partO + idx * D + 2 * t4;
-#pragma unroll
-          for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
-          if (t4 == 0) partML[idx] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
-        }
+        for (int dt = 0; dt < DT; dt++) *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(o[mt][dt][2 * h], o[mt][dt][2 * h + 1]);
+        if (t4 == 0) partML[idx] = make_float2(mRow[mt][h] == -CUDART_INF_F ? -CUDART_INF_F : mRow[mt][h] * scaleLog2, l);
       }
+    });
   }
 }
 
