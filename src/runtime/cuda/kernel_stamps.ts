@@ -5,8 +5,10 @@
 // time each kernel in place, with the PDL overlaps and launch gaps of the real step, plus one
 // stamp's own latency (reported as "(stamp alone)" to subtract). ncu times kernels one at a
 // time, serialised, which is not what a graph replay does; nsys is not on the GPU machines.
-// At destroy, the backend of device 0 writes FILE: for the capture replayed last, each kernel
-// name's µs per step and launches per step, largest first, and the stamped span.
+// Work a graph holds that is not launched through Kernels (cuBLASLt GEMMs, NCCL) counts toward
+// the next stamped kernel. At destroy, the backend of device 0 writes FILE: for the capture
+// replayed last, each kernel name's µs per step and launches per step, largest first, and the
+// stamped span.
 
 import { writeFileSync } from "node:fs";
 import type { DevicePtr, NativeCuda } from "./native.js";
