@@ -28,6 +28,8 @@ export const STEP_ARGMAX = 2;
 const PAYLOAD_INTS = 1 << 18;
 /** How long a worker blocks for the next step before it returns to its event loop (ms). */
 const WAIT_MS = 100;
+/** How long rank 0 waits for a worker to take a step before it calls the worker lost (ms). */
+const ACK_TIMEOUT_MS = 60_000;
 
 export interface StepChannelInit {
   /** [header | payload]: Int32 words. */
@@ -118,14 +120,18 @@ export class StepSender {
     Atomics.notify(this.header, SEQ);
   }
 
-  /** Every worker has taken the last step written (so the payload may be overwritten). */
+  /** Every worker has taken the last step written (so the header and payload may change); a worker gone quiet is an error. */
   private awaitAcks(): void {
     if (this.lastWritten === 0) return;
+    const start = performance.now();
     for (let w = 0; w < this.acks.length; w++) {
       for (;;) {
         const seen = Atomics.load(this.acks, w);
         if (seen >= this.lastWritten) break;
-        Atomics.wait(this.acks, w, seen, 1000);
+        if (performance.now() - start > ACK_TIMEOUT_MS) {
+          throw new Error(`tensor-parallel rank ${w + 1} did not take step ${this.lastWritten} within ${ACK_TIMEOUT_MS / 1000} s (it took ${seen})`);
+        }
+        Atomics.wait(this.acks, w, seen, 100);
       }
     }
   }
