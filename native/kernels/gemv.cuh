@@ -83,52 +83,34 @@ __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], i
 template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL>
 __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
                                         int v0, int v1, int lane, float (&acc)[ROWS][NT]) {
+  static_assert(!PRED_TAIL || NT == 1, "the predicated tail is the batch-1 path");
   constexpr int E = Vec<T>::N;
   int v = v0 + lane;
-  if constexpr (PRED_TAIL) {
-    static_assert(NT == 1, "the predicated tail is the batch-1 path");
-    for (; v < v1; v += 32 * GEMV_UNROLL) {
-      uint4 wv[ROWS][GEMV_UNROLL];
+  // Whole steps; with PRED_TAIL also the last, partial one (its loads predicated).
+  for (; PRED_TAIL ? v < v1 : v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
+    uint4 wv[ROWS][GEMV_UNROLL];
 #pragma unroll
-      for (int r = 0; r < ROWS; r++)
+    for (int r = 0; r < ROWS; r++)
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = v + 32 * u < v1 ? ldWeight(w[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
+      for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = !PRED_TAIL || v + 32 * u < v1 ? ldWeight(w[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int u = 0; u < GEMV_UNROLL; u++) {
-        if (v + 32 * u >= v1) break;
-        float wf[ROWS][E], xf[E];
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      if (PRED_TAIL && v + 32 * u >= v1) break;
+      float wf[ROWS][E];
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
-        loadAct<T, NT, SCALED>(xb + xo[0] + v + 32 * u, xs, 0, xf);
+      for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        float xf[E];
+        loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
-          for (int i = 0; i < E; i++) acc[r][0] = fmaf(wf[r][i], xf[i], acc[r][0]);
+          for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
       }
     }
-  } else {
-    for (; v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
-      uint4 wv[ROWS][GEMV_UNROLL];
-#pragma unroll
-      for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = ldWeight(w[r] + v + 32 * u);
-#pragma unroll
-      for (int u = 0; u < GEMV_UNROLL; u++) {
-        float wf[ROWS][E];
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-          float xf[E];
-          loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
-#pragma unroll
-          for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
-        }
-      }
-    }
+  }
+  if constexpr (!PRED_TAIL) {  // the leftover vectors, one at a time
     for (; v < v1; v += 32) {
       float wf[ROWS][E];
 #pragma unroll
