@@ -91,20 +91,18 @@ __device__ void moeGatherDev(const T* __restrict__ x, const int* __restrict__ pe
   scaleRow<T>(x + (size_t)row * d, xin + (size_t)i * d, s, d);
 }
 
-// Group g = -1 is the shared expert (x, all n tokens, width fs); g ≥ 0 local expert g (xin rows
+// Groups [gFirst, gLast) of this block's columns [blockIdx.x·rb, +rb). Group g = -1 is the
+// shared expert (x, all n tokens, width fs); g ≥ 0 local expert g (xin rows
 // offsets[g]..offsets[g+1], width f; or, ROUTED, rows x[gather.rowOf[i]] scaled by
-// gather.scaleOf as they are loaded, with no xin). Columns of the block: [blockIdx.x·rb, +rb).
+// gather.scaleOf as they are loaded, with no xin).
 template <typename T, int MAXNT, bool ROUTED = false>
 __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, const T* __restrict__ sharedGateUp,
                           const T* __restrict__ gateUp, const int* __restrict__ offsets, T* __restrict__ actShared,
-                          T* __restrict__ act, int n, int d, int fs, int f, int local, int withShared, int rb,
-                          GemvGather gather = {nullptr, nullptr}, int gFirst = -2, int gLast = -2) {
+                          T* __restrict__ act, int n, int d, int fs, int f, int rb, int gFirst, int gLast,
+                          GemvGather gather = {nullptr, nullptr}) {
   const GemvSlot s(rb);
   const int col = blockIdx.x * rb + s.rib;
-  const bool perExpert = gridDim.y > 1;  // the host sets this only without the shared group
-  // Groups [gFirst, gLast) when given (the routed kernel: the shared group, then the experts).
-  const int gEnd = gLast != -2 ? gLast : perExpert ? (int)blockIdx.y + 1 : local;
-  for (int g = gFirst != -2 ? gFirst : perExpert ? (int)blockIdx.y : (withShared ? -1 : 0); g < gEnd; g++) {
+  for (int g = gFirst; g < gLast; g++) {
     const int width = g < 0 ? fs : f;
     const int tok0 = g < 0 ? 0 : offsets[g];
     const int cnt = g < 0 ? n : offsets[g + 1] - tok0;
@@ -158,7 +156,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
     }
   }
   // The shared expert needs no routing.
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, 1, rb, {perm, score}, -1, 0);
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, -1, 0, {perm, score});
   if (router != nullptr && threadIdx.x == 0) {
     const unsigned long long start = globalTimerNs();
     for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) < e; spins++) {
@@ -177,7 +175,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
     for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
     for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
   }
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, 1, rb, {perm, score}, 0, local);
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, 0, local, {perm, score});
 }
 
 template <typename T, int MAXNT>
@@ -217,7 +215,10 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
                              T* actShared, T* act, int n, int d, int fs, int f, int local, int withShared, int rb) { \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
-    moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, local, withShared, rb);     \
+    /* one expert per blockIdx.y (the host does this only without the shared group), or all */                      \
+    const bool perExpert = gridDim.y > 1;                                                                            \
+    moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb,                          \
+                     perExpert ? (int)blockIdx.y : (withShared ? -1 : 0), perExpert ? (int)blockIdx.y + 1 : local);  \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
