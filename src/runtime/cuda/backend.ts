@@ -1286,9 +1286,10 @@ export class CudaBackend implements Backend {
     const f = twoF / 2;
     if (gu.shape.length !== 3 || gu.shape[2] !== d || first < 0 || first + local > e) throw new Error(`moe: gateUp is [${gu.shape}], expected [≤${e - first}, 2F, ${d}] from expert ${first}`);
     if (dn.shape.length !== 3 || dn.shape[0] !== local || dn.shape[1] !== d || dn.shape[2] !== f) throw new Error(`moe: down is [${dn.shape}], expected [${local}, ${d}, ${f}]`);
-    if (this.tensor(w.router).shape[0] !== e) throw new Error(`moe: the router has ${this.tensor(w.router).shape[0]} rows for ${e} experts`);
+    const router = this.tensor(w.router);
+    if (router.shape[0] !== e) throw new Error(`moe: the router has ${router.shape[0]} rows for ${e} experts`);
     if (n > 0 && n <= this.moeDeviceMax && !gu.transposed && !dn.transposed) {
-      const out = this.moeDevice(xt, w, gu, dn, first, local);
+      const out = this.moeDevice(xt, w, router, gu, dn, first, local);
       if (out) return out;
     }
 
@@ -1395,7 +1396,7 @@ export class CudaBackend implements Backend {
    * weights), else through cuBLASLt (the down kernel then adds into its output). Null when the
    * shapes do not suit the kernels (16-byte rows).
    */
-  private moeDevice(xt: CudaTensor, w: MoeWeights, gu: CudaTensor, dn: CudaTensor, first: number, local: number): CudaTensor | null {
+  private moeDevice(xt: CudaTensor, w: MoeWeights, router: CudaTensor, gu: CudaTensor, dn: CudaTensor, first: number, local: number): CudaTensor | null {
     const [n, d] = xt.shape;
     const e = w.numExperts;
     const f = gu.shape[1] / 2;
@@ -1418,7 +1419,6 @@ export class CudaBackend implements Backend {
     const rbUp = this.rowsPerBlock(cols);
     // Many tokens (no shared group): one expert per grid row instead of each block walking them all.
     const ys = withShared ? 1 : local;
-    const router = this.tensor(w.router);
     const upBlocks = Math.ceil(cols / rbUp);
     const routed = withShared && local <= MOE_ROUTED_MAX_LOCAL;
     // The router GEMV inside the routed kernel (its first e blocks, one router row each) where the
@@ -1429,13 +1429,13 @@ export class CudaBackend implements Backend {
     const routerDone = routerInKernel ? this.moeRouterDone : 0n;
     if (routed) {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
-      const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, w.router);
+      const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, router);
       this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
         a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets)
           .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
       );
     } else {
-      const logits = this.linear(xt, w.router);
+      const logits = this.linear(xt, router);
       const score = this.mem.stepAlloc(n * 4).ptr;
       this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
       const xin = this.stepTensor([n, d], this.t);

@@ -79,8 +79,8 @@ export class Kernels {
    * launch after a PDL one, or a PDL one after an ordinary one, is fully ordered.
    */
   private readonly pdl = process.env.TSGLANG_PDL !== "0";
-  /** The stream is being captured into a CUDA graph: no per-launch synchronisation. */
-  capturing = false;
+  /** The stream is being captured into a CUDA graph: no per-launch synchronisation (setCapturing). */
+  private capturing = false;
   /** Launches are skipped (the host side of ops runs alone: CUDA-graph step preparation). */
   dry = false;
   /** TSGLANG_KERNEL_STAMPS=FILE: a timeline of captured graphs (kernel_stamps.ts). */
