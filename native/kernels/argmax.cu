@@ -83,3 +83,24 @@ extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset
   gridDependencyLaunchDependents();
   argmaxPairs(x, cols, offset, pairs);
 }
+
+// Tensor parallelism: every rank's pairs, all-gathered as [ranks, rows, 2], → each row's id with
+// the largest value, the lowest id among equal maxima (argmax over the whole vocabulary); a row
+// NaN on every rank gives token 0, as the host argmax. One thread per row, ranks in order.
+extern "C" __global__ void argmax_merge(const float* __restrict__ all, int ranks, int rows, int* __restrict__ ids) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  float best = -CUDART_INF_F;
+  int id = -1;
+  for (int k = 0; k < ranks; k++) {
+    const float v = all[((size_t)k * rows + r) * 2];
+    const int i = (int)all[((size_t)k * rows + r) * 2 + 1];
+    if (i >= 0 && (id < 0 || v > best || (v == best && i < id))) {
+      best = v;
+      id = i;
+    }
+  }
+  ids[r] = id < 0 ? 0 : id;
+}

@@ -37,6 +37,10 @@ const HELP = `usage: tsglang bench-one-batch --model-path DIR [flags]
   --host-logits             the prefill and decode steps download every logit row and take the argmax
                             on the host (default: greedy on the device where the model can, as SGLang
                             samples on the GPU; the next tokens are the same)
+  --disable-overlap-schedule  each greedy decode step waits for the last one's tokens (default: as
+                            launch serves, the next step is queued before the last one's tokens are
+                            read, its input ids taken from that step's picks on the device; a step
+                            is then the interval between successive steps' tokens)
   --json                    print one JSON object`;
 
 /** The middle value (the upper one of an even count). */
@@ -100,6 +104,7 @@ export async function main(argv: string[]): Promise<number> {
       "ep-size": { type: "string", default: "1" },
       json: { type: "boolean" },
       "host-logits": { type: "boolean" },
+      "disable-overlap-schedule": { type: "boolean" },
       "no-warmup": { type: "boolean" },
       "chunked-prefill-size": { type: "string", default: "8192" },
       "prefill-runs": { type: "string", default: "5" },
@@ -216,9 +221,22 @@ export async function main(argv: string[]): Promise<number> {
   const graphMs: number[] = []; // rank 0's device time of each replayed decode graph
   let next = Array.from({ length: batch }, (_, b) => [deviceGreedy ? firstTokens[b] : argmax(logits.subarray(b * vocab, (b + 1) * vocab))]);
   const firstIds = [next[0][0]]; // sequence 0's greedy tokens: a check that two runs computed the same thing
+  // The overlap schedule: step s + 1 is queued (its ids: step s's picks, on the device) before
+  // step s's tokens are read; a step's time is then the interval between two steps' tokens.
+  const overlap = deviceGreedy && !values["disable-overlap-schedule"] && model.queueArgmax !== undefined;
+  let picks = overlap && outputLen > 1 ? seqs.queueGreedy(next.map((n) => n[0])) : null;
+  let tokensAt = performance.now();
   for (let s = 1; s < outputLen; s++) {
     const t = performance.now();
-    if (deviceGreedy) {
+    if (picks) {
+      const following = s + 1 < outputLen ? seqs.queueGreedy(picks) : null;
+      const ids = picks.wait();
+      const now = performance.now();
+      steps.push((now - tokensAt) / 1000);
+      tokensAt = now;
+      next = Array.from(ids, (id) => [id]);
+      if (following) picks = following;
+    } else if (deviceGreedy) {
       const ids = seqs.appendGreedy(next);
       sync();
       steps.push((performance.now() - t) / 1000);
@@ -259,6 +277,7 @@ export async function main(argv: string[]): Promise<number> {
     prefill_tokens_per_s: (batch * inputLen) / prefillS,
     prefill_tflops: prefillFlops(config, batch, inputLen) / prefillS / 1e12,
     decode_sampling: deviceGreedy ? "greedy on the device" : "logits to the host",
+    decode_overlap: overlap,
     decode_step_s_median: stepS,
     // The replayed graph's own device time: the step minus this is host work and launch gaps
     // (under tensor parallelism rank 0's graph also waits for the other ranks at each all-reduce).

@@ -15,6 +15,7 @@ export interface EngineOptions {
   swaFullTokensRatio?: number;
   disableHybridSwaMemory?: boolean;
   disableRadixCache?: boolean;
+  disableOverlapSchedule?: boolean;
   maxQueuedRequests?: number;
   /** KV budget in bytes for the CPU backend. */
   kvBytes?: number;

@@ -160,6 +160,31 @@ function customAllReduce(backend: CudaBackend): string {
   return ar.off ? `custom all-reduce off (${ar.off})` : `custom all-reduce: ${ar.calls} calls on rank 0 (≤ ${ar.maxBytes} bytes)`;
 }
 
+/** Greedy continuations of the prompts, step by step (forwardArgmax) and pipelined (queueArgmax, each step's ids the last step's device picks). */
+function freeRuns(model: ForwardModel, golden: Golden): { stepwise: number[][]; pipelined: number[][] } {
+  const ps = golden.prompts;
+  const steps = 6;
+  const start = () => {
+    const b = new ContiguousBatch(model, ps.length, Math.max(...ps.map((p) => p.prompt_ids.length)) + steps);
+    b.append(ps.map((p) => p.prompt_ids.slice(0, -1)), 1);
+    return b;
+  };
+  const last = ps.map((p) => p.prompt_ids[p.prompt_ids.length - 1]);
+  let batch = start();
+  const stepwise: number[][] = [];
+  let feed = last;
+  for (let s = 0; s < steps; s++) stepwise.push((feed = Array.from(batch.appendGreedy(feed.map((id) => [id])))));
+  batch = start();
+  const pipelined: number[][] = [];
+  let picks = batch.queueGreedy(last);
+  for (let s = 0; s < steps; s++) {
+    const next = s + 1 < steps ? batch.queueGreedy(picks) : null;
+    pipelined.push(Array.from(picks.wait()));
+    if (next) picks = next;
+  }
+  return { stepwise, pipelined };
+}
+
 /**
  * Decode steps with the reference tokens fed back: every step's logits (append) and, on a second
  * pass, every step's greedy ids (appendGreedy: forwardArgmax, the distributed argmax under TP).
@@ -198,7 +223,7 @@ describe("CUDA graphs and greedy under tensor parallelism", { skip }, () => {
         }
         const { model, config } = loaded;
         try {
-          const r = decodeBoth(model, golden, config.vocabSize);
+          const r = { ...decodeBoth(model, golden, config.vocabSize), ...freeRuns(model, golden) };
           const backend = model.backend as CudaBackend;
           const stats = backend.graphStats;
           return { ...r, vocab: config.vocabSize, replays: stats.replays, off: stats.off, allReduce: customAllReduce(backend), customCalls: backend.peerAllReduce?.calls ?? 0 };
@@ -228,6 +253,8 @@ describe("CUDA graphs and greedy under tensor parallelism", { skip }, () => {
       console.log(`# tp ${tp}: max |Δ logit| custom all-reduce vs NCCL only ${vsNccl.toExponential(2)}`);
       assert.ok(vsNccl < 1e-4, `max |Δ logit| custom vs NCCL ${vsNccl}`);
       assert.deepEqual(ncclOnly.greedy, hostArgmax, "greedy with NCCL only vs the host argmax");
+      // The overlap schedule's steps: ids from the previous step's picks, merged on the device.
+      for (const [what, r] of [["graphs", graphs], ["direct", direct]] as const) assert.deepEqual(r.pipelined, r.stepwise, `pipelined greedy vs step by step (${what})`);
     });
   }
 });

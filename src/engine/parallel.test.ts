@@ -77,6 +77,28 @@ test("--tp 2: greedy steps (forwardArgmax, every rank in step) give the referenc
   }
 });
 
+test("--tp 2: pipelined greedy steps (queueArgmax, each chained on the picks before it) give the reference's greedy tokens", async () => {
+  const name = "scout-tiny";
+  const golden = readGolden(fixturePath(name));
+  const { model } = await loadParallel({ modelPath: fixturePath(name), tp: 2, ep: 1, hybridKv: true });
+  try {
+    const ps = golden.prompts;
+    const steps = Math.max(...ps.map((p) => p.greedy_ids.length));
+    const batch = new ContiguousBatch(model, ps.length, Math.max(...ps.map((p) => p.prompt_ids.length)) + steps);
+    batch.append(ps.map((p) => p.prompt_ids.slice(0, -1)), 1);
+    // Only the first step's ids come from the host; every later step's are the last step's picks.
+    let picks = batch.queueGreedy(ps.map((p) => p.prompt_ids[p.prompt_ids.length - 1]));
+    for (let s = 0; s < steps; s++) {
+      const next = s + 1 < steps ? batch.queueGreedy(picks) : null;
+      const ids = picks.wait();
+      ps.forEach((p, b) => s < p.greedy_ids.length && assert.equal(ids[b], p.greedy_ids[s], `prompt ${b} step ${s}`));
+      if (next) picks = next;
+    }
+  } finally {
+    await model.close();
+  }
+});
+
 test("a step crosses to the ranks without the slot lists its views sit in", async () => {
   // A decode step of a 1M-token request: its slots are a one-element view into a 4 MB list.
   const list = new Int32Array(1 << 20).fill(7);

@@ -14,7 +14,7 @@
 //   cross the threads through a SharedArrayBuffer, also handed over in workerData.
 
 import { type Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import type { AttentionSpec, Backend, KvPoolSizes, StepBatch } from "../runtime/backend.js";
+import type { AttentionSpec, Backend, KvPoolSizes, PendingPicks, StepBatch } from "../runtime/backend.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { SharedMemoryCollective, createSharedCollective, type SharedCollectiveInit } from "../runtime/collective.js";
 import type { CudaBackendOptions } from "../runtime/cuda/backend.js";
@@ -25,7 +25,7 @@ import { loadModel } from "../model/loader.js";
 import type { ForwardModel } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
-import { STEP_ARGMAX, STEP_FORWARD, type StepChannelInit, type StepCommand, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
+import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
@@ -74,8 +74,7 @@ interface RankData {
 type RankMessage = { seq: number } & (
   | { type: "allocKv"; sizes: KvPoolSizes }
   | { type: "warmup"; limits: WarmupLimits }
-  | { type: "forward"; batch: StepBatch }
-  | { type: "forwardArgmax"; batch: StepBatch }
+  | { type: "step"; kind: StepKind; batch: StepBatch }
   | { type: "close" }
 );
 /** A rank thread's replies: spawnRanks' (its result is `true` once loaded), then `closed` when asked to close. */
@@ -120,6 +119,8 @@ async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJ
 
 class ParallelModel implements ForwardModel {
   private readonly steps: StepSender;
+  /** Rank 0's last queueArgmax picks (what a chained step may follow). */
+  private lastQueued: PendingPicks | null = null;
 
   constructor(
     private readonly lead: LoadedRank,
@@ -162,20 +163,28 @@ class ParallelModel implements ForwardModel {
   }
 
   forward(batch: StepBatch): Float32Array {
-    this.sendStep("forward", batch);
+    this.sendStep(STEP_FORWARD, batch);
     return this.lead.model.forward(batch);
   }
 
   /** Greedy steps: every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks (CUDA). */
   forwardArgmax(batch: StepBatch): Int32Array {
-    this.sendStep("forwardArgmax", batch);
+    this.sendStep(STEP_ARGMAX, batch);
     return this.lead.model.forwardArgmax!(batch);
   }
 
+  /** Pipelined greedy steps: every rank queues its part; a chained step's ids are each rank's own copy of the previous picks. */
+  queueArgmax(batch: StepBatch, after: PendingPicks | null): PendingPicks {
+    if (after && after !== this.lastQueued) throw new Error("queueArgmax: a chained step must follow the last queued one");
+    this.sendStep(after ? STEP_CHAIN : STEP_QUEUE, batch);
+    return (this.lastQueued = this.lead.model.queueArgmax!(batch, after));
+  }
+
   /** The step to every other rank: through the step channel, or (too large for it) posted, its arrays copied out of views first (see compact). */
-  private sendStep(type: "forward" | "forwardArgmax", batch: StepBatch): void {
-    if (this.steps.step(type === "forward" ? STEP_FORWARD : STEP_ARGMAX, batch)) return;
-    this.post({ type, batch: compact(batch) });
+  private sendStep(kind: StepKind, batch: StepBatch): void {
+    if (kind !== STEP_QUEUE && kind !== STEP_CHAIN) this.lastQueued = null;
+    if (this.steps.step(kind, batch)) return;
+    this.post({ type: "step", kind, batch: compact(batch) });
   }
 
   /** A command to every other rank by postMessage, numbered in the step channel's order. */
@@ -246,9 +255,14 @@ if (!isMainThread && (workerData as RankData)?.link) {
       const channel = new StepReceiver(steps, rank - 1);
       let next = 1;
       let closed = false;
+      let queued: PendingPicks | null = null; // this rank's picks of the last queued step (never waited for here)
       const runStep = (c: StepCommand) => {
-        if (c.kind === STEP_FORWARD) loaded.model.forward(c.batch);
-        else loaded.model.forwardArgmax!(c.batch);
+        const m = loaded.model;
+        if (c.kind === STEP_CHAIN && !queued) throw new Error(`rank ${rank}: a chained step with no queued step before it`);
+        if (c.kind === STEP_QUEUE || c.kind === STEP_CHAIN) return void (queued = m.queueArgmax!(c.batch, c.kind === STEP_CHAIN ? queued : null));
+        queued = null;
+        if (c.kind === STEP_FORWARD) m.forward(c.batch);
+        else m.forwardArgmax!(c.batch);
       };
       // Steps from the channel until a posted message is due or none comes for a while; then
       // the event loop (messages), and back.
@@ -273,8 +287,7 @@ if (!isMainThread && (workerData as RankData)?.link) {
         next++;
         if (m.type === "allocKv") loaded.model.allocKv(m.sizes);
         else if (m.type === "warmup") warmupRank(loaded.model, m.limits);
-        else if (m.type === "forward") loaded.model.forward(m.batch);
-        else if (m.type === "forwardArgmax") loaded.model.forwardArgmax!(m.batch);
+        else if (m.type === "step") runStep(m);
         else {
           closed = true;
           loaded.close();

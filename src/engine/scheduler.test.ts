@@ -76,6 +76,7 @@ async function harness(o: HarnessOptions = {}): Promise<Harness> {
       schedulePolicy: o.schedulePolicy ?? "fcfs",
       maxQueuedRequests: 1000,
       swaChunkSize: chunk,
+      overlap: o.overlap ?? false,
     },
     (out) => {
       const list = outputs.get(out.rid) ?? [];
@@ -137,11 +138,13 @@ describe("scheduler", () => {
     const ps = prompts(32);
     const lens = ps.map((_, i) => 3 + (i % 9));
     const want = await Promise.all(ps.map((p, i) => alone(p, lens[i])));
-    for (const [hybrid, chunked] of [[true, 13], [false, 8192]] as const) {
-      const h = await harness({ hybrid, chunkedPrefillSize: chunked });
+    for (const [hybrid, chunked, overlap] of [[true, 13, false], [false, 8192, false], [true, 13, true]] as const) {
+      const h = await harness({ hybrid, chunkedPrefillSize: chunked, overlap });
       ps.forEach((p, i) => h.sched.add(request(`r${i}`, p, lens[i])));
       h.drain();
-      ps.forEach((_, i) => assert.deepEqual(tokens(h, `r${i}`), want[i], `request ${i} (hybrid ${hybrid})`));
+      ps.forEach((_, i) => assert.deepEqual(tokens(h, `r${i}`), want[i], `request ${i} (hybrid ${hybrid}, overlap ${overlap})`));
+      assert.ok(h.sched.flushCache());
+      assert.equal(h.full.used, 0);
     }
   });
 
@@ -336,6 +339,57 @@ describe("scheduler", () => {
     assert.ok(decode.length >= 8 && decode.every((q) => q.carried === 1), "decode rows carry one slot each");
     const cachedStart = seen.find((q) => q.slotsFrom === 0 && q.kvLen - q.qLen > 0);
     assert.ok(cachedStart, "the cached prefix's slots travel with the new row's first step");
+  });
+
+  test("overlap schedule: decode steps chain on the queued picks; stops, lengths and aborts land on the same tokens", async () => {
+    const ps = prompts(6);
+    const want = await Promise.all(ps.map((p) => alone(p, 12)));
+    // Request i stops at its greedy token 4 + i (as a stop token), or runs to max_new_tokens.
+    const stopAt = (i: number) => (i % 2 === 0 ? [want[i][4 + i]] : []);
+    const expected = ps.map((_, i) => {
+      const stop = stopAt(i)[0];
+      const end = stop === undefined ? 12 : want[i].indexOf(stop) + 1;
+      return want[i].slice(0, end);
+    });
+    let chained = 0;
+    let queued = 0;
+    const h = await harness({
+      overlap: true,
+      wrap: (m) => {
+        const view: ForwardModel = Object.create(m);
+        Object.defineProperty(view, "queueArgmax", {
+          value: (b: Parameters<NonNullable<ForwardModel["queueArgmax"]>>[0], after: Parameters<NonNullable<ForwardModel["queueArgmax"]>>[1]) => {
+            if (after) chained++;
+            queued++;
+            return m.queueArgmax!(b, after);
+          },
+        });
+        return view;
+      },
+    });
+    ps.forEach((p, i) => h.sched.add(request(`o${i}`, p, 12, { stopTokenIds: stopAt(i) })));
+    h.sched.add(request("aborted", ps[0], 40));
+    let steps = 0;
+    h.drain(() => {
+      if (++steps === 8) h.sched.abort("aborted");
+    });
+    ps.forEach((_, i) => {
+      assert.deepEqual(tokens(h, `o${i}`), expected[i], `request ${i}`);
+      assert.equal(h.outputs.get(`o${i}`)!.at(-1)!.finish!.reason, stopAt(i).length > 0 ? "stop" : "length");
+    });
+    const cut = h.outputs.get("aborted")!;
+    assert.equal(cut.at(-1)!.finish!.reason, "abort");
+    assert.deepEqual(tokens(h, "aborted"), (await alone(ps[0], 40)).slice(0, tokens(h, "aborted").length));
+    // A chain restarts only where the running set changed (a request ended or the abort landed).
+    assert.ok(chained >= 5 && queued - chained <= ps.length + 2, `${chained} of ${queued} queued steps chained on the picks before them`);
+    // What the requests computed, the in-flight positions included, went to the cache or back to the pools.
+    h.sched.add(request("again", [...ps[1], ...expected[1].slice(0, 5)], 3));
+    h.drain();
+    assert.ok(h.outputs.get("again")![0].cachedTokens! > 0);
+    assert.deepEqual(tokens(h, "again"), expected[1].slice(5, 8));
+    assert.ok(h.sched.flushCache());
+    assert.equal(h.full.used, 0);
+    assert.equal(h.swa!.used, 0);
   });
 
   test("a pool too small for everyone preempts and recomputes without changing outputs", async () => {

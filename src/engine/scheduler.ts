@@ -6,7 +6,7 @@
 // Where a request's tokens go: ids → match() in the radix cache (reused KV) → slots allocated
 // from the pools for the rest → StepBatch → model.forward → logits → sampler → outputs.
 
-import { SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "../runtime/backend.js";
+import { type PendingPicks, SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "../runtime/backend.js";
 import type { ForwardModel } from "../model/llama4.js";
 import { ramp } from "../util/int_arrays.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
@@ -22,6 +22,12 @@ export interface SchedulerOptions {
   maxQueuedRequests: number;
   /** Chunk size of local layers when they use the SWA pool; 0 = no hybrid cache. */
   swaChunkSize: number;
+  /**
+   * The overlap schedule (SGLang's default; off with --disable-overlap-schedule): greedy decode
+   * steps are queued one ahead, the next step's input ids taken from this one's picks on the
+   * device, so the host's bookkeeping runs while the device computes.
+   */
+  overlap?: boolean;
 }
 
 /** A growable slot list: the pool slot of each position of a sequence. */
@@ -67,6 +73,12 @@ interface Req {
   edits?: { at: number; edits: LogitEdits | null };
 }
 
+/** A queued greedy decode step whose picks are not accepted yet (the overlap schedule): row i is reqs[i]'s. */
+interface InFlight {
+  reqs: Req[];
+  picks: PendingPicks;
+}
+
 /** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
 function onlyNeedsArgmax(req: Req): boolean {
   return !req.r.returnLogprob && isGreedy(req.r.sampling) && editsFor(req) === null;
@@ -96,6 +108,8 @@ export class Scheduler {
   /** Slot-table rows not held by a running request (the model's tables have maxRunningRequests rows). */
   private readonly freeRows: number[];
   private readonly byRid = new Map<string, Req>();
+  /** The overlap schedule's queued step (at most one). */
+  private inflight: InFlight | null = null;
   private counters = { forwardTokens: 0, cachedTokens: 0, promptTokens: 0, generatedTokens: 0, preemptions: 0 };
 
   constructor(
@@ -110,7 +124,7 @@ export class Scheduler {
   }
 
   get idle(): boolean {
-    return this.waiting.length === 0 && this.running.length === 0;
+    return this.waiting.length === 0 && this.running.length === 0 && this.inflight === null;
   }
 
   add(r: EngineRequest): void {
@@ -164,6 +178,7 @@ export class Scheduler {
    * are untouched and the engine keeps serving.
    */
   abortRunning(message: string): void {
+    this.inflight = null; // its picks may never come; its requests end here
     for (const req of [...this.running]) {
       this.freeOwned(req);
       this.leaveRunning(req);
@@ -191,6 +206,12 @@ export class Scheduler {
 
   /** One scheduling step and forward pass. Returns false when there was nothing to do. */
   step(): boolean {
+    if (this.inflight) {
+      if (this.chainNext()) return true;
+      const f = this.inflight;
+      this.inflight = null;
+      this.acceptPicks(f);
+    }
     for (const req of [...this.running]) if (req.aborted) this.retire(req, { reason: "abort" });
     const work: { req: Req; n: number }[] = [];
     // Decode: one token for every request whose prompt is done.
@@ -303,6 +324,64 @@ export class Scheduler {
     this.waiting.unshift(req);
   }
 
+  /**
+   * The overlap schedule's steady state: queues the in-flight step's requests' next decode step
+   * before their tokens are known (its input ids are the in-flight picks, on the device), then
+   * accepts those tokens while it runs. False, with nothing done, when the next step must see them
+   * first: requests waiting to be admitted, an abort, a request that is not plain greedy, or not
+   * enough free slots without eviction.
+   */
+  private chainNext(): boolean {
+    const prev = this.inflight!;
+    const reqs = prev.reqs;
+    if (this.waiting.length > 0 || reqs.length !== this.running.length || !this.model.queueArgmax) return false;
+    for (const req of reqs) {
+      if (req.row < 0 || req.aborted || !onlyNeedsArgmax(req) || req.kvLen + 1 > this.opts.contextLength) return false;
+    }
+    if (this.fullPool.available < reqs.length || (this.swaPool && this.swaPool.available < reqs.length)) return false;
+    const n = reqs.length;
+    const seqs: SeqSpan[] = [];
+    const positions = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const req = reqs[i];
+      if (!this.allocate(req, 1)) throw new Error("scheduler: a slot counted free could not be allocated");
+      positions[i] = req.kvLen;
+      seqs.push(this.span(req, i, req.kvLen, 1));
+    }
+    const batch: StepBatch = { ids: new Int32Array(n), positions, seqs, logitRows: ramp(0, n).slice() };
+    const picks = this.model.queueArgmax(batch, prev.picks);
+    for (const req of reqs) req.kvLen++;
+    this.counters.forwardTokens += n;
+    this.inflight = { reqs, picks };
+    this.acceptPicks(prev);
+    this.releaseOldSwa();
+    return true;
+  }
+
+  /** An in-flight step's tokens, for the requests still running (one that finished or was aborted meanwhile drops its pick). */
+  private acceptPicks(f: InFlight): void {
+    const ids = f.picks.wait();
+    f.reqs.forEach((req, i) => {
+      if (req.row >= 0 && !req.aborted) this.accept(req, ids[i], null);
+    });
+  }
+
+  /** The step's view of `req` computing positions [start, start + n) at batch row `qStart` (its slots not yet in the device table ride along). */
+  private span(req: Req, qStart: number, start: number, n: number): SeqSpan {
+    const kvLen = start + n;
+    const from = Math.min(req.synced, start);
+    req.synced = kvLen; // a failed step aborts the request, and its row starts over
+    return {
+      qStart,
+      qLen: n,
+      kvLen,
+      row: req.row,
+      slotsFrom: from,
+      fullSlots: req.full.data.subarray(from, kvLen),
+      swaSlots: (this.swaPool ? req.swa : req.full).data.subarray(from, kvLen),
+    };
+  }
+
   private forward(work: { req: Req; n: number }[]): void {
     const total = work.reduce((a, w) => a + w.n, 0);
     const ids = new Int32Array(total);
@@ -317,17 +396,7 @@ export class Scheduler {
       ids.set(req.ids.slice(start, start + n), row); // builtins, not a loop per token (util/int_arrays.ts)
       positions.set(ramp(start, start + n), row);
       const kvLen = start + n;
-      const from = Math.min(req.synced, start);
-      seqs.push({
-        qStart: row,
-        qLen: n,
-        kvLen,
-        row: req.row,
-        slotsFrom: from,
-        fullSlots: req.full.data.subarray(from, kvLen),
-        swaSlots: (this.swaPool ? req.swa : req.full).data.subarray(from, kvLen),
-      });
-      req.synced = kvLen; // a failed step aborts the request, and its row starts over
+      seqs.push(this.span(req, row, start, n));
       // Rows to project: the last one when it yields a new token, plus prompt rows for prompt logprobs.
       const wantsToken = kvLen === req.ids.length;
       const wantsPrompt = req.r.returnLogprob && req.r.logprobStartLen >= 0 && start < req.promptLen - 1;
@@ -344,6 +413,13 @@ export class Scheduler {
     // Greedy steps with nothing to report but the token pick it where the logits are (on a GPU:
     // an argmax kernel), instead of bringing every row of logits to the host.
     if (this.model.forwardArgmax && work.every(({ req }) => onlyNeedsArgmax(req))) {
+      // A decode-only step under the overlap schedule is queued, its tokens accepted next step.
+      if (this.opts.overlap && this.model.queueArgmax && work.every(({ req, n }) => n === 1 && req.kvLen + 1 === req.ids.length)) {
+        const picks = this.model.queueArgmax(batch, null);
+        for (const { req } of work) req.kvLen++;
+        this.inflight = { reqs: work.map(({ req }) => req), picks };
+        return;
+      }
       const ids = this.model.forwardArgmax(batch);
       work.forEach(({ req, n }, wi) => {
         req.kvLen += n;
@@ -469,7 +545,8 @@ export class Scheduler {
   /** Hands a finished request's KV to the radix cache and removes it. */
   private retire(req: Req, finish: EngineOutput["finish"] | null): void {
     if (req.row >= 0) this.leaveRunning(req); // a row exactly while running
-    const len = req.kvLen;
+    // Under the overlap schedule a queued step may hold a position whose token is not accepted yet.
+    const len = Math.min(req.kvLen, req.ids.length);
     // Slots allocated for positions never computed go straight back.
     this.fullPool.free(req.full.data.subarray(len, req.slotLen));
     this.swaPool?.free(req.swa.data.subarray(len, req.slotLen));

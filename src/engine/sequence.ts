@@ -4,7 +4,7 @@
 // shared KV instead.
 
 import { ramp } from "../util/int_arrays.js";
-import type { SeqSpan, StepBatch } from "../runtime/backend.js";
+import type { PendingPicks, SeqSpan, StepBatch } from "../runtime/backend.js";
 import type { ForwardModel } from "../model/llama4.js";
 
 export class ContiguousBatch {
@@ -56,6 +56,20 @@ export class ContiguousBatch {
     }
     tokens.forEach((t, b) => (this.lens[b] += t.length));
     return ids;
+  }
+
+  /**
+   * A pipelined greedy decode step (ForwardModel.queueArgmax): one token for every sequence,
+   * queued without waiting for the step. Its input ids are `input`, or, given the previous queued
+   * step's picks, those picks (taken on the device).
+   */
+  queueGreedy(input: readonly number[] | PendingPicks): PendingPicks {
+    if (!this.model.queueArgmax) throw new Error("queueGreedy: this model has no pipelined greedy steps");
+    const after = Array.isArray(input) ? null : (input as PendingPicks);
+    const batch = this.batchFor(after ? this.lens.map(() => [0]) : (input as readonly number[]).map((id) => [id]), 1);
+    const picks = this.model.queueArgmax(batch, after);
+    for (let b = 0; b < this.batchSize; b++) this.lens[b]++;
+    return picks;
   }
 
   private batchFor(tokens: readonly (readonly number[])[], logitsFor: number): StepBatch {

@@ -24,6 +24,10 @@ const HEADER = 4;
 export const MESSAGE = 0;
 export const STEP_FORWARD = 1;
 export const STEP_ARGMAX = 2;
+/** Pipelined greedy steps (ForwardModel.queueArgmax): queued without waiting; CHAIN takes its ids from the previous queued step's picks. */
+export const STEP_QUEUE = 3;
+export const STEP_CHAIN = 4;
+export type StepKind = typeof STEP_FORWARD | typeof STEP_ARGMAX | typeof STEP_QUEUE | typeof STEP_CHAIN;
 /** Payload capacity in ints: batch-1..64 decode steps and short prefills take a few thousand. */
 const PAYLOAD_INTS = 1 << 18;
 /** How long a worker blocks for the next step before it returns to its event loop (ms). */
@@ -76,7 +80,7 @@ export class StepSender {
   }
 
   /** Writes the step to the buffer and wakes the workers; false (nothing sent) when it does not fit. */
-  step(kind: typeof STEP_FORWARD | typeof STEP_ARGMAX, b: StepBatch): boolean {
+  step(kind: StepKind, b: StepBatch): boolean {
     const n = payloadInts(b);
     if (n > this.payload.length) return false;
     this.awaitAcks();
@@ -137,7 +141,7 @@ export class StepSender {
   }
 }
 
-export type StepCommand = { kind: typeof STEP_FORWARD | typeof STEP_ARGMAX; batch: StepBatch };
+export type StepCommand = { kind: StepKind; batch: StepBatch };
 
 /** A worker's end (worker `index` = rank − 1). */
 export class StepReceiver {

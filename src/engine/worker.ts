@@ -59,6 +59,7 @@ async function main(opts: EngineOptions): Promise<void> {
       schedulePolicy: opts.schedulePolicy ?? "fcfs",
       maxQueuedRequests: opts.maxQueuedRequests ?? 1024,
       swaChunkSize: chunk,
+      overlap: !opts.disableOverlapSchedule,
     },
     (o) => send({ type: "output", o }),
   );

@@ -5,7 +5,7 @@
 // Per-layer differences (RoPE/NoPE, chunked/global, qk-norm, temperature tuning, MoE/dense)
 // come from the config's layer schedule, never from layer indices written here.
 
-import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, SampleRow, StepBatch, Tensor } from "../runtime/backend.js";
+import type { AttentionParams, AttentionSpec, Backend, KvPoolSizes, PendingPicks, SampleRow, StepBatch, Tensor } from "../runtime/backend.js";
 import { applyEdits, logSoftmax, sampleTokenWith, topEntries } from "../engine/sampling.js";
 import { type Llama4Config, ropeInvFreq } from "./config.js";
 import type { ModelWeights } from "./weights.js";
@@ -24,6 +24,13 @@ export interface ForwardModel {
    * device where the backend can (no logits download). Optional: callers fall back to forward().
    */
   forwardArgmax?(batch: StepBatch): Int32Array;
+  /**
+   * Pipelined greedy decoding (SGLang's overlap schedule): queues the step and its argmax and
+   * returns at once, so the caller prepares the next step while the device runs this one. With
+   * `after` (the previous queued step's picks, one per row of this batch, in order) the rows'
+   * input ids are those picks, taken on the device: batch.ids is not read.
+   */
+  queueArgmax?(batch: StepBatch, after: PendingPicks | null): PendingPicks;
   /**
    * Sampling: one token per logit row drawn with the row's `u` (Backend.sampleRows), its logprob
    * under the model's distribution and the top-`topN` logprobs, on the device where the backend
@@ -128,6 +135,18 @@ export class Llama4Model implements ForwardModel {
       ids[r] = best;
     }
     return ids;
+  }
+
+  queueArgmax(batch: StepBatch, after: PendingPicks | null): PendingPicks {
+    const be = this.backend;
+    if (!be.queueGreedy) throw new Error(`queueArgmax: the ${be.name} backend cannot queue greedy picks`);
+    if (after && after.rows !== batch.ids.length) throw new Error(`queueArgmax: ${after.rows} picks for a step of ${batch.ids.length} rows`);
+    const run = (b: StepBatch) => this.logits(b);
+    // A graph step copies the picks on the device (a first capture checks stand-in ids, zeros); a
+    // direct step needs them on the host.
+    const graphStep = after ? { ...batch, ids: new Int32Array(after.rows) } : batch;
+    const logits = be.decodeGraphLogits?.(this, graphStep, run, after ?? undefined) ?? run(after ? { ...batch, ids: after.wait() } : batch);
+    return be.queueGreedy(logits, this.shard.tp > 1 ? { vocabStart: this.dims.vocabStart } : undefined);
   }
 
   /**

@@ -64,6 +64,15 @@ export interface StepBatch {
   logitRows: Int32Array;
 }
 
+/**
+ * Greedy picks queued on a device (Backend.queueGreedy). wait() returns them once the step that
+ * made them has run: only that step, so work queued after it keeps the device busy meanwhile.
+ */
+export interface PendingPicks {
+  readonly rows: number;
+  wait(): Int32Array;
+}
+
 export interface KvPoolSizes {
   /** Slots in the pool used by global layers (and by every layer when there is no SWA pool). */
   full: number;
@@ -167,8 +176,19 @@ export interface Backend {
   decodeGraph?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Float32Array | null;
   /** decodeGraph returning each row's argmax (greedy sampling on the device) instead of logits. */
   decodeGraphArgmax?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Int32Array | null;
-  /** decodeGraph leaving this rank's logits on the device (tensor parallelism: every rank in step), or null. */
-  decodeGraphLogits?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Tensor | null;
+  /**
+   * decodeGraph leaving this rank's logits on the device (tensor parallelism: every rank in step),
+   * or null. With `idsFrom` (picks of this backend's queueGreedy, one per row of the batch, in
+   * order) the rows' input ids are those picks, copied on the device: batch.ids is not read.
+   */
+  decodeGraphLogits?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor, idsFrom?: PendingPicks): Tensor | null;
+  /**
+   * Greedy sampling left queued (pipelined decoding): each row's argmax, lowest index among equal
+   * maxima, as device work that later work may use without waiting (decodeGraphLogits' idsFrom).
+   * With `split` the vocabulary is split over the ranks (x holds this rank's columns from
+   * vocabulary id `split.vocabStart`; every rank calls it in step and all end with the same ids).
+   */
+  queueGreedy?(x: Tensor, split?: { vocabStart: number }): PendingPicks;
   /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
   argmaxRows?(x: Tensor): Int32Array;
   /**

@@ -9,10 +9,12 @@ import type {
   HostTensor,
   KvPoolSizes,
   MoeWeights,
+  PendingPicks,
   StepBatch,
   Tensor,
 } from "./backend.js";
 import { SlotTables } from "./slot_tables.js";
+import { argmax } from "../engine/sampling.js";
 import { toFloat32 } from "./dtype.js";
 import { Rng } from "../util/rng.js";
 import type { Collective } from "./collective.js";
@@ -373,6 +375,14 @@ export class CpuBackend implements Backend {
 
   toHost(x: Tensor): Float32Array {
     return t(x).data;
+  }
+
+  /** Greedy picks at once (nothing is queued on the host): the pipelined decoding path runs here too. */
+  queueGreedy(x: Tensor, split?: { vocabStart: number }): PendingPicks {
+    const all = split ? this.allGatherColumns(x) : t(x);
+    const [rows, cols] = all.shape;
+    const ids = Int32Array.from({ length: rows }, (_, r) => argmax(all.data.subarray(r * cols, (r + 1) * cols)));
+    return { rows, wait: () => ids };
   }
 
   gatherRows(x: Tensor, rows: Int32Array): CpuTensor {

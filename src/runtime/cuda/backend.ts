@@ -44,6 +44,7 @@ import type {
   KvPoolSizes,
   MoeWeights,
   LogitEdits,
+  PendingPicks,
   SampleRow,
   SampledRows,
   StepBatch,
@@ -184,6 +185,41 @@ interface GraphEntry {
   mark: number[];
 }
 
+/** One of queueGreedy's two pick buffers: `turn` counts the steps that wrote it; `done` is recorded after the latest. */
+interface PickSlot {
+  ptr: DevicePtr;
+  rows: number;
+  done: DevicePtr;
+  turn: number;
+}
+
+/** Picks queued by queueGreedy: downloaded on wait(), which waits for their step only. */
+export class DevicePicks implements PendingPicks {
+  private ids: Int32Array | null = null;
+  private readonly turn: number;
+
+  constructor(
+    readonly rows: number,
+    readonly slot: PickSlot,
+    private readonly native: NativeCuda,
+  ) {
+    this.turn = slot.turn;
+  }
+
+  /** The device copy is still these picks (a buffer is written again two queueGreedy calls later). */
+  get current(): boolean {
+    return this.slot.turn === this.turn;
+  }
+
+  wait(): Int32Array {
+    if (this.ids) return this.ids;
+    if (!this.current) throw new Error("greedy picks waited for after two later steps had reused their buffer");
+    const ids = new Int32Array(this.rows);
+    if (this.rows > 0) this.native.dtohAfter(ids, this.slot.ptr, this.slot.done);
+    return (this.ids = ids);
+  }
+}
+
 /** Padded decode batch sizes captured as CUDA graphs by default (SGLang's set up to 64). */
 const DEFAULT_GRAPH_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64];
 const GEMV_THREADS = 256;
@@ -280,6 +316,9 @@ export class CudaBackend implements Backend {
   /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
   graphStats = { captures: 0, replays: 0, gpuMs: 0, off: "" };
   private graphEvents: [DevicePtr, DevicePtr] | null = null;
+  /** queueGreedy's two pick buffers and the one it wrote last. */
+  private readonly pickSlots: (PickSlot | null)[] = [null, null];
+  private pickTurn = 0;
   /** Page-locked staging for large downloads (toHost). */
   private pinned: Uint8Array | null = null;
   private pinnedOff = false;
@@ -547,14 +586,40 @@ export class CudaBackend implements Backend {
 
   /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
   argmaxRows(x: Tensor): Int32Array {
+    return this.queueGreedy(x).wait();
+  }
+
+  /**
+   * Greedy picks left on the device (Backend.queueGreedy). One rank: argmax_rows. Vocabulary split
+   * over ranks: each rank's (max, global index) per row (argmax_pairs), all-gathered ([ranks, rows,
+   * 2] fp32: a few bytes per row instead of the logits), and argmax_merge picks each row's best,
+   * lowest id among equal maxima, the same on every rank. The ids land in one of two page-turning
+   * buffers, so a step's picks stay readable while the next step (which may copy them in as its
+   * input ids) runs.
+   */
+  queueGreedy(x: Tensor, split?: { vocabStart: number }): DevicePicks {
     const xt = this.tensor(x);
-    const [n, cols] = rows(xt, "argmaxRows");
-    const out = new Int32Array(n);
-    if (n === 0) return out;
-    const ids = this.mem.stepAlloc(n * 4).ptr;
-    this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(ids));
-    this.native.dtoh(out, ids);
-    return out;
+    const [n, cols] = rows(xt, "queueGreedy");
+    this.pickTurn ^= 1;
+    let slot = this.pickSlots[this.pickTurn];
+    if (!slot || slot.rows < n) {
+      if (slot) this.mem.release(slot.ptr);
+      const capacity = Math.max(n, this.graphSizes.at(-1) ?? 1);
+      slot = this.pickSlots[this.pickTurn] = { ptr: this.mem.alloc(capacity * 4, "greedy picks"), rows: capacity, done: slot?.done ?? this.native.eventCreate(), turn: 0 };
+    }
+    slot.turn++;
+    if (n > 0 && split) {
+      const comm = this.communicator("queueGreedy");
+      const pairs = this.mem.stepAlloc(n * 8).ptr;
+      const all = this.mem.stepAlloc(comm.size * n * 8).ptr;
+      this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(split.vocabStart).ptr(pairs));
+      comm.allGather(pairs, all, 2 * n, "f32");
+      this.k.launch("argmax_merge", [Math.ceil(n / 256)], [256], (a) => a.ptr(all).i32(comm.size).i32(n).ptr(slot.ptr));
+    } else if (n > 0) {
+      this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(slot.ptr));
+    }
+    this.native.eventRecord(slot.done);
+    return new DevicePicks(n, slot, this.native);
   }
 
   /**
@@ -630,39 +695,9 @@ export class CudaBackend implements Backend {
     return editedDev;
   }
 
-  /**
-   * Greedy sampling with the vocabulary split over ranks (tensor parallelism): each rank's
-   * (max, global index) per row of its logit columns, which start at vocabulary id `vocabStart`,
-   * all-gathered ([ranks, rows, 2] fp32: a few bytes per row instead of the logits), then the best
-   * of each row, lowest id among equal maxima (the host argmax of the gathered logits). Every
-   * rank calls it, in step with the others.
-   */
+  /** Greedy sampling with the vocabulary split over ranks (Backend.argmaxShards): queueGreedy's picks, waited for. */
   argmaxShards(x: Tensor, vocabStart: number): Int32Array {
-    const xt = this.tensor(x);
-    const [n, cols] = rows(xt, "argmaxShards");
-    const comm = this.communicator("argmaxShards");
-    const out = new Int32Array(n);
-    if (n === 0) return out;
-    const pairs = this.mem.stepAlloc(n * 8).ptr;
-    const all = this.mem.stepAlloc(comm.size * n * 8).ptr;
-    this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(vocabStart).ptr(pairs));
-    comm.allGather(pairs, all, 2 * n, "f32");
-    const host = new Float32Array(comm.size * n * 2);
-    this.native.dtoh(host, all);
-    for (let r = 0; r < n; r++) {
-      let best = -Infinity;
-      let id = -1;
-      for (let k = 0; k < comm.size; k++) {
-        const v = host[(k * n + r) * 2];
-        const i = host[(k * n + r) * 2 + 1];
-        if (i >= 0 && (id < 0 || v > best || (v === best && i < id))) {
-          best = v;
-          id = i;
-        }
-      }
-      out[r] = id < 0 ? 0 : id; // all-NaN rows: token 0, as the host argmax
-    }
-    return out;
+    return this.queueGreedy(x, { vocabStart }).wait();
   }
 
   synchronize(): void {
@@ -1496,12 +1531,15 @@ export class CudaBackend implements Backend {
    * step (same batches, same order): the graphs hold the ranks' NCCL all-reduces, so every rank
    * must capture, and then replay, the same sizes together.
    */
-  decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Tensor | null {
-    return this.replayStep(key, batch, run);
+  decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): Tensor | null {
+    return this.replayStep(key, batch, run, idsFrom);
   }
 
-  /** Prepares, captures if new, and launches the step's graph; its logits for the real rows, or null. */
-  private replayStep(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): CudaTensor | null {
+  /**
+   * Prepares, captures if new, and launches the step's graph; its logits for the real rows, or
+   * null. `idsFrom`: the input ids are these queued picks (copied on the device; batch.ids unread).
+   */
+  private replayStep(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): CudaTensor | null {
     if (this.graphSizes.length === 0 || this.graphStats.off !== "" || !this.params || this.kvLayers.length === 0) return null;
     const n = batch.ids.length;
     const size = this.graphSizes.find((s) => s >= n);
@@ -1509,6 +1547,9 @@ export class CudaBackend implements Backend {
     for (let i = 0; i < n; i++) {
       const s = batch.seqs[i];
       if (s.qStart !== i || s.qLen !== 1 || batch.logitRows[i] !== i) return null;
+    }
+    if (idsFrom && !(idsFrom instanceof DevicePicks && idsFrom.current && idsFrom.rows === n)) {
+      throw new Error("cuda backend: a step's input ids must be the latest picks of this backend, one per row");
     }
     const padded = this.padBatch(batch, size);
 
@@ -1522,13 +1563,17 @@ export class CudaBackend implements Backend {
     let entry: GraphEntry | undefined;
     this.graph = { ids, meta, capturing: false, vocab: 0 };
     try {
-      this.native.htod(ids, padded.ids);
+      if (idsFrom) {
+        // The previous step's picks, in step order on the device; padding rows keep token 0.
+        this.native.dtod(ids, (idsFrom as DevicePicks).slot.ptr, n * 4);
+        if (size > n) this.native.htod(ids + BigInt(n * 4), new Int32Array(size - n));
+      } else this.native.htod(ids, padded.ids);
       for (const [i, spec] of this.kvLayers.entries()) this.stepMeta(padded, spec, this.kv[i].slots);
       // One graph per batch size and per attention split counts (FlashAttention.splitsOf): the
       // counts grow with the context, and a graph replays the ones it was captured with.
       const graphKey = `${size}/${this.prepareAttention(size).join(",")}`;
       entry = this.graphs.get(key)?.get(graphKey);
-      if (entry) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
+      if (entry && !idsFrom) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
       entry ??= this.captureStep(key, graphKey, size, padded, run) ?? undefined;
     } finally {
       this.graph = null;

@@ -227,6 +227,35 @@ for (const precision of ["f32", "bf16"] as const) {
         cleanup();
       });
 
+      test("pipelined greedy (each step's ids the last step's picks, on the device) equals step-by-step greedy, graphs on and off", async () => {
+        for (const graphSizes of [[], [1, 2, 4, 8]]) {
+          const be = backend(precision, { graphSizes });
+          made.push(be);
+          const { model, config } = await loadModel(dir, be, { hybridKv });
+          const prompts = [0, 1, 2].map((b) => Array.from({ length: 7 + 2 * b }, (_, i) => (b * 29 + i * 13 + 3) % config.vocabSize));
+          const run = (pipelined: boolean) => {
+            const seqs = new ContiguousBatch(model, 3, 32);
+            let ids = seqs.appendGreedy(prompts);
+            const out = [Array.from(ids)];
+            if (!pipelined) {
+              for (let s = 0; s < 6; s++) out.push(Array.from((ids = seqs.appendGreedy(Array.from(ids, (id) => [id])))));
+              return out;
+            }
+            let picks = seqs.queueGreedy(Array.from(ids));
+            for (let s = 0; s < 6; s++) {
+              const next = s + 1 < 6 ? seqs.queueGreedy(picks) : null;
+              out.push(Array.from(picks.wait()));
+              if (next) picks = next;
+            }
+            return out;
+          };
+          const replays = be.graphStats.replays;
+          assert.deepEqual(run(true), run(false), `graph sizes [${graphSizes}]`);
+          if (graphSizes.length > 0) assert.ok(be.graphStats.replays - replays >= 12 && be.graphStats.off === "", "the steps replayed graphs");
+        }
+        cleanup();
+      });
+
       if (precision === "bf16") {
         test("fa3 attention under graphs: replays match direct steps (split counts may differ: close, not identical)", async (t) => {
           if (!probe.ok || probe.info.ccMajor < 8) return t.skip("fa3 needs sm_80+");
