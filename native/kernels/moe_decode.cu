@@ -12,10 +12,9 @@
 //   moe_down         per block a slab of rb output features: out = shared down (withShared; else
 //                    out already holds it), then (same block, after a barrier) out[perm[i]] +=
 //                    routed down — the combine is fused
-//   moe_gate_up_routed  decode (withShared, n ≤ 8): moe_gate_up with the routing done in every
-//                    block and the routed rows read from x and scaled as loaded — no sort or
-//                    gather launch (an ncu profile of a tp-4 rank's decode step put them at ~6 µs
-//                    a layer); block 0 writes perm/offsets for moe_down
+//   moe_gate_up_routed  decode (withShared, n ≤ 8): moe_gate_up with the routing done inside
+//                    (by the router's last block, or by every block) and the routed rows read from
+//                    x and scaled as loaded — no sort or gather launch; perm/offsets for moe_down
 // withShared is for n ≤ 8: the shared expert is then one pass over its weights. Beyond that the
 // host runs it through cuBLASLt (one read of the weights) rather than ⌈n/8⌉ passes.
 // Grid: (slabs, 1) — each block walks every expert (few tokens: most experts are empty, and
@@ -34,33 +33,16 @@
 // 0.27–0.30 ms, 58–63%); 8 tokens 70–73% (65–68%); 16 tokens 84–87% (76–78%); 32 tokens 79–80%
 // (75–77%); 64 tokens 69–71% — behind the host-sorted per-expert cuBLASLt path (80–82%), which
 // cannot be captured in a graph; the grouped kernels at ~4 tokens per expert are the next target.
+#include <math_constants.h>
 #include <stdio.h>
 
 #include "gemv.cuh"
 
 constexpr int MOE_SORT_MAX = 1024;
 
-template <typename T>
-__device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int first, int local, int* __restrict__ perm,
-                             float* __restrict__ score, int* __restrict__ offsets) {
-  __shared__ int le[MOE_SORT_MAX];  // local expert of each row, -1 when another rank holds it
-  for (int r = threadIdx.x; r < n; r += blockDim.x) {
-    const T* row = logits + (size_t)r * e;
-    int best = 0;
-    float bestV = toF(__ldcg(row));  // L2: in moe_gate_up_routed other blocks of this grid wrote them
-    for (int j = 1; j < e; j++) {
-      const float v = toF(__ldcg(row + j));
-      if (v > bestV) {  // lowest index wins ties, as moe_route and the CPU backend
-        bestV = v;
-        best = j;
-      }
-    }
-    score[r] = sigmoidF(bestV);
-    const int j = best - first;
-    le[r] = (j >= 0 && j < local) ? j : -1;
-  }
-  __syncthreads();
-  // Sorted position of row r: rows of lower experts, then earlier rows of the same expert.
+// perm (sorted row → token) and offsets[local + 1] from each row's local expert (le, −1: another
+// rank's): rows of lower experts first, rows of one expert in token order.
+__device__ void moeOrder(const int* le, int n, int local, int* __restrict__ perm, int* __restrict__ offsets) {
   for (int r = threadIdx.x; r < n; r += blockDim.x) {
     const int j = le[r];
     if (j < 0) continue;
@@ -82,6 +64,73 @@ __device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int fir
 }
 
 template <typename T>
+__device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int first, int local, int* __restrict__ perm,
+                             float* __restrict__ score, int* __restrict__ offsets) {
+  __shared__ int le[MOE_SORT_MAX];  // local expert of each row, -1 when another rank holds it
+  for (int r = threadIdx.x; r < n; r += blockDim.x) {
+    const T* row = logits + (size_t)r * e;
+    int best = 0;
+    float bestV = toF(__ldcg(row));  // L2: in moe_gate_up_routed other blocks of this grid wrote them
+    for (int j = 1; j < e; j++) {
+      const float v = toF(__ldcg(row + j));
+      if (v > bestV) {  // lowest index wins ties, as moe_route and the CPU backend
+        bestV = v;
+        best = j;
+      }
+    }
+    score[r] = sigmoidF(bestV);
+    const int j = best - first;
+    le[r] = (j >= 0 && j < local) ? j : -1;
+  }
+  __syncthreads();
+  moeOrder(le, n, local, perm, offsets);
+}
+
+// Routing of n ≤ GEMV_MAX_NT tokens, the picks of moeRouteSort (highest logit, lowest index among
+// equal ones; a NaN first logit keeps expert 0): one warp per token with its lanes over the
+// experts, so the logits come in one round trip rather than one after another.
+template <typename T>
+__device__ void moeRouteFew(const T* __restrict__ logits, int n, int e, int first, int local, int* __restrict__ perm,
+                            float* __restrict__ score, int* __restrict__ offsets) {
+  __shared__ int le[GEMV_MAX_NT];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < n) {
+    const T* row = logits + (size_t)warp * e;
+    float v = -CUDART_INF_F;
+    int best = 0x7fffffff;
+    for (int j = lane; j < e; j += 32) {
+      const float x = toF(__ldcg(row + j));
+      if (x > v) {
+        v = x;
+        best = j;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+      if (ov > v || (ov == v && ob < best)) {
+        v = ov;
+        best = ob;
+      }
+    }
+    if (lane == 0) {
+      const float v0 = toF(__ldcg(row));
+      if (v0 != v0 || best == 0x7fffffff) {  // moeRouteSort starts from expert 0: a NaN there is never beaten
+        best = 0;
+        v = v0;
+      }
+      score[warp] = sigmoidF(v);
+      const int j = best - first;
+      le[warp] = (j >= 0 && j < local) ? j : -1;
+    }
+  }
+  __syncthreads();
+  moeOrder(le, n, local, perm, offsets);
+}
+
+
+template <typename T>
 __device__ void moeGatherDev(const T* __restrict__ x, const int* __restrict__ perm, const float* __restrict__ score,
                              const int* __restrict__ offsets, int local, T* __restrict__ xin, int d) {
   const int i = blockIdx.x;
@@ -91,22 +140,22 @@ __device__ void moeGatherDev(const T* __restrict__ x, const int* __restrict__ pe
   scaleRow<T>(x + (size_t)row * d, xin + (size_t)i * d, s, d);
 }
 
-// Groups [gFirst, gLast) of this block's columns [blockIdx.x·rb, +rb). Group g = -1 is the
+// Groups [gFirst, gLast) of the columns [slab·rb, +rb) (the block's slab: blockIdx.x). Group g = -1 is the
 // shared expert (x, all n tokens, width fs); g ≥ 0 local expert g (xin rows
 // offsets[g]..offsets[g+1], width f; or, ROUTED, rows x[gather.rowOf[i]] scaled by
 // gather.scaleOf as they are loaded, with no xin).
 template <typename T, int MAXNT, bool ROUTED = false>
 __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, const T* __restrict__ sharedGateUp,
                           const T* __restrict__ gateUp, const int* __restrict__ offsets, T* __restrict__ actShared,
-                          T* __restrict__ act, int n, int d, int fs, int f, int rb, int gFirst, int gLast,
+                          T* __restrict__ act, int n, int d, int fs, int f, int rb, int slab, int gFirst, int gLast,
                           GemvGather gather = {nullptr, nullptr}) {
   const GemvSlot s(rb);
-  const int col = blockIdx.x * rb + s.rib;
+  const int col = slab * rb + s.rib;
   for (int g = gFirst; g < gLast; g++) {
     const int width = g < 0 ? fs : f;
     const int tok0 = g < 0 ? 0 : offsets[g];
     const int cnt = g < 0 ? n : offsets[g + 1] - tok0;
-    if (cnt == 0 || blockIdx.x * rb >= width) continue;  // block-uniform
+    if (cnt == 0 || slab * rb >= width) continue;  // block-uniform
     const T* w = g < 0 ? sharedGateUp : gateUp + (size_t)g * 2 * f * d;
     const bool active = col < width;
     const int c = min(col, width - 1);
@@ -122,18 +171,23 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
   }
 }
 
-// The decode layer with the shared expert in the kernels (n ≤ 8): every block routes the n
-// tokens itself (n·e router logits, read from L2) and reads the routed rows from x, scaled as
-// loaded, so the sort and gather kernels (two launches of a few µs each, per layer) go. Block 0
-// also writes perm and offsets for moe_down.
-// With `router` (else `logits` come from a router launch before) the router GEMV is in here too:
-// blocks 0..e−1 first compute router row blockIdx.x for the n tokens — the gemv kernel's slot
-// layout (one row a block, 8 warps over K) and epilogue, so the bits of a gemv router launch
-// (which takes n ≤ 4 by default) — publish them (fence, then a count in `routerDone`), and every
-// block runs its shared-expert pass before it waits for the count, so the wait is normally over
-// before it starts. The host passes `router` only when the grid is one wave (every block
-// resident at once), so a waiting block never holds a slot a router block needs. moe_down, the
-// next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a
+// The decode layer with the shared expert in the kernels (n ≤ 8): the routed rows are read from
+// x and scaled as loaded, so no sort or gather launch (an ncu profile of a tp-4 rank's decode step
+// put them at ~6 µs a layer). perm, score and offsets (for moe_down too) land in permOut,
+// scoreOut and offsetsOut.
+// Without `router` (`logits` come from a router launch before) every block routes the n tokens
+// itself (n·e logits from L2) and block 0 writes the outputs.
+// With `router` the router GEMV is in here too: blocks 0..e−1 first compute router row
+// blockIdx.x for the n tokens — the gemv kernel's slot layout (one row a block, 8 warps over K)
+// and epilogue, so the bits of a gemv router launch — and count themselves in routerDone; the
+// last of them routes (moeRouteSort into the outputs) and publishes by setting the count to
+// e + 1. Every block runs its shared-expert pass first and waits for the publication only then,
+// so the wait is normally over before it starts, and reads the routing (a few ints) rather than
+// sorting: per-block global-timer stamps on an H200 (tp-4 rank shapes, 2026-11-27) had every
+// block spend ~0.5 µs waiting and ~1.8 µs sorting between its two passes, all at the same time,
+// with no weight loads in flight. The host passes `router` only when the grid is one wave (every
+// block resident at once), so a waiting block never holds a slot a router block needs. moe_down,
+// the next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a
 // layer at tp 4 on an H200, kernel stamps.)
 constexpr int MOE_ROUTED_MAX_LOCAL = 256;
 constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost block is a bug: trap, not hang
@@ -141,41 +195,62 @@ constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost bloc
 template <typename T, int MAXNT>
 __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ routerDone, T* __restrict__ logits, int e,
                                 int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
-                                const T* __restrict__ gateUp, int* __restrict__ permOut, int* __restrict__ offsetsOut,
-                                T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs, int f, int local, int rb) {
+                                const T* __restrict__ gateUp, int* __restrict__ permOut, float* __restrict__ scoreOut,
+                                int* __restrict__ offsetsOut, T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs,
+                                int f, int local, int rb) {
   __shared__ int perm[GEMV_MAX_NT];
   __shared__ float score[GEMV_MAX_NT];
   __shared__ int offsets[MOE_ROUTED_MAX_LOCAL + 1];
+  __shared__ bool routes;
   if (router != nullptr && (int)blockIdx.x < e) {
     const GemvSlot rs(1);
     const T* wr[1] = {router + (size_t)blockIdx.x * d};
     gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + blockIdx.x] = fromF<T>(v[0]); });
     if (threadIdx.x == 0) {
       __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
-      atomicAdd(routerDone, 1);
+      routes = atomicAdd(routerDone, 1) == e - 1;
+      __threadfence();  // the last block: every router block's logits before it reads them
+    }
+    __syncthreads();
+    if (routes) {
+      moeRouteFew<T>(logits, n, e, first, local, permOut, scoreOut, offsetsOut);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        __threadfence();
+        atomicExch(routerDone, e + 1);  // published
+      }
     }
   }
   // The shared expert needs no routing.
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, -1, 0, {perm, score});
-  if (router != nullptr && threadIdx.x == 0) {
-    const unsigned long long start = globalTimerNs();
-    for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) < e; spins++) {
-      if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
-        printf("tsglang moe: block %d waited 5 s for the router blocks (%d of %d done); trapping\n", (int)blockIdx.x,
-               *reinterpret_cast<volatile int*>(routerDone), e);
-        __trap();
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0, {perm, score});
+  if (router != nullptr) {
+    if (threadIdx.x == 0) {
+      const unsigned long long start = globalTimerNs();
+      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) <= e; spins++) {
+        if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
+          printf("tsglang moe: block %d waited 5 s for the router blocks (count %d of %d + 1); trapping\n", (int)blockIdx.x,
+                 *reinterpret_cast<volatile int*>(routerDone), e);
+          __trap();
+        }
       }
+      __threadfence();
     }
-    __threadfence();
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      perm[i] = __ldcg(permOut + i);
+      score[i] = __ldcg(scoreOut + i);
+    }
+    for (int j = threadIdx.x; j <= local; j += blockDim.x) offsets[j] = __ldcg(offsetsOut + j);
+  } else {
+    moeRouteFew<T>(logits, n, e, first, local, perm, score, offsets);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
+      for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
+    }
   }
   __syncthreads();
-  moeRouteSort<T>(logits, n, e, first, local, perm, score, offsets);
-  __syncthreads();
-  if (blockIdx.x == 0) {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
-    for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
-  }
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, 0, local, {perm, score});
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x, 0, local, {perm, score});
 }
 
 template <typename T, int MAXNT>
@@ -217,17 +292,17 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
     gridDependencyLaunchDependents();                                                                                \
     /* one expert per blockIdx.y (the host does this only without the shared group), or all */                      \
     const bool perExpert = gridDim.y > 1;                                                                            \
-    moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb,                          \
+    moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x,              \
                      perExpert ? (int)blockIdx.y : (withShared ? -1 : 0), perExpert ? (int)blockIdx.y + 1 : local);  \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
-                                    const T* sharedGateUp, const T* gateUp, int* perm, int* offsets, T* actShared,   \
-                                    T* act, int n, int d, int fs, int f, int local, int rb) {                        \
+                                    const T* sharedGateUp, const T* gateUp, int* perm, float* score, int* offsets,   \
+                                    T* actShared, T* act, int n, int d, int fs, int f, int local, int rb) {          \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
-    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets, actShared,  \
-                           act, n, d, fs, f, local, rb);                                                             \
+    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, score, offsets,      \
+                           actShared, act, n, d, fs, f, local, rb);                                                  \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_down##NT##_##TN(const T* actShared, const T* act, const T* sharedDown, const T* down, const int* offsets,   \

@@ -1466,7 +1466,7 @@ export class CudaBackend implements Backend {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
       const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, router);
       this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
-        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets)
+        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(this.mem.stepAlloc(n * 4).ptr).ptr(offsets)
           .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
       );
     } else {
