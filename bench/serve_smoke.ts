@@ -1,6 +1,6 @@
 // A short serving run against a live tsglang server: N concurrent /generate requests with
 // token-id prompts (no tokenizer dependence), reporting request and token throughput.
-//   node dist/bench/serve_smoke.js --url http://127.0.0.1:30000 --requests 64 --concurrency 16 --input-len 1024 --output-len 128
+//   node dist/bench/serve_smoke.js --url http://127.0.0.1:30000 --requests 64 --concurrency 16 --input-len 1024 --output-len 128 [--temperature 0.7]
 
 import { parseArgs } from "node:util";
 
@@ -12,6 +12,7 @@ const { values } = parseArgs({
     "input-len": { type: "string", default: "1024" },
     "output-len": { type: "string", default: "128" },
     vocab: { type: "string", default: "4096" },
+    temperature: { type: "string", default: "0" },
   },
 });
 const n = Number(values.requests);
@@ -26,7 +27,7 @@ async function one(i: number): Promise<{ latency: number; ttft: number; tokens: 
   const res = await fetch(`${values.url}/generate`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ input_ids: ids, sampling_params: { max_new_tokens: outLen, temperature: 0, ignore_eos: true }, stream: true }),
+    body: JSON.stringify({ input_ids: ids, sampling_params: { max_new_tokens: outLen, temperature: Number(values.temperature), ignore_eos: true }, stream: true }),
   });
   if (!res.ok || !res.body) throw new Error(`request ${i}: HTTP ${res.status} ${await res.text()}`);
   let ttft = 0;
@@ -58,6 +59,7 @@ console.log(
     concurrency: conc,
     input_len: inLen,
     output_len: outLen,
+    temperature: Number(values.temperature),
     wall_s: wall,
     output_tokens_per_s: tokens / wall,
     requests_per_s: n / wall,

@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { readGolden, type Golden } from "../model/golden.js";
 import { loadModel } from "../model/loader.js";
-import type { ForwardModel } from "../model/llama4.js";
+import type { ForwardModel, ModelSample } from "../model/llama4.js";
 import { CudaBackend, type Precision } from "../runtime/cuda/backend.js";
 import { ncclDescription } from "../runtime/cuda/nccl.js";
 import { ncclBench } from "../runtime/cuda/nccl_bench.js";
@@ -21,6 +21,7 @@ import { fixturePath } from "../util/repo.js";
 import { loadParallel } from "./parallel.js";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
+import { sampleOnce } from "./sample_check.js";
 import { warmupGemms } from "./warmup.js";
 import { multiGpu } from "../runtime/cuda/check.js";
 
@@ -204,6 +205,31 @@ function decodeBoth(model: ForwardModel, golden: Golden, vocab: number): { logit
   for (let s = 0; s < steps; s++) greedy.push(Array.from(batch.appendGreedy(feed(s))));
   return { logits, greedy };
 }
+
+describe("sampling under tensor parallelism", { skip }, () => {
+  const dir = fixturePath("scout-tiny");
+  const golden = readGolden(dir);
+  for (const tp of [2, 4].filter((t) => t <= count)) {
+    test(`--tp ${tp} (f32): a sampled step draws on rank 0's GPU (gathered logits) what one GPU draws`, async () => {
+      const backend = new CudaBackend({ ...RANK_MEMORY, precision: "f32" });
+      let want: ModelSample;
+      try {
+        want = sampleOnce((await loadModel(dir, backend, { hybridKv: true })).model, golden);
+      } finally {
+        backend.destroy();
+      }
+      const { model } = await loadParallel({ modelPath: dir, tp, ep: 1, hybridKv: true, device: "cuda", cuda: { ...RANK_MEMORY, precision: "f32" } });
+      try {
+        const got = sampleOnce(model, golden);
+        assert.deepEqual(Array.from(got.ids), Array.from(want.ids));
+        got.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - want.logprobs[i]) < 1e-4, `row ${i}: logprob ${lp} vs ${want.logprobs[i]}`));
+        assert.deepEqual(got.top?.map((t) => t.map(([id]) => id)), want.top?.map((t) => t.map(([id]) => id)));
+      } finally {
+        await model.close();
+      }
+    });
+  }
+});
 
 describe("CUDA graphs and greedy under tensor parallelism", { skip }, () => {
   const name = "scout-tiny";

@@ -4,11 +4,14 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { readGolden } from "../model/golden.js";
+import { loadModel } from "../model/loader.js";
+import { CpuBackend } from "../runtime/cpu.js";
 import { fixturePath } from "../util/repo.js";
 import { compact, loadParallel } from "./parallel.js";
 import { MessageChannel } from "node:worker_threads";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
+import { sampleOnce } from "./sample_check.js";
 
 const layouts = [
   { tp: 2, ep: 1 },
@@ -94,6 +97,20 @@ test("--tp 2: pipelined greedy steps (queueArgmax, each chained on the picks bef
       ps.forEach((p, b) => s < p.greedy_ids.length && assert.equal(ids[b], p.greedy_ids[s], `prompt ${b} step ${s}`));
       if (next) picks = next;
     }
+  } finally {
+    await model.close();
+  }
+});
+
+test("--tp 2: a sampled step (forwardSample, every rank in step) draws what one rank draws with the same u", async () => {
+  const dir = fixturePath("scout-tiny");
+  const golden = readGolden(dir);
+  const one = sampleOnce((await loadModel(dir, new CpuBackend())).model, golden);
+  const { model } = await loadParallel({ modelPath: dir, tp: 2, ep: 1, hybridKv: true });
+  try {
+    const two = sampleOnce(model, golden);
+    assert.deepEqual(Array.from(two.ids), Array.from(one.ids));
+    two.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - one.logprobs[i]) < 1e-4, `row ${i}: logprob ${lp} vs ${one.logprobs[i]}`));
   } finally {
     await model.close();
   }

@@ -14,7 +14,7 @@
 //   cross the threads through a SharedArrayBuffer, also handed over in workerData.
 
 import { type Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
-import type { AttentionSpec, Backend, KvPoolSizes, PendingPicks, StepBatch } from "../runtime/backend.js";
+import type { AttentionSpec, Backend, KvPoolSizes, PendingPicks, SampleRow, StepBatch } from "../runtime/backend.js";
 import { CpuBackend } from "../runtime/cpu.js";
 import { SharedMemoryCollective, createSharedCollective, type SharedCollectiveInit } from "../runtime/collective.js";
 import type { CudaBackendOptions } from "../runtime/cuda/backend.js";
@@ -22,10 +22,10 @@ import type { NcclInit } from "../runtime/cuda/nccl.js";
 import type { PeerExchange } from "../runtime/cuda/peer_allreduce.js";
 import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
-import type { ForwardModel } from "../model/llama4.js";
+import type { ForwardModel, Llama4Model, ModelSample } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
-import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
+import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, STEP_SAMPLE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
@@ -81,7 +81,7 @@ type RankMessage = { seq: number } & (
 type RankReply = RankThreadReply<true> | { closed: true };
 
 interface LoadedRank {
-  model: ForwardModel;
+  model: Llama4Model;
   config: Llama4Config;
   /** Frees the rank's device memory and communicator (every rank at once: NCCL may wait for peers). */
   close(): void;
@@ -173,6 +173,12 @@ class ParallelModel implements ForwardModel {
     return this.lead.model.forwardArgmax!(batch);
   }
 
+  /** Sampled steps: the logits are gathered whole on rank 0's device (every rank takes part) and sampled there (Backend.sampleRows). */
+  forwardSample(batch: StepBatch, rows: SampleRow[]): ModelSample {
+    this.sendStep(STEP_SAMPLE, batch);
+    return this.lead.model.forwardSample(batch, rows);
+  }
+
   /** Pipelined greedy steps: every rank queues its part; a chained step's ids are each rank's own copy of the previous picks. */
   queueArgmax(batch: StepBatch, after: PendingPicks | null): PendingPicks {
     if (after && after !== this.lastQueued) throw new Error("queueArgmax: a chained step must follow the last queued one");
@@ -262,7 +268,8 @@ if (!isMainThread && (workerData as RankData)?.link) {
         if (c.kind === STEP_QUEUE || c.kind === STEP_CHAIN) return void (queued = m.queueArgmax!(c.batch, c.kind === STEP_CHAIN ? queued : null));
         queued = null;
         if (c.kind === STEP_FORWARD) m.forward(c.batch);
-        else m.forwardArgmax!(c.batch);
+        else if (c.kind === STEP_SAMPLE) m.forwardSampleCollectives(c.batch);
+        else m.forwardArgmax(c.batch);
       };
       // Steps from the channel until a posted message is due or none comes for a while; then
       // the event loop (messages), and back.

@@ -4,8 +4,8 @@
 // shared KV instead.
 
 import { ramp } from "../util/int_arrays.js";
-import type { PendingPicks, SeqSpan, StepBatch } from "../runtime/backend.js";
-import type { ForwardModel } from "../model/llama4.js";
+import type { PendingPicks, SampleRow, SeqSpan, StepBatch } from "../runtime/backend.js";
+import type { ForwardModel, ModelSample } from "../model/llama4.js";
 
 export class ContiguousBatch {
   private readonly lens: number[];
@@ -56,6 +56,17 @@ export class ContiguousBatch {
     }
     tokens.forEach((t, b) => (this.lens[b] += t.length));
     return ids;
+  }
+
+  /**
+   * append() with sampling: each taking-part sequence's next token drawn with its row of `rows`
+   * (ForwardModel.forwardSample: on the device where the model can).
+   */
+  appendSample(tokens: readonly (readonly number[])[], rows: SampleRow[]): ModelSample {
+    if (!this.model.forwardSample) throw new Error("appendSample: this model has no forwardSample");
+    const out = this.model.forwardSample(this.batchFor(tokens, 1), rows);
+    tokens.forEach((t, b) => (this.lens[b] += t.length));
+    return out;
   }
 
   /**

@@ -27,7 +27,9 @@ export const STEP_ARGMAX = 2;
 /** Pipelined greedy steps (ForwardModel.queueArgmax): queued without waiting; CHAIN takes its ids from the previous queued step's picks. */
 export const STEP_QUEUE = 3;
 export const STEP_CHAIN = 4;
-export type StepKind = typeof STEP_FORWARD | typeof STEP_ARGMAX | typeof STEP_QUEUE | typeof STEP_CHAIN;
+/** A sampled step (ForwardModel.forwardSample): the other ranks gather the logits to rank 0's device and stop there. */
+export const STEP_SAMPLE = 5;
+export type StepKind = typeof STEP_FORWARD | typeof STEP_ARGMAX | typeof STEP_QUEUE | typeof STEP_CHAIN | typeof STEP_SAMPLE;
 /** Payload capacity in ints: batch-1..64 decode steps and short prefills take a few thousand. */
 const PAYLOAD_INTS = 1 << 18;
 /** How long a worker blocks for the next step before it returns to its event loop (ms). */

@@ -110,9 +110,19 @@ export class Llama4Model implements ForwardModel {
       const logits = be.decodeGraph(this, batch, (b) => this.logits(b));
       if (logits) return logits;
     }
-    // Under tensor parallelism every rank replays its graph (NCCL all-reduces inside) in step.
-    const logits = (this.shard.tp > 1 ? be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) : null) ?? this.logits(batch);
-    return be.toHost(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits); // lm_head is split by vocabulary
+    return be.toHost(this.shard.tp > 1 ? this.gatheredLogits(batch) : this.logits(batch));
+  }
+
+  /**
+   * The step's logits for the whole vocabulary on this rank's device, [logitRows, vocab]: under
+   * tensor parallelism every rank replays its graph (NCCL all-reduces inside) and the ranks'
+   * vocabulary columns are all-gathered (lm_head is split by vocabulary) — every rank calls it in
+   * step.
+   */
+  gatheredLogits(batch: StepBatch): Tensor {
+    const be = this.backend;
+    const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
+    return this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits;
   }
 
   forwardArgmax(batch: StepBatch): Int32Array {
@@ -150,19 +160,17 @@ export class Llama4Model implements ForwardModel {
   }
 
   /**
-   * One rank with Backend.sampleRows: the step's logits (from a decode graph where one applies)
-   * stay on the device and only ids and logprobs come back. Elsewhere (the CPU backend, tensor
-   * parallelism): forward() and the host sampler with the same `u` — sampleTokenWith, exactly
-   * what the scheduler's host path picks with that draw (sorted order there, index order on the
-   * device: the same distribution, not the same token for a given u).
+   * With Backend.sampleRows: the step's logits (from a decode graph where one applies; under
+   * tensor parallelism gathered whole on the device, gatheredLogits) stay on the device and only
+   * ids and logprobs come back. Elsewhere (the CPU backend): forward() and the host sampler with
+   * the same `u` — sampleTokenWith, exactly what the scheduler's host path picks with that draw
+   * (sorted order there, index order on the device: the same distribution, not the same token
+   * for a given u).
    */
   forwardSample(batch: StepBatch, rows: SampleRow[]): ModelSample {
     const be = this.backend;
     if (rows.length !== batch.logitRows.length) throw new Error(`forwardSample: ${rows.length} sampling rows for ${batch.logitRows.length} logit rows`);
-    if (be.sampleRows && this.shard.tp === 1) {
-      const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
-      return be.sampleRows(logits, rows);
-    }
+    if (this.samplesOnDevice) return be.sampleRows!(this.gatheredLogits(batch), rows);
     const logits = this.forward(batch);
     const vocab = this.cfg.vocabSize;
     const ids = new Int32Array(rows.length);
@@ -178,6 +186,17 @@ export class Llama4Model implements ForwardModel {
       top?.push(r.topN > 0 ? topEntries(lp, r.topN) : []);
     });
     return top ? { ids, logprobs, top } : { ids, logprobs };
+  }
+
+  /** forwardSample draws on the device (Backend.sampleRows; under tensor parallelism from the gathered logits). */
+  private get samplesOnDevice(): boolean {
+    return !!this.backend.sampleRows && (this.shard.tp === 1 || !!this.backend.allGatherColumns);
+  }
+
+  /** Tensor parallelism, a rank other than 0: its part of forwardSample (the same collectives as rank 0's call; no sampling). */
+  forwardSampleCollectives(batch: StepBatch): void {
+    if (this.samplesOnDevice) this.gatheredLogits(batch);
+    else this.forward(batch);
   }
 
   /** One step on the backend, up to this rank's logits [logitRows, vocab] (fp32 on one rank). */
