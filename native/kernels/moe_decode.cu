@@ -40,6 +40,12 @@
 
 constexpr int MOE_SORT_MAX = 1024;
 
+// This rank's index of expert `best` (its experts are [first, first + local)), or −1.
+__device__ __forceinline__ int localExpert(int best, int first, int local) {
+  const int j = best - first;
+  return (j >= 0 && j < local) ? j : -1;
+}
+
 // perm (sorted row → token) and offsets[local + 1] from each row's local expert (le, −1: another
 // rank's): rows of lower experts first, rows of one expert in token order.
 __device__ void moeOrder(const int* le, int n, int local, int* __restrict__ perm, int* __restrict__ offsets) {
@@ -79,8 +85,7 @@ __device__ void moeRouteSort(const T* __restrict__ logits, int n, int e, int fir
       }
     }
     score[r] = sigmoidF(bestV);
-    const int j = best - first;
-    le[r] = (j >= 0 && j < local) ? j : -1;
+    le[r] = localExpert(best, first, local);
   }
   __syncthreads();
   moeOrder(le, n, local, perm, offsets);
@@ -121,8 +126,7 @@ __device__ void moeRouteFew(const T* __restrict__ logits, int n, int e, int firs
         v = v0;
       }
       score[warp] = sigmoidF(v);
-      const int j = best - first;
-      le[warp] = (j >= 0 && j < local) ? j : -1;
+      le[warp] = localExpert(best, first, local);
     }
   }
   __syncthreads();
