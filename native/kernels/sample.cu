@@ -459,3 +459,12 @@ extern "C" __global__ void logit_edit_rows_bf16(const bf16* x, int cols, const i
   gridDependencyLaunchDependents();
   editRow(x, cols, rows, offsets, entries, edited);
 }
+
+// The drawn ids of sample_rows' output (column 0 of `stride` floats a row) as int32: the pick
+// buffer a pipelined step's input ids are copied from.
+extern "C" __global__ void sample_ids(const float* __restrict__ out, int stride, int n, int* __restrict__ ids) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r < n) ids[r] = (int)out[(size_t)r * stride];
+}

@@ -21,7 +21,7 @@ import { fixturePath } from "../util/repo.js";
 import { loadParallel } from "./parallel.js";
 import { argmax, logSoftmax } from "./sampling.js";
 import { ContiguousBatch } from "./sequence.js";
-import { sampleOnce } from "./sample_check.js";
+import { sampleOnce, sampledRuns } from "./sample_check.js";
 import { warmupGemms } from "./warmup.js";
 import { multiGpu } from "../runtime/cuda/check.js";
 
@@ -210,7 +210,7 @@ describe("sampling under tensor parallelism", { skip }, () => {
   const dir = fixturePath("scout-tiny");
   const golden = readGolden(dir);
   for (const tp of [2, 4].filter((t) => t <= count)) {
-    test(`--tp ${tp} (f32): a sampled step draws on rank 0's GPU (gathered logits) what one GPU draws`, async () => {
+    test(`--tp ${tp} (f32): a sampled step draws on rank 0's GPU (gathered logits) what one GPU draws; pipelined draws equal step-by-step ones`, async () => {
       const backend = new CudaBackend({ ...RANK_MEMORY, precision: "f32" });
       let want: ModelSample;
       try {
@@ -224,6 +224,9 @@ describe("sampling under tensor parallelism", { skip }, () => {
         assert.deepEqual(Array.from(got.ids), Array.from(want.ids));
         got.logprobs.forEach((lp, i) => assert.ok(Math.abs(lp - want.logprobs[i]) < 1e-4, `row ${i}: logprob ${lp} vs ${want.logprobs[i]}`));
         assert.deepEqual(got.top?.map((t) => t.map(([id]) => id)), want.top?.map((t) => t.map(([id]) => id)));
+        // Pipelined: rank 0 draws, the other ranks receive its draws on the device for the next step's ids.
+        const runs = sampledRuns(model, golden);
+        assert.deepEqual(runs.pipelined, runs.stepwise, "pipelined draws vs step by step");
       } finally {
         await model.close();
       }

@@ -22,10 +22,10 @@ import type { NcclInit } from "../runtime/cuda/nccl.js";
 import type { PeerExchange } from "../runtime/cuda/peer_allreduce.js";
 import type { Llama4Config } from "../model/config.js";
 import { loadModel } from "../model/loader.js";
-import type { ForwardModel, Llama4Model, ModelSample } from "../model/llama4.js";
+import type { ForwardModel, Llama4Model, ModelSample, PendingModelSample } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
-import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, STEP_SAMPLE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
+import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, STEP_SAMPLE, STEP_SAMPLE_CHAIN, STEP_SAMPLE_QUEUE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
@@ -119,8 +119,10 @@ async function loadRank(opts: ParallelOptions, rank: number, link: Link, beforeJ
 
 class ParallelModel implements ForwardModel {
   private readonly steps: StepSender;
-  /** Rank 0's last queueArgmax picks (what a chained step may follow). */
+  /** Rank 0's last queueArgmax / queueSample picks (what a chained step may follow). */
   private lastQueued: PendingPicks | null = null;
+  /** Pipelined sampled steps, where the ranks draw on their GPUs (Llama4Model.samplesOnDevice). */
+  readonly queueSample?: (batch: StepBatch, rows: SampleRow[], after: PendingPicks | null) => PendingModelSample;
 
   constructor(
     private readonly lead: LoadedRank,
@@ -128,6 +130,19 @@ class ParallelModel implements ForwardModel {
     channel: StepChannelInit,
   ) {
     this.steps = new StepSender(channel);
+    if (lead.model.samplesOnDevice && lead.model.backend.queueSample) {
+      this.queueSample = (batch, rows, after) => {
+        this.checkChain(after);
+        this.sendStep(after ? STEP_SAMPLE_CHAIN : STEP_SAMPLE_QUEUE, batch);
+        const drawn = this.lead.model.queueSample(batch, rows, after);
+        this.lastQueued = drawn;
+        return drawn;
+      };
+    }
+  }
+
+  private checkChain(after: PendingPicks | null): void {
+    if (after && after !== this.lastQueued) throw new Error("a chained step must follow the last queued one");
   }
 
   get cfg(): Llama4Config {
@@ -181,14 +196,14 @@ class ParallelModel implements ForwardModel {
 
   /** Pipelined greedy steps: every rank queues its part; a chained step's ids are each rank's own copy of the previous picks. */
   queueArgmax(batch: StepBatch, after: PendingPicks | null): PendingPicks {
-    if (after && after !== this.lastQueued) throw new Error("queueArgmax: a chained step must follow the last queued one");
+    this.checkChain(after);
     this.sendStep(after ? STEP_CHAIN : STEP_QUEUE, batch);
     return (this.lastQueued = this.lead.model.queueArgmax!(batch, after));
   }
 
   /** The step to every other rank: through the step channel, or (too large for it) posted, its arrays copied out of views first (see compact). */
   private sendStep(kind: StepKind, batch: StepBatch): void {
-    if (kind !== STEP_QUEUE && kind !== STEP_CHAIN) this.lastQueued = null;
+    if (![STEP_QUEUE, STEP_CHAIN, STEP_SAMPLE_QUEUE, STEP_SAMPLE_CHAIN].includes(kind)) this.lastQueued = null;
     if (this.steps.step(kind, batch)) return;
     this.post({ type: "step", kind, batch: compact(batch) });
   }
@@ -264,8 +279,11 @@ if (!isMainThread && (workerData as RankData)?.link) {
       let queued: PendingPicks | null = null; // this rank's picks of the last queued step (never waited for here)
       const runStep = (c: StepCommand) => {
         const m = loaded.model;
-        if (c.kind === STEP_CHAIN && !queued) throw new Error(`rank ${rank}: a chained step with no queued step before it`);
-        if (c.kind === STEP_QUEUE || c.kind === STEP_CHAIN) return void (queued = m.queueArgmax!(c.batch, c.kind === STEP_CHAIN ? queued : null));
+        const chained = c.kind === STEP_CHAIN || c.kind === STEP_SAMPLE_CHAIN;
+        if (chained && !queued) throw new Error(`rank ${rank}: a chained step with no queued step before it`);
+        const after = chained ? queued : null;
+        if (c.kind === STEP_QUEUE || c.kind === STEP_CHAIN) return void (queued = m.queueArgmax(c.batch, after));
+        if (c.kind === STEP_SAMPLE_QUEUE || c.kind === STEP_SAMPLE_CHAIN) return void (queued = m.queueSample(c.batch, null, after));
         queued = null;
         if (c.kind === STEP_FORWARD) m.forward(c.batch);
         else if (c.kind === STEP_SAMPLE) m.forwardSampleCollectives(c.batch);

@@ -38,6 +38,8 @@ interface HarnessOptions extends Partial<SchedulerOptions> {
   hostSampling?: boolean;
   /** Called on every forwardSample step. */
   onSample?: () => void;
+  /** Called on every queueSample step (chained: its ids are the queued step's picks). */
+  onQueueSample?: (chained: boolean) => void;
 }
 
 /** The model with only forward() (no argmax or sampling shortcuts), replaced by `forward`. */
@@ -48,12 +50,21 @@ function withForward(m: ForwardModel, forward: ForwardModel["forward"]): Forward
 async function harness(o: HarnessOptions = {}): Promise<Harness> {
   const loaded = await loadModel(FIXTURE, new CpuBackend(), { hybridKv: o.hybrid ?? true });
   const config = loaded.config;
-  // A view of the model with forwardSample hidden or counted (the prototype keeps everything else).
+  // A view of the model with forwardSample / queueSample hidden or counted (the prototype keeps everything else).
   const view: typeof loaded.model = Object.create(loaded.model);
-  if (o.hostSampling) Object.defineProperty(view, "forwardSample", { value: undefined });
-  else if (o.onSample) {
-    const inner = loaded.model.forwardSample.bind(loaded.model);
-    Object.defineProperty(view, "forwardSample", { value: (...a: Parameters<typeof inner>) => (o.onSample!(), inner(...a)) });
+  const define = (key: string, value: unknown) => Object.defineProperty(view, key, { value });
+  if (o.hostSampling) {
+    define("forwardSample", undefined);
+    define("queueSample", undefined);
+  } else {
+    if (o.onSample) {
+      const inner = loaded.model.forwardSample.bind(loaded.model);
+      define("forwardSample", (...a: Parameters<typeof inner>) => (o.onSample!(), inner(...a)));
+    }
+    if (o.onQueueSample) {
+      const inner = loaded.model.queueSample.bind(view);
+      define("queueSample", (...a: Parameters<typeof inner>) => (o.onQueueSample!(a[2] !== null), inner(...a)));
+    }
   }
   const model = o.wrap ? o.wrap(view) : view;
   const hybrid = model.attention.some((a) => a.pool === "swa");
@@ -190,10 +201,11 @@ describe("scheduler", () => {
       minP: [0, 0.05, 0, 0.1][i % 4],
       seed: 1000 + i,
     });
-    const run = async (hostSampling: boolean) => {
+    let chainedDraws = 0;
+    const run = async (hostSampling: boolean, overlap = false, count = ps.length) => {
       let sampledSteps = 0;
-      const h = await harness({ hostSampling, chunkedPrefillSize: 24, onSample: () => sampledSteps++ });
-      ps.forEach((p, i) =>
+      const h = await harness({ hostSampling, overlap, chunkedPrefillSize: 24, onSample: () => sampledSteps++, onQueueSample: (chained) => (chainedDraws += chained ? 1 : 0) });
+      ps.slice(0, count).forEach((p, i) =>
         h.sched.add(
           request(`q${i}`, p, 6 + (i % 4), {
             sampling: sampling(i),
@@ -207,13 +219,21 @@ describe("scheduler", () => {
         ),
       );
       h.drain();
-      return { outs: ps.map((_, i) => h.outputs.get(`q${i}`)!), sampledSteps };
+      return { outs: ps.slice(0, count).map((_, i) => h.outputs.get(`q${i}`)!), sampledSteps };
     };
     const host = await run(true);
     const dev = await run(false);
     assert.equal(host.sampledSteps, 0);
     assert.ok(dev.sampledSteps > 0, "forwardSample was used");
     ps.forEach((_, i) => assert.deepEqual(dev.outs[i], host.outs[i], `request ${i}`));
+    // The overlap schedule queues draws one step ahead: the same tokens and logprobs. With the
+    // penalised and min-new-tokens requests (7–9) every step waits for the last one's tokens;
+    // without them the steps chain.
+    const overlapped = await run(false, true);
+    ps.forEach((_, i) => assert.deepEqual(overlapped.outs[i], host.outs[i], `request ${i} (overlap)`));
+    const chained = await run(false, true, 7);
+    assert.ok(chainedDraws > 0, "sampled steps were chained");
+    chained.outs.forEach((out, i) => assert.deepEqual(out, host.outs[i], `request ${i} (overlap, chained)`));
     // a penalised request samples every step through forwardSample too
     let steps = 0;
     const h2 = await harness({ onSample: () => steps++ });

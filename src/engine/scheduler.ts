@@ -7,7 +7,7 @@
 // from the pools for the rest → StepBatch → model.forward → logits → sampler → outputs.
 
 import { type PendingPicks, SAMPLE_MAX_TOP, type SampleRow, type SeqSpan, type StepBatch } from "../runtime/backend.js";
-import type { ForwardModel } from "../model/llama4.js";
+import type { ForwardModel, ModelSample, PendingModelSample } from "../model/llama4.js";
 import { ramp } from "../util/int_arrays.js";
 import type { RadixCache, RadixNode } from "../cache/radix_cache.js";
 import type { TokenPool } from "../cache/token_pool.js";
@@ -73,10 +73,14 @@ interface Req {
   edits?: { at: number; edits: LogitEdits | null };
 }
 
-/** A queued greedy decode step whose picks are not accepted yet (the overlap schedule): row i is reqs[i]'s. */
+/**
+ * A queued decode step whose tokens are not accepted yet (the overlap schedule): row i is
+ * reqs[i]'s; `drawn` when it was sampled (queueSample: ids with logprobs), else greedy picks.
+ */
 interface InFlight {
   reqs: Req[];
   picks: PendingPicks;
+  drawn?: PendingModelSample;
 }
 
 /** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
@@ -87,6 +91,14 @@ function onlyNeedsArgmax(req: Req): boolean {
 /** Top logprobs within what the device sampler returns: its next token can be drawn there (forwardSample). */
 function canSampleOnDevice(req: Req): boolean {
   return !req.r.returnLogprob || req.r.topLogprobsNum <= SAMPLE_MAX_TOP;
+}
+
+/**
+ * A decode row that can be queued before the tokens before it are known (queueSample): drawn on
+ * the device, with no penalties or min-new-tokens mask (they depend on those tokens).
+ */
+function canQueueDraw(req: Req): boolean {
+  return canSampleOnDevice(req) && editsFor(req) === null;
 }
 
 /**
@@ -334,10 +346,13 @@ export class Scheduler {
   private chainNext(): boolean {
     const prev = this.inflight!;
     const reqs = prev.reqs;
-    if (this.waiting.length > 0 || reqs.length !== this.running.length || !this.model.queueArgmax) return false;
+    if (this.waiting.length > 0 || reqs.length !== this.running.length) return false;
     for (const req of reqs) {
-      if (req.row < 0 || req.aborted || !onlyNeedsArgmax(req) || req.kvLen + 1 > this.opts.contextLength) return false;
+      if (req.row < 0 || req.aborted || req.kvLen + 1 > this.opts.contextLength) return false;
     }
+    // Greedy rows only: picks (under tensor parallelism merged from the ranks' shards); else draws.
+    const greedy = reqs.every(onlyNeedsArgmax);
+    if (greedy ? !this.model.queueArgmax : !this.model.queueSample || !reqs.every(canQueueDraw)) return false;
     if (this.fullPool.available < reqs.length || (this.swaPool && this.swaPool.available < reqs.length)) return false;
     const n = reqs.length;
     const seqs: SeqSpan[] = [];
@@ -349,21 +364,49 @@ export class Scheduler {
       seqs.push(this.span(req, i, req.kvLen, 1));
     }
     const batch: StepBatch = { ids: new Int32Array(n), positions, seqs, logitRows: ramp(0, n).slice() };
-    const picks = this.model.queueArgmax(batch, prev.picks);
+    this.inflight = greedy ? { reqs, picks: this.model.queueArgmax!(batch, prev.picks) } : this.queueDraws(reqs, batch, prev.picks);
     for (const req of reqs) req.kvLen++;
     this.counters.forwardTokens += n;
-    this.inflight = { reqs, picks };
     this.acceptPicks(prev);
     this.releaseOldSwa();
     return true;
   }
 
+  /** A sampled decode step of `reqs` (row i is reqs[i]'s next token) queued with their draws (canQueueDraw). */
+  private queueDraws(reqs: Req[], batch: StepBatch, after: PendingPicks | null): InFlight {
+    const drawn = this.model.queueSample!(batch, reqs.map((req) => this.sampleRow(req, true)), after);
+    return { reqs, picks: drawn, drawn };
+  }
+
   /** An in-flight step's tokens, for the requests still running (one that finished or was aborted meanwhile drops its pick). */
   private acceptPicks(f: InFlight): void {
-    const ids = f.picks.wait();
+    const drawn = f.drawn?.sampled();
+    const ids = drawn?.ids ?? f.picks.wait();
     f.reqs.forEach((req, i) => {
-      if (req.row >= 0 && !req.aborted) this.accept(req, ids[i], null);
+      if (req.row < 0 || req.aborted) return;
+      this.accept(req, ids[i], null, drawn && this.drawnLogprob(drawn, req, i));
     });
+  }
+
+  /** Row r of a device draw as the token's logprob entry (with its top logprobs where asked). */
+  private drawnLogprob(drawn: ModelSample, req: Req, r: number): TokenLogprob {
+    const lp: TokenLogprob = { id: drawn.ids[r], logprob: drawn.logprobs[r] };
+    if (req.r.topLogprobsNum > 0 && drawn.top) lp.top = drawn.top[r];
+    return lp;
+  }
+
+  /** The sampling row of `req`'s next token; `takes`: this row yields a token (its draw and edits then count). */
+  private sampleRow(req: Req, takes: boolean): SampleRow {
+    const p = req.r.sampling;
+    return {
+      temperature: p.temperature,
+      topP: p.topP,
+      topK: p.topK,
+      minP: p.minP,
+      u: takes && !isGreedy(p) ? req.rng.next() : 0,
+      topN: req.r.returnLogprob ? req.r.topLogprobsNum : 0,
+      edits: takes ? editsFor(req) : null,
+    };
   }
 
   /** The step's view of `req` computing positions [start, start + n) at batch row `qStart` (its slots not yet in the device table ride along). */
@@ -410,11 +453,13 @@ export class Scheduler {
     }
     const batch: StepBatch = { ids, positions, seqs, logitRows: Int32Array.from(logitRows) };
     this.counters.forwardTokens += total;
+    // Every row one decode token (what the overlap schedule queues ahead).
+    const decodeOnly = work.every(({ req, n }) => n === 1 && req.kvLen + 1 === req.ids.length);
     // Greedy steps with nothing to report but the token pick it where the logits are (on a GPU:
     // an argmax kernel), instead of bringing every row of logits to the host.
     if (this.model.forwardArgmax && work.every(({ req }) => onlyNeedsArgmax(req))) {
       // A decode-only step under the overlap schedule is queued, its tokens accepted next step.
-      if (this.opts.overlap && this.model.queueArgmax && work.every(({ req, n }) => n === 1 && req.kvLen + 1 === req.ids.length)) {
+      if (this.opts.overlap && this.model.queueArgmax && decodeOnly) {
         const picks = this.model.queueArgmax(batch, null);
         for (const { req } of work) req.kvLen++;
         this.inflight = { reqs: work.map(({ req }) => req), picks };
@@ -434,31 +479,23 @@ export class Scheduler {
       this.model.forwardSample &&
       work.every(({ req, n }, wi) => !rowInfo[wi].promptRows && (req.kvLen + n !== req.ids.length || canSampleOnDevice(req)))
     ) {
+      // A decode-only step of draws that need no accepted token first is queued (overlap schedule).
+      if (this.opts.overlap && this.model.queueSample && decodeOnly && work.every(({ req }) => canQueueDraw(req))) {
+        this.inflight = this.queueDraws(work.map(({ req }) => req), batch, null);
+        for (const { req } of work) req.kvLen++;
+        return;
+      }
       const rows: SampleRow[] = [];
       work.forEach(({ req, n }, wi) => {
         if (rowInfo[wi].count === 0) return;
-        const p = req.r.sampling;
-        const takes = req.kvLen + n === req.ids.length && !req.aborted; // this row yields a token
-        const draws = takes && !isGreedy(p);
-        rows.push({
-          temperature: p.temperature,
-          topP: p.topP,
-          topK: p.topK,
-          minP: p.minP,
-          u: draws ? req.rng.next() : 0,
-          topN: req.r.returnLogprob ? req.r.topLogprobsNum : 0,
-          edits: takes ? editsFor(req) : null,
-        });
+        rows.push(this.sampleRow(req, req.kvLen + n === req.ids.length && !req.aborted)); // takes: this row yields a token
       });
       const sampled = this.model.forwardSample(batch, rows);
       work.forEach(({ req, n }, wi) => {
         req.kvLen += n;
         if (req.kvLen !== req.ids.length || req.aborted) return;
         const r = rowInfo[wi].first;
-        const id = sampled.ids[r];
-        const lp: TokenLogprob = { id, logprob: sampled.logprobs[r] };
-        if (req.r.topLogprobsNum > 0 && sampled.top) lp.top = sampled.top[r];
-        this.accept(req, id, null, lp);
+        this.accept(req, sampled.ids[r], null, this.drawnLogprob(sampled, req, r));
       });
       return;
     }

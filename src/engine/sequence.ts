@@ -5,7 +5,7 @@
 
 import { ramp } from "../util/int_arrays.js";
 import type { PendingPicks, SampleRow, SeqSpan, StepBatch } from "../runtime/backend.js";
-import type { ForwardModel, ModelSample } from "../model/llama4.js";
+import type { ForwardModel, ModelSample, PendingModelSample } from "../model/llama4.js";
 
 export class ContiguousBatch {
   private readonly lens: number[];
@@ -81,6 +81,19 @@ export class ContiguousBatch {
     const picks = this.model.queueArgmax(batch, after);
     for (let b = 0; b < this.batchSize; b++) this.lens[b]++;
     return picks;
+  }
+
+  /**
+   * queueGreedy for sampled steps (ForwardModel.queueSample): each sequence's next token drawn on
+   * the device with its row of `rows`; input ids `input`, or the previous queued step's picks.
+   */
+  queueSample(input: readonly number[] | PendingPicks, rows: SampleRow[]): PendingModelSample {
+    if (!this.model.queueSample) throw new Error("queueSample: this model has no pipelined sampled steps");
+    const after = Array.isArray(input) ? null : (input as PendingPicks);
+    const batch = this.batchFor(after ? this.lens.map(() => [0]) : (input as readonly number[]).map((id) => [id]), 1);
+    const drawn = this.model.queueSample(batch, rows, after);
+    for (let b = 0; b < this.batchSize; b++) this.lens[b]++;
+    return drawn;
   }
 
   private batchFor(tokens: readonly (readonly number[])[], logitsFor: number): StepBatch {

@@ -32,6 +32,12 @@ export interface ForwardModel {
    */
   queueArgmax?(batch: StepBatch, after: PendingPicks | null): PendingPicks;
   /**
+   * queueArgmax for sampled steps (no logit edits): each row drawn on the device with its
+   * SampleRow; the handle's sampled() has the ids, logprobs and top logprobs. Absent (or, on a
+   * Llama4Model, throwing) where the backend does not draw on the device.
+   */
+  queueSample?(batch: StepBatch, rows: SampleRow[], after: PendingPicks | null): PendingModelSample;
+  /**
    * Sampling: one token per logit row drawn with the row's `u` (Backend.sampleRows), its logprob
    * under the model's distribution and the top-`topN` logprobs, on the device where the backend
    * can (no logits download). Optional: callers fall back to forward() and host sampling.
@@ -45,6 +51,11 @@ export interface ForwardModel {
   /** Bytes per element of stored KV, and device memory left for KV pools (none on the host). */
   readonly kvElementBytes: number;
   kvMemoryBytes(): number | undefined;
+}
+
+/** queueSample's handle: wait() the ids, sampled() the whole answer. */
+export interface PendingModelSample extends PendingPicks {
+  sampled(): ModelSample;
 }
 
 /** forwardSample's answer: fp32 logprobs from a device, float64 from the host fallback. */
@@ -120,9 +131,8 @@ export class Llama4Model implements ForwardModel {
    * step.
    */
   gatheredLogits(batch: StepBatch): Tensor {
-    const be = this.backend;
-    const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
-    return this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits;
+    const logits = this.logitsAfter(batch, null);
+    return this.shard.tp > 1 ? this.backend.allGatherColumns!(logits) : logits;
   }
 
   forwardArgmax(batch: StepBatch): Int32Array {
@@ -150,13 +160,36 @@ export class Llama4Model implements ForwardModel {
   queueArgmax(batch: StepBatch, after: PendingPicks | null): PendingPicks {
     const be = this.backend;
     if (!be.queueGreedy) throw new Error(`queueArgmax: the ${be.name} backend cannot queue greedy picks`);
-    if (after && after.rows !== batch.ids.length) throw new Error(`queueArgmax: ${after.rows} picks for a step of ${batch.ids.length} rows`);
+    return be.queueGreedy(this.logitsAfter(batch, after), this.shard.tp > 1 ? { vocabStart: this.dims.vocabStart } : undefined);
+  }
+
+  /**
+   * The sampling counterpart of queueArgmax (Backend.queueSample): the step's gathered logits are
+   * drawn from on the device with `rows`; under tensor parallelism rank 0 passes the rows and the
+   * other ranks null (they receive rank 0's draws, so every rank has the next step's ids).
+   */
+  queueSample(batch: StepBatch, rows: SampleRow[] | null, after: PendingPicks | null): PendingModelSample {
+    const be = this.backend;
+    if (!be.queueSample || !this.samplesOnDevice) {
+      // The host sampler (one rank): drawn at once.
+      if (!rows || this.shard.tp > 1) throw new Error(`queueSample: the ${be.name} backend draws on the host, on one rank only`);
+      const drawn = this.forwardSample(after ? { ...batch, ids: after.wait() } : batch, rows);
+      return { rows: rows.length, wait: () => drawn.ids, sampled: () => drawn };
+    }
+    const logits = this.logitsAfter(batch, after);
+    return be.queueSample(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits, rows, this.shard.tp > 1);
+  }
+
+  /**
+   * This rank's logits for a step whose input ids are `after`'s picks (or batch.ids): a graph step
+   * copies the picks on the device (a first capture checks stand-in ids, zeros); a direct step
+   * needs them on the host.
+   */
+  private logitsAfter(batch: StepBatch, after: PendingPicks | null): Tensor {
+    if (after && after.rows !== batch.ids.length) throw new Error(`${after.rows} picks for a step of ${batch.ids.length} rows`);
     const run = (b: StepBatch) => this.logits(b);
-    // A graph step copies the picks on the device (a first capture checks stand-in ids, zeros); a
-    // direct step needs them on the host.
     const graphStep = after ? { ...batch, ids: new Int32Array(after.rows) } : batch;
-    const logits = be.decodeGraphLogits?.(this, graphStep, run, after ?? undefined) ?? run(after ? { ...batch, ids: after.wait() } : batch);
-    return be.queueGreedy(logits, this.shard.tp > 1 ? { vocabStart: this.dims.vocabStart } : undefined);
+    return this.backend.decodeGraphLogits?.(this, graphStep, run, after ?? undefined) ?? run(after ? { ...batch, ids: after.wait() } : batch);
   }
 
   /**
@@ -189,7 +222,7 @@ export class Llama4Model implements ForwardModel {
   }
 
   /** forwardSample draws on the device (Backend.sampleRows; under tensor parallelism from the gathered logits). */
-  private get samplesOnDevice(): boolean {
+  get samplesOnDevice(): boolean {
     return !!this.backend.sampleRows && (this.shard.tp === 1 || !!this.backend.allGatherColumns);
   }
 

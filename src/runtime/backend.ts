@@ -73,6 +73,11 @@ export interface PendingPicks {
   wait(): Int32Array;
 }
 
+/** Draws queued on a device (Backend.queueSample): wait() the ids, sampled() the ids with their logprobs. */
+export interface PendingSample extends PendingPicks {
+  sampled(): SampledRows;
+}
+
 export interface KvPoolSizes {
   /** Slots in the pool used by global layers (and by every layer when there is no SWA pool). */
   full: number;
@@ -189,6 +194,13 @@ export interface Backend {
    * vocabulary id `split.vocabStart`; every rank calls it in step and all end with the same ids).
    */
   queueGreedy?(x: Tensor, split?: { vocabStart: number }): PendingPicks;
+  /**
+   * sampleRows left queued (pipelined decoding): x holds the whole vocabulary's logits (under
+   * tensor parallelism: gathered). With `shared` (tensor parallelism; every rank calls it in step)
+   * the rank with `rows` draws and the others, passing null, receive its draws on the device, so
+   * every rank holds the ids a following step may take (decodeGraphLogits' idsFrom).
+   */
+  queueSample?(x: Tensor, rows: SampleRow[] | null, shared: boolean): PendingSample;
   /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
   argmaxRows?(x: Tensor): Int32Array;
   /**

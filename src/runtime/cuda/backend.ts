@@ -45,6 +45,7 @@ import type {
   MoeWeights,
   LogitEdits,
   PendingPicks,
+  PendingSample,
   SampleRow,
   SampledRows,
   StepBatch,
@@ -188,35 +189,71 @@ interface GraphEntry {
 /** One of queueGreedy's two pick buffers: `turn` counts the steps that wrote it; `done` is recorded after the latest. */
 interface PickSlot {
   ptr: DevicePtr;
+  /** queueSample's output rows (SAMPLE_OUT_STRIDE floats each). */
+  out: DevicePtr;
   rows: number;
   done: DevicePtr;
   turn: number;
 }
 
-/** Picks queued by queueGreedy: downloaded on wait(), which waits for their step only. */
-export class DevicePicks implements PendingPicks {
+/**
+ * Picks queued by queueGreedy or queueSample: downloaded on wait() (and, for draws, with their
+ * logprobs on sampled()), which waits for their step only.
+ */
+export class DevicePicks implements PendingSample {
   private ids: Int32Array | null = null;
+  private drawn: SampledRows | null = null;
   private readonly turn: number;
 
+  /** `topN`: per row, the top logprobs asked for (queueSample on the drawing rank), else undefined. */
   constructor(
     readonly rows: number,
     readonly slot: PickSlot,
     private readonly native: NativeCuda,
+    private readonly topN?: number[],
   ) {
     this.turn = slot.turn;
   }
 
-  /** The device copy is still these picks (a buffer is written again two queueGreedy calls later). */
+  /** The device copy is still these picks (a slot is written again two queue calls later). */
   get current(): boolean {
     return this.slot.turn === this.turn;
   }
 
   wait(): Int32Array {
     if (this.ids) return this.ids;
-    if (!this.current) throw new Error("greedy picks waited for after two later steps had reused their buffer");
+    this.check();
     const ids = new Int32Array(this.rows);
     if (this.rows > 0) this.native.dtohAfter(ids, this.slot.ptr, this.slot.done);
     return (this.ids = ids);
+  }
+
+  sampled(): SampledRows {
+    if (this.drawn) return this.drawn;
+    if (!this.topN) throw new Error("sampled(): these picks were not drawn on this rank");
+    this.check();
+    const n = this.rows;
+    const host = new Float32Array(n * SAMPLE_OUT_STRIDE);
+    if (n > 0) this.native.dtohAfter(host, this.slot.out, this.slot.done);
+    const ids = new Int32Array(n);
+    const logprobs = new Float32Array(n);
+    const top: [number, number][][] | undefined = this.topN.some((t) => t > 0) ? [] : undefined;
+    for (let r = 0; r < n; r++) {
+      const o = r * SAMPLE_OUT_STRIDE;
+      ids[r] = host[o];
+      logprobs[r] = host[o + 1];
+      if (top) {
+        const t: [number, number][] = [];
+        for (let i = 0; i < this.topN[r]; i++) t.push([host[o + 2 + 2 * i], host[o + 3 + 2 * i]]);
+        top.push(t);
+      }
+    }
+    this.ids ??= ids;
+    return (this.drawn = top ? { ids, logprobs, top } : { ids, logprobs });
+  }
+
+  private check(): void {
+    if (!this.current) throw new Error("picks waited for after two later steps had reused their buffer");
   }
 }
 
@@ -600,14 +637,7 @@ export class CudaBackend implements Backend {
   queueGreedy(x: Tensor, split?: { vocabStart: number }): DevicePicks {
     const xt = this.tensor(x);
     const [n, cols] = rows(xt, "queueGreedy");
-    this.pickTurn ^= 1;
-    let slot = this.pickSlots[this.pickTurn];
-    if (!slot || slot.rows < n) {
-      if (slot) this.mem.release(slot.ptr);
-      const capacity = Math.max(n, this.graphSizes.at(-1) ?? 1);
-      slot = this.pickSlots[this.pickTurn] = { ptr: this.mem.alloc(capacity * 4, "greedy picks"), rows: capacity, done: slot?.done ?? this.native.eventCreate(), turn: 0 };
-    }
-    slot.turn++;
+    const slot = this.nextPickSlot(n);
     if (n > 0 && split) {
       const comm = this.communicator("queueGreedy");
       const pairs = this.mem.stepAlloc(n * 8).ptr;
@@ -622,49 +652,69 @@ export class CudaBackend implements Backend {
     return new DevicePicks(n, slot, this.native);
   }
 
+  /** The other of the two pick slots, for a step of n rows (grown as needed; its turn counted). */
+  private nextPickSlot(n: number): PickSlot {
+    this.pickTurn ^= 1;
+    let slot = this.pickSlots[this.pickTurn];
+    if (!slot || slot.rows < n) {
+      if (slot) {
+        this.mem.release(slot.ptr);
+        this.mem.release(slot.out);
+      }
+      const capacity = Math.max(n, this.graphSizes.at(-1) ?? 1);
+      slot = this.pickSlots[this.pickTurn] = {
+        ptr: this.mem.alloc(capacity * 4, "greedy picks"),
+        out: this.mem.alloc(capacity * SAMPLE_OUT_STRIDE * 4, "sampled rows"),
+        rows: capacity,
+        done: slot?.done ?? this.native.eventCreate(),
+        turn: 0,
+      };
+    }
+    slot.turn++;
+    return slot;
+  }
+
   /**
    * Sampling on the device (sample.cu): one block per row filters (temperature, top-k, top-p,
    * min-p) and draws with the row's `u`; downloads 42 floats per row (id, logprob, 20 top pairs)
-   * instead of the row's logits. One rank: x holds the whole vocabulary.
+   * instead of the row's logits. x holds the whole vocabulary.
    */
   sampleRows(x: Tensor, rowsIn: SampleRow[]): SampledRows {
+    return this.queueSample(x, rowsIn, false).sampled();
+  }
+
+  /**
+   * sampleRows queued (Backend.queueSample): the draws land in a pick slot's output rows and its
+   * ids. Shared (tensor parallelism): the ranks without rows zero their output rows and one
+   * all-reduce of the [n, 42] floats gives every rank the drawing rank's (x + 0 is x).
+   */
+  queueSample(x: Tensor, rowsIn: SampleRow[] | null, shared: boolean): DevicePicks {
     const xt = this.tensor(x);
-    const [n, cols] = rows(xt, "sampleRows");
-    if (rowsIn.length !== n) throw new Error(`sampleRows: ${rowsIn.length} sampling rows for ${n} logit rows`);
-    const ids = new Int32Array(n);
-    const logprobs = new Float32Array(n);
-    if (n === 0) return { ids, logprobs };
-    const params = new Float32Array(SAMPLE_PARAMS * n);
-    let wantsTop = false;
-    const edited: number[] = []; // logit rows with penalties or masks, in slot order
-    rowsIn.forEach((r, i) => {
-      const topN = Math.max(0, Math.min(SAMPLE_MAX_TOP, Math.floor(r.topN)));
-      if (topN > 0) wantsTop = true;
-      // u as fp32 stays below 1 (a double just under 1 would round up to it).
-      const u = Math.min(Math.max(Math.fround(r.u), 0), 0.99999994);
-      const slot = r.edits && r.edits.ids.length > 0 ? edited.push(i) - 1 : -1;
-      params.set([r.temperature, r.topP, r.topK, r.minP, u, topN, slot, 0], SAMPLE_PARAMS * i);
-    });
-    const paramsDev = this.mem.stepAlloc(params.byteLength).ptr;
-    this.native.htod(paramsDev, params);
-    const editedDev = edited.length > 0 ? this.editRows(xt, cols, edited.map((i) => [i, rowsIn[i].edits!] as const)) : 0n;
-    const out = this.mem.stepAlloc(n * SAMPLE_OUT_STRIDE * 4).ptr;
-    this.k.launch(`sample_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(paramsDev).ptr(editedDev).ptr(out));
-    const host = new Float32Array(n * SAMPLE_OUT_STRIDE);
-    this.native.dtoh(host, out);
-    const top: [number, number][][] | undefined = wantsTop ? [] : undefined;
-    for (let r = 0; r < n; r++) {
-      const o = r * SAMPLE_OUT_STRIDE;
-      ids[r] = host[o];
-      logprobs[r] = host[o + 1];
-      if (top) {
-        const topN = params[SAMPLE_PARAMS * r + 5];
-        const t: [number, number][] = [];
-        for (let i = 0; i < topN; i++) t.push([host[o + 2 + 2 * i], host[o + 3 + 2 * i]]);
-        top.push(t);
-      }
+    const [n, cols] = rows(xt, "queueSample");
+    if (rowsIn && rowsIn.length !== n) throw new Error(`sampleRows: ${rowsIn.length} sampling rows for ${n} logit rows`);
+    const slot = this.nextPickSlot(n);
+    const topN = rowsIn?.map((r) => Math.max(0, Math.min(SAMPLE_MAX_TOP, Math.floor(r.topN))));
+    if (n > 0 && rowsIn) {
+      const params = new Float32Array(SAMPLE_PARAMS * n);
+      const edited: number[] = []; // logit rows with penalties or masks, in slot order
+      rowsIn.forEach((r, i) => {
+        // u as fp32 stays below 1 (a double just under 1 would round up to it).
+        const u = Math.min(Math.max(Math.fround(r.u), 0), 0.99999994);
+        const editSlot = r.edits && r.edits.ids.length > 0 ? edited.push(i) - 1 : -1;
+        params.set([r.temperature, r.topP, r.topK, r.minP, u, topN![i], editSlot, 0], SAMPLE_PARAMS * i);
+      });
+      const paramsDev = this.mem.stepAlloc(params.byteLength).ptr;
+      this.native.htod(paramsDev, params);
+      const editedDev = edited.length > 0 ? this.editRows(xt, cols, edited.map((i) => [i, rowsIn[i].edits!] as const)) : 0n;
+      this.k.launch(`sample_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(paramsDev).ptr(editedDev).ptr(slot.out));
     }
-    return top ? { ids, logprobs, top } : { ids, logprobs };
+    if (n > 0 && shared) {
+      if (!rowsIn) this.native.memset(slot.out, 0, n * SAMPLE_OUT_STRIDE, 4);
+      this.communicator("queueSample").allReduce(slot.out, n * SAMPLE_OUT_STRIDE, "f32");
+    }
+    if (n > 0) this.k.launch("sample_ids", [Math.ceil(n / 256)], [256], (a) => a.ptr(slot.out).i32(SAMPLE_OUT_STRIDE).i32(n).ptr(slot.ptr));
+    this.native.eventRecord(slot.done);
+    return new DevicePicks(n, slot, this.native, topN);
   }
 
   /**

@@ -8,6 +8,8 @@ import { after, describe, test } from "node:test";
 import { CpuBackend, CpuTensor } from "../cpu.js";
 import { Rng } from "../../engine/sampling.js";
 import { ContiguousBatch } from "../../engine/sequence.js";
+import { sampledRuns } from "../../engine/sample_check.js";
+import { readGolden } from "../../model/golden.js";
 import { loadModel } from "../../model/loader.js";
 import { fixturePath } from "../../util/repo.js";
 import { CudaBackend, type CudaBackendOptions, type Precision } from "./backend.js";
@@ -252,6 +254,17 @@ for (const precision of ["f32", "bf16"] as const) {
           const replays = be.graphStats.replays;
           assert.deepEqual(run(true), run(false), `graph sizes [${graphSizes}]`);
           if (graphSizes.length > 0) assert.ok(be.graphStats.replays - replays >= 12 && be.graphStats.off === "", "the steps replayed graphs");
+        }
+        cleanup();
+      });
+
+      test("pipelined sampling (each step's ids the last step's draws, on the device) equals step-by-step sampling, graphs on and off", async () => {
+        for (const graphSizes of [[], [1, 2, 4, 8]]) {
+          const be = backend(precision, { graphSizes });
+          made.push(be);
+          const { model } = await loadModel(dir, be, { hybridKv });
+          const r = sampledRuns(model, readGolden(dir));
+          assert.deepEqual(r.pipelined, r.stepwise, `graph sizes [${graphSizes}]`);
         }
         cleanup();
       });
