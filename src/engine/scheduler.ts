@@ -372,6 +372,12 @@ export class Scheduler {
     return true;
   }
 
+  /** The overlap schedule's first queued step: its rows' positions count as computed now; their tokens are accepted with the next step. */
+  private queueAhead(work: { req: Req }[], f: InFlight): void {
+    for (const { req } of work) req.kvLen++;
+    this.inflight = f;
+  }
+
   /** A sampled decode step of `reqs` (row i is reqs[i]'s next token) queued with their draws (canQueueDraw). */
   private queueDraws(reqs: Req[], batch: StepBatch, after: PendingPicks | null): InFlight {
     const drawn = this.model.queueSample!(batch, reqs.map((req) => this.sampleRow(req, true)), after);
@@ -460,9 +466,7 @@ export class Scheduler {
     if (this.model.forwardArgmax && work.every(({ req }) => onlyNeedsArgmax(req))) {
       // A decode-only step under the overlap schedule is queued, its tokens accepted next step.
       if (this.opts.overlap && this.model.queueArgmax && decodeOnly) {
-        const picks = this.model.queueArgmax(batch, null);
-        for (const { req } of work) req.kvLen++;
-        this.inflight = { reqs: work.map(({ req }) => req), picks };
+        this.queueAhead(work, { reqs: work.map(({ req }) => req), picks: this.model.queueArgmax(batch, null) });
         return;
       }
       const ids = this.model.forwardArgmax(batch);
@@ -481,8 +485,7 @@ export class Scheduler {
     ) {
       // A decode-only step of draws that need no accepted token first is queued (overlap schedule).
       if (this.opts.overlap && this.model.queueSample && decodeOnly && work.every(({ req }) => canQueueDraw(req))) {
-        this.inflight = this.queueDraws(work.map(({ req }) => req), batch, null);
-        for (const { req } of work) req.kvLen++;
+        this.queueAhead(work, this.queueDraws(work.map(({ req }) => req), batch, null));
         return;
       }
       const rows: SampleRow[] = [];
