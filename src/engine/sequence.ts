@@ -75,12 +75,9 @@ export class ContiguousBatch {
    * step's picks, those picks (taken on the device).
    */
   queueGreedy(input: readonly number[] | PendingPicks): PendingPicks {
-    if (!this.model.queueArgmax) throw new Error("queueGreedy: this model has no pipelined greedy steps");
-    const after = Array.isArray(input) ? null : (input as PendingPicks);
-    const batch = this.batchFor(after ? this.lens.map(() => [0]) : (input as readonly number[]).map((id) => [id]), 1);
-    const picks = this.model.queueArgmax(batch, after);
-    for (let b = 0; b < this.batchSize; b++) this.lens[b]++;
-    return picks;
+    const queue = this.model.queueArgmax?.bind(this.model);
+    if (!queue) throw new Error("queueGreedy: this model has no pipelined greedy steps");
+    return this.queueStep(input, queue);
   }
 
   /**
@@ -88,12 +85,18 @@ export class ContiguousBatch {
    * the device with its row of `rows`; input ids `input`, or the previous queued step's picks.
    */
   queueSample(input: readonly number[] | PendingPicks, rows: SampleRow[]): PendingModelSample {
-    if (!this.model.queueSample) throw new Error("queueSample: this model has no pipelined sampled steps");
+    const queue = this.model.queueSample?.bind(this.model);
+    if (!queue) throw new Error("queueSample: this model has no pipelined sampled steps");
+    return this.queueStep(input, (batch, after) => queue(batch, rows, after));
+  }
+
+  /** One decode token for every sequence through `queue`, its ids `input` or the picks of the step queued before. */
+  private queueStep<P>(input: readonly number[] | PendingPicks, queue: (batch: StepBatch, after: PendingPicks | null) => P): P {
     const after = Array.isArray(input) ? null : (input as PendingPicks);
     const batch = this.batchFor(after ? this.lens.map(() => [0]) : (input as readonly number[]).map((id) => [id]), 1);
-    const drawn = this.model.queueSample(batch, rows, after);
+    const out = queue(batch, after);
     for (let b = 0; b < this.batchSize; b++) this.lens[b]++;
-    return drawn;
+    return out;
   }
 
   private batchFor(tokens: readonly (readonly number[])[], logitsFor: number): StepBatch {
