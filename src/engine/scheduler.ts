@@ -23,9 +23,9 @@ export interface SchedulerOptions {
   /** Chunk size of local layers when they use the SWA pool; 0 = no hybrid cache. */
   swaChunkSize: number;
   /**
-   * The overlap schedule (SGLang's default; off with --disable-overlap-schedule): greedy decode
-   * steps are queued one ahead, the next step's input ids taken from this one's picks on the
-   * device, so the host's bookkeeping runs while the device computes.
+   * The overlap schedule (SGLang's default; off with --disable-overlap-schedule): decode steps
+   * (greedy, or drawn without logit edits) are queued one ahead, the next step's input ids taken
+   * from this one's picks on the device, so the host's bookkeeping runs while the device computes.
    */
   overlap?: boolean;
 }
@@ -340,8 +340,8 @@ export class Scheduler {
    * The overlap schedule's steady state: queues the in-flight step's requests' next decode step
    * before their tokens are known (its input ids are the in-flight picks, on the device), then
    * accepts those tokens while it runs. False, with nothing done, when the next step must see them
-   * first: requests waiting to be admitted, an abort, a request that is not plain greedy, or not
-   * enough free slots without eviction.
+   * first: requests waiting to be admitted, an abort, a row with logit edits (penalties, the
+   * min-new-tokens mask), or not enough free slots without eviction.
    */
   private chainNext(): boolean {
     const prev = this.inflight!;
