@@ -125,7 +125,7 @@ async function modelSteps(bs: number, attention: "fa3" | "cuda"): Promise<void> 
       const t = performance.now();
       seqs.append(Array.from({ length: bs }, (_, b) => [(s * 31 + b * 7 + 1) % config.vocabSize]));
       wall.push(performance.now() - t);
-      gpu.push(be.graphStats.gpuMs);
+      gpu.push(be.lastReplayMs() ?? NaN);
     }
     const greedy: number[] = [];
     for (let s = 0; s < steps; s++) {

@@ -25,7 +25,7 @@ import { loadModel } from "../model/loader.js";
 import type { ForwardModel, Llama4Model, ModelSample, PendingModelSample } from "../model/llama4.js";
 import type { LoadOptions } from "../model/weights.js";
 import { type WarmupLimits, warmupRank } from "./warmup.js";
-import { STEP_ARGMAX, STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, STEP_SAMPLE, STEP_SAMPLE_CHAIN, STEP_SAMPLE_QUEUE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
+import { STEP_CHAIN, STEP_FORWARD, STEP_QUEUE, STEP_SAMPLE_CHAIN, STEP_SAMPLE_QUEUE, type StepChannelInit, type StepCommand, type StepKind, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 import { type RankThreadReply, spawnRanks } from "../util/rank_threads.js";
 
 export interface ParallelOptions {
@@ -182,15 +182,18 @@ class ParallelModel implements ForwardModel {
     return this.lead.model.forward(batch);
   }
 
-  /** Greedy steps: every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks (CUDA). */
+  /** Greedy steps: queueArgmax waited for (every rank argmaxes its vocabulary shard; (max, id) pairs cross the ranks). */
   forwardArgmax(batch: StepBatch): Int32Array {
-    this.sendStep(STEP_ARGMAX, batch);
-    return this.lead.model.forwardArgmax!(batch);
+    return this.queueArgmax(batch, null).wait();
   }
 
-  /** Sampled steps: the logits are gathered whole on rank 0's device (every rank takes part) and sampled there (Backend.sampleRows). */
+  /**
+   * Sampled steps: on GPUs queueSample waited for (the logits gathered whole on the devices, rank 0
+   * draws); CPU ranks run forward() and rank 0 draws on the host.
+   */
   forwardSample(batch: StepBatch, rows: SampleRow[]): ModelSample {
-    this.sendStep(STEP_SAMPLE, batch);
+    if (this.queueSample) return this.queueSample(batch, rows, null).sampled();
+    this.sendStep(STEP_FORWARD, batch);
     return this.lead.model.forwardSample(batch, rows);
   }
 
@@ -285,9 +288,7 @@ if (!isMainThread && (workerData as RankData)?.link) {
         if (c.kind === STEP_QUEUE || c.kind === STEP_CHAIN) return void (queued = m.queueArgmax(c.batch, after));
         if (c.kind === STEP_SAMPLE_QUEUE || c.kind === STEP_SAMPLE_CHAIN) return void (queued = m.queueSample(c.batch, null, after));
         queued = null;
-        if (c.kind === STEP_FORWARD) m.forward(c.batch);
-        else if (c.kind === STEP_SAMPLE) m.forwardSampleCollectives(c.batch);
-        else m.forwardArgmax(c.batch);
+        m.forward(c.batch);
       };
       // Steps from the channel until a posted message is due or none comes for a while; then
       // the event loop (messages), and back.

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { StepBatch } from "../runtime/backend.js";
-import { MESSAGE, STEP_ARGMAX, STEP_FORWARD, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
+import { MESSAGE, STEP_QUEUE, STEP_FORWARD, StepReceiver, StepSender, createStepChannel } from "./step_channel.js";
 
 const batch = (n: number): StepBatch => {
   const full = Int32Array.from({ length: n }, (_, i) => 1000 + i);
@@ -30,11 +30,11 @@ test("step channel: steps and posted commands in one numbering; a step crosses w
   assert.equal(tx.message(), 1);
   assert.equal(rx.take(1, 0), "message");
   const b = batch(5);
-  assert.equal(tx.step(STEP_ARGMAX, b), true);
+  assert.equal(tx.step(STEP_QUEUE, b), true);
   assert.equal(rx.take(1, 0), "message", "an older number came by message");
   const got = rx.take(2, 0);
   assert.ok(typeof got === "object");
-  assert.equal(got.kind, STEP_ARGMAX);
+  assert.equal(got.kind, STEP_QUEUE);
   assert.deepEqual(got.batch, b);
   assert.equal(got.batch.seqs[0].swaSlots, got.batch.seqs[0].fullSlots, "a shared SWA slot list stays shared");
   assert.notEqual(got.batch.seqs[2].swaSlots, got.batch.seqs[2].fullSlots);

@@ -23,23 +23,13 @@ const LENGTH = 2; // payload ints
 const HEADER = 4;
 export const MESSAGE = 0;
 export const STEP_FORWARD = 1;
-export const STEP_ARGMAX = 2;
-/** Pipelined greedy steps (ForwardModel.queueArgmax): queued without waiting; CHAIN takes its ids from the previous queued step's picks. */
-export const STEP_QUEUE = 3;
-export const STEP_CHAIN = 4;
-/** A sampled step (ForwardModel.forwardSample): the other ranks gather the logits to rank 0's device and stop there. */
-export const STEP_SAMPLE = 5;
-/** Pipelined sampled steps (ForwardModel.queueSample): the other ranks receive rank 0's draws; CHAIN as for STEP_CHAIN. */
-export const STEP_SAMPLE_QUEUE = 6;
-export const STEP_SAMPLE_CHAIN = 7;
-export type StepKind =
-  | typeof STEP_FORWARD
-  | typeof STEP_ARGMAX
-  | typeof STEP_QUEUE
-  | typeof STEP_CHAIN
-  | typeof STEP_SAMPLE
-  | typeof STEP_SAMPLE_QUEUE
-  | typeof STEP_SAMPLE_CHAIN;
+/** Greedy steps (ForwardModel.queueArgmax, which forwardArgmax waits for): CHAIN takes its ids from the previous queued step's picks. */
+export const STEP_QUEUE = 2;
+export const STEP_CHAIN = 3;
+/** Sampled steps on GPUs (ForwardModel.queueSample): the other ranks receive rank 0's draws; CHAIN as for STEP_CHAIN. */
+export const STEP_SAMPLE_QUEUE = 4;
+export const STEP_SAMPLE_CHAIN = 5;
+export type StepKind = typeof STEP_FORWARD | typeof STEP_QUEUE | typeof STEP_CHAIN | typeof STEP_SAMPLE_QUEUE | typeof STEP_SAMPLE_CHAIN;
 /** Payload capacity in ints: batch-1..64 decode steps and short prefills take a few thousand. */
 const PAYLOAD_INTS = 1 << 18;
 /** How long a worker blocks for the next step before it returns to its event loop (ms). */

@@ -38,7 +38,7 @@ export interface ForwardModel {
    */
   queueSample?(batch: StepBatch, rows: SampleRow[], after: PendingPicks | null): PendingModelSample;
   /**
-   * Sampling: one token per logit row drawn with the row's `u` (Backend.sampleRows), its logprob
+   * Sampling: one token per logit row drawn with the row's `u` (Backend.queueSample), its logprob
    * under the model's distribution and the top-`topN` logprobs, on the device where the backend
    * can (no logits download). Optional: callers fall back to forward() and host sampling.
    */
@@ -115,37 +115,23 @@ export class Llama4Model implements ForwardModel {
 
   /** Runs one step and returns fp32 logits [batch.logitRows.length, vocab]. */
   forward(batch: StepBatch): Float32Array {
-    const be = this.backend;
-    // Decode steps on one rank replay a CUDA graph where the backend has them.
-    if (be.decodeGraph && this.shard.tp === 1) {
-      const logits = be.decodeGraph(this, batch, (b) => this.logits(b));
-      if (logits) return logits;
-    }
-    return be.toHost(this.shard.tp > 1 ? this.gatheredLogits(batch) : this.logits(batch));
+    return this.backend.toHost(this.gatheredLogits(batch, null));
   }
 
   /**
-   * The step's logits for the whole vocabulary on this rank's device, [logitRows, vocab]: under
-   * tensor parallelism every rank replays its graph (NCCL all-reduces inside) and the ranks'
-   * vocabulary columns are all-gathered (lm_head is split by vocabulary) — every rank calls it in
-   * step.
+   * The step's logits for the whole vocabulary on this rank's device, [logitRows, vocab] (input
+   * ids as in logitsAfter): under tensor parallelism every rank replays its graph (NCCL
+   * all-reduces inside) and the ranks' vocabulary columns are all-gathered (lm_head is split by
+   * vocabulary) — every rank calls it in step.
    */
-  gatheredLogits(batch: StepBatch): Tensor {
-    const logits = this.logitsAfter(batch, null);
+  private gatheredLogits(batch: StepBatch, after: PendingPicks | null): Tensor {
+    const logits = this.logitsAfter(batch, after);
     return this.shard.tp > 1 ? this.backend.allGatherColumns!(logits) : logits;
   }
 
+  /** queueArgmax waited for: on a device, each rank's (max, id) pairs cross the ranks, not logits. */
   forwardArgmax(batch: StepBatch): Int32Array {
-    const be = this.backend;
-    if (be.argmaxRows && this.shard.tp === 1) {
-      const ids = be.decodeGraphArgmax?.(this, batch, (b) => this.logits(b));
-      return ids ?? be.argmaxRows(this.logits(batch));
-    }
-    if (be.argmaxShards && this.shard.tp > 1) {
-      // Each rank's vocabulary shard on its device; (max, id) pairs cross the ranks, not logits.
-      const logits = be.decodeGraphLogits?.(this, batch, (b) => this.logits(b)) ?? this.logits(batch);
-      return be.argmaxShards(logits, this.dims.vocabStart);
-    }
+    if (this.backend.queueGreedy) return this.queueArgmax(batch, null).wait();
     const logits = this.forward(batch);
     const vocab = this.cfg.vocabSize;
     const ids = new Int32Array(batch.logitRows.length);
@@ -170,14 +156,13 @@ export class Llama4Model implements ForwardModel {
    */
   queueSample(batch: StepBatch, rows: SampleRow[] | null, after: PendingPicks | null): PendingModelSample {
     const be = this.backend;
-    if (!be.queueSample || !this.samplesOnDevice) {
+    if (!this.samplesOnDevice) {
       // The host sampler (one rank): drawn at once.
       if (!rows || this.shard.tp > 1) throw new Error(`queueSample: the ${be.name} backend draws on the host, on one rank only`);
       const drawn = this.forwardSample(after ? { ...batch, ids: after.wait() } : batch, rows);
       return { rows: rows.length, wait: () => drawn.ids, sampled: () => drawn };
     }
-    const logits = this.logitsAfter(batch, after);
-    return be.queueSample(this.shard.tp > 1 ? be.allGatherColumns!(logits) : logits, rows, this.shard.tp > 1);
+    return be.queueSample!(this.gatheredLogits(batch, after), rows, this.shard.tp > 1);
   }
 
   /**
@@ -193,17 +178,15 @@ export class Llama4Model implements ForwardModel {
   }
 
   /**
-   * With Backend.sampleRows: the step's logits (from a decode graph where one applies; under
-   * tensor parallelism gathered whole on the device, gatheredLogits) stay on the device and only
-   * ids and logprobs come back. Elsewhere (the CPU backend): forward() and the host sampler with
-   * the same `u` — sampleTokenWith, exactly what the scheduler's host path picks with that draw
-   * (sorted order there, index order on the device: the same distribution, not the same token
-   * for a given u).
+   * On a device: queueSample waited for (the logits stay there; only ids and logprobs come back;
+   * under tensor parallelism every rank calls it in step). Elsewhere (the CPU backend): forward()
+   * and the host sampler with the same `u` — sampleTokenWith, exactly what the scheduler's host
+   * path picks with that draw (sorted order there, index order on the device: the same
+   * distribution, not the same token for a given u).
    */
   forwardSample(batch: StepBatch, rows: SampleRow[]): ModelSample {
-    const be = this.backend;
     if (rows.length !== batch.logitRows.length) throw new Error(`forwardSample: ${rows.length} sampling rows for ${batch.logitRows.length} logit rows`);
-    if (this.samplesOnDevice) return be.sampleRows!(this.gatheredLogits(batch), rows);
+    if (this.samplesOnDevice) return this.queueSample(batch, rows, null).sampled();
     const logits = this.forward(batch);
     const vocab = this.cfg.vocabSize;
     const ids = new Int32Array(rows.length);
@@ -221,15 +204,9 @@ export class Llama4Model implements ForwardModel {
     return top ? { ids, logprobs, top } : { ids, logprobs };
   }
 
-  /** forwardSample draws on the device (Backend.sampleRows; under tensor parallelism from the gathered logits). */
+  /** Draws happen on the device (Backend.queueSample; under tensor parallelism from the gathered logits). */
   get samplesOnDevice(): boolean {
-    return !!this.backend.sampleRows && (this.shard.tp === 1 || !!this.backend.allGatherColumns);
-  }
-
-  /** Tensor parallelism, a rank other than 0: its part of forwardSample (the same collectives as rank 0's call; no sampling). */
-  forwardSampleCollectives(batch: StepBatch): void {
-    if (this.samplesOnDevice) this.gatheredLogits(batch);
-    else this.forward(batch);
+    return !!this.backend.queueSample && (this.shard.tp === 1 || !!this.backend.allGatherColumns);
   }
 
   /** One step on the backend, up to this rank's logits [logitRows, vocab] (fp32 on one rank). */

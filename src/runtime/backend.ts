@@ -175,16 +175,11 @@ export interface Backend {
    * A decode step (every sequence one new token, logits for every row in order) through a
    * captured CUDA graph: `run` is the forward up to this rank's logits; the backend pads the batch
    * to a captured size, captures `run` on first use of that size (per `key`, the model) and
-   * replays it after. Returns the fp32 logits of the batch's rows, or null when the step does not
-   * qualify (the caller then runs it directly).
-   */
-  decodeGraph?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Float32Array | null;
-  /** decodeGraph returning each row's argmax (greedy sampling on the device) instead of logits. */
-  decodeGraphArgmax?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor): Int32Array | null;
-  /**
-   * decodeGraph leaving this rank's logits on the device (tensor parallelism: every rank in step),
-   * or null. With `idsFrom` (picks of this backend's queueGreedy, one per row of the batch, in
-   * order) the rows' input ids are those picks, copied on the device: batch.ids is not read.
+   * replays it after. Returns this rank's logits of the batch's rows, left on the device, or null
+   * when the step does not qualify (the caller then runs it directly). Under tensor parallelism
+   * every rank calls it in step. With `idsFrom` (picks of this backend's queueGreedy or
+   * queueSample, one per row of the batch, in order) the rows' input ids are those picks, copied
+   * on the device: batch.ids is not read.
    */
   decodeGraphLogits?(key: object, batch: StepBatch, run: (batch: StepBatch) => Tensor, idsFrom?: PendingPicks): Tensor | null;
   /**
@@ -195,25 +190,15 @@ export interface Backend {
    */
   queueGreedy?(x: Tensor, split?: { vocabStart: number }): PendingPicks;
   /**
-   * sampleRows left queued (pipelined decoding): x holds the whole vocabulary's logits (under
-   * tensor parallelism: gathered). With `shared` (tensor parallelism; every rank calls it in step)
-   * the rank with `rows` draws and the others, passing null, receive its draws on the device, so
-   * every rank holds the ids a following step may take (decodeGraphLogits' idsFrom).
+   * Sampling on the device, left queued: for each logit row of x (the whole vocabulary; under
+   * tensor parallelism gathered), a token drawn with `u` from the filtered softmax(x /
+   * temperature) (see SampleRow), its logprob under log_softmax(x), and the top-`topN` [id,
+   * logprob] pairs where asked (PendingSample.sampled()); the logits never leave the device. With
+   * `shared` (tensor parallelism; every rank calls it in step) the rank with `rows` draws and the
+   * others, passing null, receive its draws on the device, so every rank holds the ids a
+   * following step may take (decodeGraphLogits' idsFrom).
    */
   queueSample?(x: Tensor, rows: SampleRow[] | null, shared: boolean): PendingSample;
-  /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
-  argmaxRows?(x: Tensor): Int32Array;
-  /**
-   * Greedy sampling with the vocabulary split over ranks: x holds this rank's logit columns,
-   * starting at vocabulary id `vocabStart`; every rank calls it; each row's global argmax.
-   */
-  argmaxShards?(x: Tensor, vocabStart: number): Int32Array;
-  /**
-   * Sampling on the device (one rank): for each logit row of x, a token drawn with `u` from the
-   * filtered softmax(x / temperature) (see SampleRow), its logprob under log_softmax(x), and the
-   * top-`topN` [id, logprob] pairs where asked; the logits never leave the device.
-   */
-  sampleRows?(x: Tensor, rows: SampleRow[]): SampledRows;
   /** Rows of x (e.g. the last token of each sequence). */
   gatherRows(x: Tensor, rows: Int32Array): Tensor;
   /** Device memory figures in bytes (budget, weights, step high-water marks), where there is a device. */
@@ -221,7 +206,7 @@ export interface Backend {
 }
 
 /**
- * One row's sampling request for Backend.sampleRows. Greedy (temperature ≤ 0 or topK 1): the
+ * One row's sampling request for Backend.queueSample. Greedy (temperature ≤ 0 or topK 1): the
  * argmax, lowest index among equal maxima. Otherwise, over w = exp((x − max) / temperature): keep
  * the topK largest logits (≤ 0: all), the smallest top-p nucleus of those (mass over the top-k
  * set; ties at a threshold kept together), and tokens with w ≥ minP (minP × the max
@@ -266,7 +251,7 @@ export interface LogitEdits {
 export const EDIT_REPEAT = 1;
 export const EDIT_MASK = 2;
 
-/** Top logprobs Backend.sampleRows can return per row. */
+/** Top logprobs Backend.queueSample can return per row. */
 export const SAMPLE_MAX_TOP = 20;
 
 /** Counts of GEMM planning: plans made, algorithm choices timed on the device, choices for an exact row count. */

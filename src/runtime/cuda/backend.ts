@@ -15,13 +15,14 @@
 //
 // Decode (few tokens): linears of ≤ 8 rows run the GEMV kernels (gemv.cu) instead of cuBLASLt;
 // MoE layers of ≤ 64 tokens route, sort and run their experts on the device (moe_decode.cu, no
-// host round trip); decodeGraph() captures whole decode steps as CUDA graphs per padded batch
+// host round trip); decodeGraphLogits() captures whole decode steps as CUDA graphs per padded batch
 // size and replays them. Weights are all stored [out, in] (checkpoint [in, out] tensors are
 // transposed once at load).
 //
-// Greedy decoding can pick tokens on the device (argmaxRows, decodeGraphArgmax): a step then
-// downloads n ids, not n × vocab logits; sampled decoding likewise (sampleRows, sample.cu, one
-// rank): ids, logprobs and top logprobs come back, not the logits.
+// Greedy decoding picks tokens on the device (queueGreedy): a step then downloads n ids, not n ×
+// vocab logits; sampled decoding likewise (queueSample, sample.cu): ids, logprobs and top
+// logprobs come back, not the logits. Both leave the ids where the next queued step copies them
+// in (the overlap schedule).
 //
 // Prefill (many rows): q, k and v are one GEMM over weights stored side by side (splitRows,
 // linearMany); the MoE layer runs its shared expert and half its routed experts on a side
@@ -174,7 +175,7 @@ interface StepMeta {
   seqs: FaSeq[];
 }
 
-/** One captured decode step (decodeGraph): the executable graph and where its logits land. */
+/** One captured decode step (decodeGraphLogits): the executable graph and where its logits land. */
 interface GraphEntry {
   exec: DevicePtr;
   ptr: DevicePtr;
@@ -330,7 +331,7 @@ export class CudaBackend implements Backend {
   attentionKernel: "fa3" | "cuda" | "" = "";
   private readonly gemvMax: number;
   private readonly moeDeviceMax: number;
-  // ---- CUDA graphs (decodeGraph) ----
+  // ---- CUDA graphs (decodeGraphLogits) ----
   private readonly graphSizes: number[];
   /** Captured decode steps per model, keyed by padded batch size and the attention split counts ("8/1,4"). */
   private readonly graphs = new Map<object, Map<string, GraphEntry>>();
@@ -351,7 +352,7 @@ export class CudaBackend implements Backend {
   /** Staging for a step's slot-table runs and slots: persistent, so graph steps' step memory keeps its layout. */
   private appendBuf: { ptr: DevicePtr; ints: number } | null = null;
   /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
-  graphStats = { captures: 0, replays: 0, gpuMs: 0, off: "" };
+  graphStats = { captures: 0, replays: 0, off: "" };
   private graphEvents: [DevicePtr, DevicePtr] | null = null;
   /** queueGreedy's two pick buffers and the one it wrote last. */
   private readonly pickSlots: (PickSlot | null)[] = [null, null];
@@ -621,11 +622,6 @@ export class CudaBackend implements Backend {
     this.pinned = null;
   }
 
-  /** Greedy sampling on the device: each row's argmax (lowest index among equal maxima), as token ids. */
-  argmaxRows(x: Tensor): Int32Array {
-    return this.queueGreedy(x).wait();
-  }
-
   /**
    * Greedy picks left on the device (Backend.queueGreedy). One rank: argmax_rows. Vocabulary split
    * over ranks: each rank's (max, global index) per row (argmax_pairs), all-gathered ([ranks, rows,
@@ -674,18 +670,16 @@ export class CudaBackend implements Backend {
     return slot;
   }
 
-  /**
-   * Sampling on the device (sample.cu): one block per row filters (temperature, top-k, top-p,
-   * min-p) and draws with the row's `u`; downloads 42 floats per row (id, logprob, 20 top pairs)
-   * instead of the row's logits. x holds the whole vocabulary.
-   */
+  /** queueSample on one rank, waited for (what the sampling tests call). */
   sampleRows(x: Tensor, rowsIn: SampleRow[]): SampledRows {
     return this.queueSample(x, rowsIn, false).sampled();
   }
 
   /**
-   * sampleRows queued (Backend.queueSample): the draws land in a pick slot's output rows and its
-   * ids. Shared (tensor parallelism): the ranks without rows zero their output rows and one
+   * Sampling on the device (Backend.queueSample, sample.cu): one block per row filters
+   * (temperature, top-k, top-p, min-p) and draws with the row's `u` into a pick slot's output rows
+   * (42 floats: id, logprob, 20 top pairs) and its ids; sampled() downloads the rows instead of the
+   * logits. Shared (tensor parallelism): the ranks without rows zero their output rows and one
    * all-reduce of the [n, 42] floats gives every rank the drawing rank's (x + 0 is x).
    */
   queueSample(x: Tensor, rowsIn: SampleRow[] | null, shared: boolean): DevicePicks {
@@ -743,11 +737,6 @@ export class CudaBackend implements Backend {
       a.ptr(xt.ptr).i32(cols).ptr(headerDev).ptr(headerDev + BigInt(list.length * 4)).ptr(entriesDev).ptr(editedDev),
     );
     return editedDev;
-  }
-
-  /** Greedy sampling with the vocabulary split over ranks (Backend.argmaxShards): queueGreedy's picks, waited for. */
-  argmaxShards(x: Tensor, vocabStart: number): Int32Array {
-    return this.queueGreedy(x, { vocabStart }).wait();
   }
 
   synchronize(): void {
@@ -811,7 +800,7 @@ export class CudaBackend implements Backend {
       }
       local[i] = l;
     }
-    // A forward step starts with its embedding; a CUDA-graph step began in decodeGraph(), which
+    // A forward step starts with its embedding; a CUDA-graph step began in replayStep(), which
     // put the ids at a fixed address.
     // Its ids are global there (the same on every rank): the rank's slice is taken on the device.
     const g = this.graph;
@@ -1492,7 +1481,9 @@ export class CudaBackend implements Backend {
     if (sgu.transposed || sdn.transposed || sgu.shape[1] !== d || sdn.shape[0] !== d || sdn.shape[1] !== fs) return null;
     if (d % epv !== 0 || f % epv !== 0 || fs % epv !== 0 || !Number.isInteger(fs)) return null;
 
+    // The routing (moe_down reads perm and offsets): sorted row → token, each token's score, each expert's first row.
     const perm = this.mem.stepAlloc(n * 4).ptr;
+    const score = this.mem.stepAlloc(n * 4).ptr;
     const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
     const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
     // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
@@ -1516,12 +1507,11 @@ export class CudaBackend implements Backend {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
       const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, router);
       this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
-        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(this.mem.stepAlloc(n * 4).ptr).ptr(offsets)
+        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(score).ptr(offsets)
           .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
       );
     } else {
       const logits = this.linear(xt, router);
-      const score = this.mem.stepAlloc(n * 4).ptr;
       this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
       const xin = this.stepTensor([n, d], this.t);
       this.k.launch(`moe_gather_dev_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
@@ -1540,46 +1530,27 @@ export class CudaBackend implements Backend {
 
   // ---- CUDA graphs ----
 
-  /**
-   * A decode step through a CUDA graph (Backend.decodeGraph). It qualifies when every sequence
-   * adds one token, rows in sequence order, and every row wants logits. The batch is padded to the
-   * next captured size (padding rows: token 0 at position 0 in each pool's spare slot), the step's
-   * inputs (token ids, attention metadata, the fa kernels' tile tables) go to fixed addresses, the
-   * first step of a size captures `run` (the model's forward up to its logits) and every later one
-   * replays it. Returns the real rows' fp32 logits, or null (graphs off, or the step does not
-   * qualify): the caller then runs the step directly. One model per `key`.
-   *
-   * What a graph cannot see: host-side choices inside ops. Every op in the captured region must
-   * take its per-step inputs from device memory (what is prepared here) and choose kernels from
-   * shapes alone; a host upload during capture is an error, and turns graphs off.
-   */
-  decodeGraph(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Float32Array | null {
-    const logits = this.replayStep(key, batch, run);
-    if (!logits) return null;
-    const out = this.toHost(logits);
-    this.graphStats.gpuMs = this.lastReplayMs()!; // done: the download waited for the stream
-    return out;
-  }
-
   /** Device time of the last graph replay in ms (waits for it); null before any. */
   lastReplayMs(): number | null {
     return this.graphEvents && this.graphStats.replays > 0 ? this.native.eventElapsed(...this.graphEvents) : null;
   }
 
-  /** decodeGraph with greedy sampling on the device: each real row's argmax instead of its logits. */
-  decodeGraphArgmax(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor): Int32Array | null {
-    const logits = this.replayStep(key, batch, run);
-    if (!logits) return null;
-    const ids = this.argmaxRows(logits);
-    this.graphStats.gpuMs = this.lastReplayMs()!;
-    return ids;
-  }
-
   /**
-   * decodeGraph leaving the logits on the device: this rank's [rows, cols] logits of the real
-   * rows (valid until the next step), or null. Under tensor parallelism every rank calls it in
-   * step (same batches, same order): the graphs hold the ranks' NCCL all-reduces, so every rank
-   * must capture, and then replay, the same sizes together.
+   * A decode step through a CUDA graph (Backend.decodeGraphLogits). It qualifies when every
+   * sequence adds one token, rows in sequence order, and every row wants logits. The batch is
+   * padded to the next captured size (padding rows: token 0 at position 0 in each pool's spare
+   * slot), the step's inputs (token ids — or, with `idsFrom`, the previous step's picks copied on
+   * the device — attention metadata, the fa kernels' tile tables) go to fixed addresses, the first
+   * step of a size captures `run` (the model's forward up to its logits) and every later one
+   * replays it. Returns this rank's [rows, cols] logits of the real rows on the device (valid until
+   * the next step), or null (graphs off, or the step does not qualify): the caller then runs the
+   * step directly. One model per `key`. Under tensor parallelism every rank calls it in step (same
+   * batches, same order): the graphs hold the ranks' NCCL all-reduces, so every rank must capture,
+   * and then replay, the same sizes together.
+   *
+   * What a graph cannot see: host-side choices inside ops. Every op in the captured region must
+   * take its per-step inputs from device memory (what is prepared here) and choose kernels from
+   * shapes alone; a host upload during capture is an error, and turns graphs off.
    */
   decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): Tensor | null {
     return this.replayStep(key, batch, run, idsFrom);

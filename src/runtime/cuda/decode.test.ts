@@ -94,7 +94,7 @@ for (const precision of ["f32", "bf16"] as const) {
       }
     });
 
-    test("argmaxRows (greedy on the device): the host argmax, lowest index on ties; large downloads through pinned staging", () => {
+    test("queueGreedy (greedy on the device): the host argmax, lowest index on ties; large downloads through pinned staging", () => {
       const n = 5, cols = 3001;
       const x = randn(rng, n * cols);
       x[1 * cols + 7] = 9;
@@ -107,7 +107,7 @@ for (const precision of ["f32", "bf16"] as const) {
         for (let i = 1; i < cols; i++) if (x[r * cols + i] > x[r * cols + best]) best = i;
         return best;
       });
-      assert.deepEqual(Array.from(g().argmaxRows(xg)), want);
+      assert.deepEqual(Array.from(g().queueGreedy(xg).wait()), want);
       // ≥ 256 KiB: the page-locked staging path of toHost, both storage types.
       const big = randn(rng, 300 * 1024);
       for (const dtype of ["f32", "bf16"] as const) {
