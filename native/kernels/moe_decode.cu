@@ -13,8 +13,9 @@
 //                    out already holds it), then (same block, after a barrier) out[perm[i]] +=
 //                    routed down — the combine is fused
 //   moe_gate_up_routed  decode (withShared, n ≤ 8): moe_gate_up with the routing done inside
-//                    (by the router's last block, or by every block) and the routed rows read from
-//                    x and scaled as loaded — no sort or gather launch; perm/offsets for moe_down
+//                    (by the router's last block, or by every routed block) and the routed rows
+//                    read from x and scaled as loaded — no sort or gather launch; perm/offsets for
+//                    moe_down. Half its blocks run the shared expert, half the routed ones.
 // withShared is for n ≤ 8: the shared expert is then one pass over its weights. Beyond that the
 // host runs it through cuBLASLt (one read of the weights) rather than ⌈n/8⌉ passes.
 // Grid: (slabs, 1) — each block walks every expert (few tokens: most experts are empty, and
@@ -178,21 +179,21 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 // The decode layer with the shared expert in the kernels (n ≤ 8): the routed rows are read from
 // x and scaled as loaded, so no sort or gather launch (an ncu profile of a tp-4 rank's decode step
 // put them at ~6 µs a layer). perm, score and offsets (for moe_down too) land in permOut,
-// scoreOut and offsetsOut.
-// Without `router` (`logits` come from a router launch before) every block routes the n tokens
-// itself (n·e logits from L2) and block 0 writes the outputs.
-// With `router` the router GEMV is in here too: blocks 0..e−1 first compute router row
-// blockIdx.x for the n tokens — the gemv kernel's slot layout (one row a block, 8 warps over K)
-// and epilogue, so the bits of a gemv router launch — and count themselves in routerDone; the
-// last of them routes (moeRouteSort into the outputs) and publishes by setting the count to
-// e + 1. Every block runs its shared-expert pass first and waits for the publication only then,
-// so the wait is normally over before it starts, and reads the routing (a few ints) rather than
-// sorting: per-block global-timer stamps on an H200 (tp-4 rank shapes, 2026-11-27) had every
-// block spend ~0.5 µs waiting and ~1.8 µs sorting between its two passes, all at the same time,
-// with no weight loads in flight. The host passes `router` only when the grid is one wave (every
-// block resident at once), so a waiting block never holds a slot a router block needs. moe_down,
-// the next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a
-// layer at tp 4 on an H200, kernel stamps.)
+// scoreOut and offsetsOut. Grid: 2 × slabs — blocks [0, slabs) the shared expert's slabs,
+// [slabs, 2·slabs) the routed experts' (each block one pass over its weights).
+// Without `router` (`logits` come from a router launch before) every routed block routes the n
+// tokens itself (n·e logits from L2) and the first writes the outputs.
+// With `router` the router GEMV is in here too: routed blocks 0..e−1 first compute router row
+// `slab` for the n tokens — the gemv kernel's slot layout (one row a block, 8 warps over K) and
+// epilogue, so the bits of a gemv router launch — and count themselves in routerDone; the last of
+// them routes (moeRouteFew into the outputs) and publishes by setting the count to e + 1; every
+// routed block waits for that and reads the routing (a few ints). The shared blocks stream their
+// weights meanwhile. The host passes `router` only when the grid is one wave (every block
+// resident at once), so a waiting block never holds a slot a router block needs. moe_down, the
+// next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a layer
+// at tp 4 on an H200, kernel stamps; per-block stamps of the one-role kernel, where every block
+// ran the shared pass and then the routed one, had all blocks of the grid pausing together
+// ~1–2 µs between the passes with no weight loads in flight.)
 constexpr int MOE_ROUTED_MAX_LOCAL = 256;
 constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost block is a bug: trap, not hang
 
@@ -202,32 +203,40 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
                                 const T* __restrict__ gateUp, int* __restrict__ permOut, float* __restrict__ scoreOut,
                                 int* __restrict__ offsetsOut, T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs,
                                 int f, int local, int rb) {
+  // Two roles over the same slabs: the first half of the grid runs the shared expert (no routing
+  // needed, so its loads start at once), the second half the routed experts. A block that ran both
+  // passes one after the other left the SM's memory pipe empty between them (its last loads, the
+  // epilogue, the routing read, the next first loads) while every block of the SM did the same.
+  const int slabs = gridDim.x / 2;
+  const int slab = (int)blockIdx.x - slabs;
+  if (slab < 0) {
+    moeGateUp<T, MAXNT>(x, x, sharedGateUp, gateUp, nullptr, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0);
+    return;
+  }
   __shared__ int perm[GEMV_MAX_NT];
   __shared__ float score[GEMV_MAX_NT];
   __shared__ int offsets[MOE_ROUTED_MAX_LOCAL + 1];
   __shared__ bool routes;
-  if (router != nullptr && (int)blockIdx.x < e) {
-    const GemvSlot rs(1);
-    const T* wr[1] = {router + (size_t)blockIdx.x * d};
-    gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + blockIdx.x] = fromF<T>(v[0]); });
-    if (threadIdx.x == 0) {
-      __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
-      routes = atomicAdd(routerDone, 1) == e - 1;
-      __threadfence();  // the last block: every router block's logits before it reads them
-    }
-    __syncthreads();
-    if (routes) {
-      moeRouteFew<T>(logits, n, e, first, local, permOut, scoreOut, offsetsOut);
-      __syncthreads();
+  if (router != nullptr) {
+    if (slab < e) {
+      const GemvSlot rs(1);
+      const T* wr[1] = {router + (size_t)slab * d};
+      gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + slab] = fromF<T>(v[0]); });
       if (threadIdx.x == 0) {
-        __threadfence();
-        atomicExch(routerDone, e + 1);  // published
+        __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
+        routes = atomicAdd(routerDone, 1) == e - 1;
+        __threadfence();  // the last block: every router block's logits before it reads them
+      }
+      __syncthreads();
+      if (routes) {
+        moeRouteFew<T>(logits, n, e, first, local, permOut, scoreOut, offsetsOut);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          __threadfence();
+          atomicExch(routerDone, e + 1);  // published
+        }
       }
     }
-  }
-  // The shared expert needs no routing.
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0, {perm, score});
-  if (router != nullptr) {
     if (threadIdx.x == 0) {
       const unsigned long long start = globalTimerNs();
       for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) <= e; spins++) {
@@ -248,13 +257,13 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
   } else {
     moeRouteFew<T>(logits, n, e, first, local, perm, score, offsets);
     __syncthreads();
-    if (blockIdx.x == 0) {
+    if (slab == 0) {
       for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
       for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
     }
   }
   __syncthreads();
-  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x, 0, local, {perm, score});
+  moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, slab, 0, local, {perm, score});
 }
 
 template <typename T, int MAXNT>

@@ -1492,16 +1492,19 @@ export class CudaBackend implements Backend {
     const actShared = withShared ? this.stepTensor([n, fs], this.t) : act;
     const nt = tokensPerPass(n);
     const cols = Math.max(f, withShared ? fs : 0);
-    const rbUp = this.rowsPerBlock(cols);
     // Many tokens (no shared group): one expert per grid row instead of each block walking them all.
     const ys = withShared ? 1 : local;
-    const upBlocks = Math.ceil(cols / rbUp);
     const routed = withShared && local <= MOE_ROUTED_MAX_LOCAL;
-    // The router GEMV inside the routed kernel (its first e blocks, one router row each) where the
-    // grid is one wave: on 4 × H200 a tp-4 rank's 512 blocks ran the layer ~3 µs faster than with
-    // the router launch, while one GPU's 1024 (two waves) ran ~7 µs slower (2026-11-27,
+    // The routed kernel's grid is two blocks a slab (a shared one, a routed one); it takes the
+    // fewest rows a block that keep it one wave, where it can hold the router.
+    const wave = MOE_ROUTED_BLOCKS_PER_SM * this.info.smCount;
+    const rbUp = routed ? ([1, 2, 4, 8].find((rb) => 2 * Math.ceil(cols / rb) <= wave) ?? this.rowsPerBlock(cols)) : this.rowsPerBlock(cols);
+    const upBlocks = (routed ? 2 : 1) * Math.ceil(cols / rbUp);
+    // The router GEMV inside the routed kernel (its first e routed blocks, one router row each)
+    // where the grid is one wave: on 4 × H200 a tp-4 rank's 512 blocks ran the layer ~3 µs faster
+    // than with the router launch, while one GPU's 1024 (two waves) ran ~7 µs slower (2026-11-27,
     // tp4-ab-…-8-router-in-gate-up.jsonl).
-    const routerInKernel = routed && e <= upBlocks && upBlocks <= MOE_ROUTED_BLOCKS_PER_SM * this.info.smCount && !router.transposed;
+    const routerInKernel = routed && e <= upBlocks / 2 && upBlocks <= wave && !router.transposed;
     const routerDone = routerInKernel ? this.moeRouterDone : 0n;
     if (routed) {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
