@@ -235,6 +235,23 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const int wRow0 = warp * 16 * MT;
   const bool warpActive = WG ? rowOf(64 * (warp >> 2)) < nRows : rowOf(wRow0) < nRows;
 
+  // The PDL wait comes only now (common.cuh): the tile and slot tables are step inputs written
+  // long before this launch (host uploads, slot_table_write), so they are read while the previous
+  // kernel finishes — with the slots of this thread's rows of the first tiles, two dependent round
+  // trips off the decode's critical path. q, the K/V pools and every write come after the wait.
+  constexpr int RSTEP = FA_THREADS / CH;
+  const int ldRow = tid / CH, ldCh = tid % CH;
+  int firstSlots[STAGES - 1][BN / RSTEP];
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++)
+#pragma unroll
+    for (int it = 0; it < BN / RSTEP; it++) {
+      const int u = kLo + (ktBegin + s) * BN + ldRow + it * RSTEP;
+      firstSlots[s][it] = ktBegin + s < ktEnd && u < kHi ? slots[u] : 0;
+    }
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+
   if (ktBegin >= ktEnd && CLUSTER == 0) {  // an empty split: weight zero in the combine (a cluster's: in the merge)
     if (partO == nullptr) return;
     for (int c = tid; c < BM * D; c += FA_THREADS) {
@@ -259,28 +276,28 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   }
   // K/V tiles: this thread copies chunk tid % CH of rows tid / CH + it·(128 / CH); that row
   // step is a multiple of the swizzle period, so the swizzled offset is one base + it·step.
-  constexpr int RSTEP = FA_THREADS / CH;
-  const int ldRow = tid / CH, ldCh = tid % CH;
   const uint32_t ldK = smemAddr(sK) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh));
   const uint32_t ldV = smemAddr(sV) + (WG ? panelSwz<BN>(ldRow, ldCh) : swz<CH>(ldRow, ldCh));
   constexpr int KV_ROW = WG ? 128 : CH * 16;  // bytes from one K or V row to the next (within a panel)
   const bf16* kSrc = kPool + (size_t)kvh * D + ldCh * 8;
   const bf16* vSrc = vPool + (size_t)kvh * D + ldCh * 8;
   const size_t slotStride = (size_t)hkv * D;
-  auto loadKV = [&](int kt, int stage) {
+  // slotOf(it, u): the slot of key u, this thread's row `it` of the tile.
+  auto loadKVWith = [&](int kt, int stage, auto slotOf) {
     const int u0 = kLo + kt * BN + ldRow;
 #pragma unroll
     for (int it = 0; it < BN / RSTEP; it++) {
       const int u = u0 + it * RSTEP;
       const bool ok = u < kHi;
-      const size_t off = ok ? (size_t)slots[u] * slotStride : 0;
+      const size_t off = ok ? (size_t)slotOf(it, u) * slotStride : 0;
       cpAsync16(ldK + stage * TILE_BYTES + it * RSTEP * KV_ROW, kSrc + off, ok);
       cpAsync16(ldV + stage * TILE_BYTES + it * RSTEP * KV_ROW, vSrc + off, ok);
     }
   };
+  auto loadKV = [&](int kt, int stage) { loadKVWith(kt, stage, [&](int, int u) { return slots[u]; }); };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; s++) {
-    if (ktBegin + s < ktEnd) loadKV(ktBegin + s, s);
+    if (ktBegin + s < ktEnd) loadKVWith(ktBegin + s, s, [&](int it, int) { return firstSlots[s][it]; });
     cpAsyncCommit();
   }
 
@@ -492,19 +509,13 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
 #endif
 #define FA_DECODE_CLUSTER(D, C)                                                                                   \
   extern "C" __global__ void FA_CLUSTER_DIMS(C) __launch_bounds__(128, 2) attention_fa_decode_c##C##_d##D(FA_ARGS) { \
-    gridDependencyWait();                                                                                         \
-    gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 1, true, 3, false, C>(FA_PASS);                                                          \
   }
 #define FA_KERNELS(D)                                                                                             \
   extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_prefill_d##D(FA_ARGS) {                      \
-    gridDependencyWait();                                                                                         \
-    gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 2, false, 2>(FA_PASS);                                                                   \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(128, 2) attention_fa_decode_d##D(FA_ARGS) {                       \
-    gridDependencyWait();                                                                                         \
-    gridDependencyLaunchDependents();                                                                             \
     flashAttention<D, 4, 1, true, 3>(FA_PASS);                                                                    \
   }                                                                                                              \
   FA_DECODE_CLUSTER(D, 2)                                                                                        \
@@ -521,8 +532,6 @@ FA_KERNELS(128)
 // A prefill variant (TSGLANG_FA_PREFILL=w8): 8 warps × 1 m-tile (128 rows, 16 per warp), fewer
 // registers (≤ 128: 16 warps per SM) for twice the shared-memory reads per FLOP. Same 96 KB.
 extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_w8_d128(FA_ARGS) {
-  gridDependencyWait();
-  gridDependencyLaunchDependents();
   flashAttention<128, 8, 1, false, 2>(FA_PASS);
 }
 static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
@@ -533,8 +542,6 @@ static_assert(faSmemBytes<128, 8, 1, 2>() == 96 * 128 * 8, "smem");
 // kernel 1.99 ms; with only Q·Kᵀ on wgmma 1.82 ms), 2k 0.125 ms (0.162). Next toward cuDNN's
 // 620: warp specialisation (a producer warp feeding K/V by TMA) so softmax overlaps the MMAs.
 extern "C" __global__ void __launch_bounds__(256, 2) attention_fa_prefill_wg_d128(FA_ARGS) {
-  gridDependencyWait();
-  gridDependencyLaunchDependents();
   flashAttention<128, 8, 1, false, 2, true>(FA_PASS);
 }
 

@@ -47,6 +47,10 @@ __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const
   }
   __shared__ float sinOf[64], cosOf[64];
   if ((flags & PREP_ROPE) && threadIdx.x < half) sincosf((float)pos * invFreq[threadIdx.x], &sinOf[threadIdx.x], &cosOf[threadIdx.x]);
+  // Only now the PDL wait (common.cuh): positions and slots are host uploads from before the
+  // previous kernels, so the angles are ready when q, k and v are.
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   __syncthreads();
   using P = PairOf<T>;
   // Each warp's heads two at a time, both loaded before either is worked on: twice the bytes in
@@ -129,8 +133,6 @@ __device__ void attnPrep(const T* __restrict__ q, const T* __restrict__ k, const
                                              const int* positions, const int* rowSlot, const float* invFreq,    \
                                              int hq, int hkv, int dim, int ldq, int ldk, int ldv, int flags,    \
                                              float eps, float floorScale, float attnScale) {                    \
-    gridDependencyWait();                                                                                       \
-    gridDependencyLaunchDependents();                                                                           \
     attnPrep<T>(q, k, v, qOut, kPool, vPool, positions, rowSlot, invFreq, hq, hkv, dim, ldq, ldk, ldv, flags,   \
                 eps, floorScale, attnScale);                                                                    \
   }

@@ -15,6 +15,11 @@ typedef __nv_bfloat16 bf16;
 // gridDependencyLaunchDependents() lets the next kernel get resident and reach its own wait while
 // this one works (after the wait, not before: at most one grid waits behind a running one).
 // Both are no-ops without PDL; the sm_80 / compute_80 builds have neither instruction.
+// The one exception to "wait first": a kernel starts only after the previous one passed its own
+// wait, so everything two or more launches back (and every upload before those) is complete and
+// may be read before the wait — attention's prep and decode kernels read their step inputs
+// (positions, slots, tile tables: host uploads and slot_table_write, long before) that way.
+// Never a write, and never a read of the previous kernel's output.
 __device__ __forceinline__ void gridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
