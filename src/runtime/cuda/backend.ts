@@ -800,7 +800,7 @@ export class CudaBackend implements Backend {
       }
       local[i] = l;
     }
-    // A forward step starts with its embedding; a CUDA-graph step began in replayStep(), which
+    // A forward step starts with its embedding; a CUDA-graph step began in decodeGraphLogits(), which
     // put the ids at a fixed address.
     // Its ids are global there (the same on every rank): the rank's slice is taken on the device.
     const g = this.graph;
@@ -1555,15 +1555,7 @@ export class CudaBackend implements Backend {
    * take its per-step inputs from device memory (what is prepared here) and choose kernels from
    * shapes alone; a host upload during capture is an error, and turns graphs off.
    */
-  decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): Tensor | null {
-    return this.replayStep(key, batch, run, idsFrom);
-  }
-
-  /**
-   * Prepares, captures if new, and launches the step's graph; its logits for the real rows, or
-   * null. `idsFrom`: the input ids are these queued picks (copied on the device; batch.ids unread).
-   */
-  private replayStep(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): CudaTensor | null {
+  decodeGraphLogits(key: object, batch: StepBatch, run: (b: StepBatch) => Tensor, idsFrom?: PendingPicks): CudaTensor | null {
     if (this.graphSizes.length === 0 || this.graphStats.off !== "" || !this.params || this.kvLayers.length === 0) return null;
     const n = batch.ids.length;
     const size = this.graphSizes.find((s) => s >= n);
