@@ -685,7 +685,7 @@ export class CudaBackend implements Backend {
   queueSample(x: Tensor, rowsIn: SampleRow[] | null, shared: boolean): DevicePicks {
     const xt = this.tensor(x);
     const [n, cols] = rows(xt, "queueSample");
-    if (rowsIn && rowsIn.length !== n) throw new Error(`sampleRows: ${rowsIn.length} sampling rows for ${n} logit rows`);
+    if (rowsIn && rowsIn.length !== n) throw new Error(`queueSample: ${rowsIn.length} sampling rows for ${n} logit rows`);
     const slot = this.nextPickSlot(n);
     const topN = rowsIn?.map((r) => Math.max(0, Math.min(SAMPLE_MAX_TOP, Math.floor(r.topN))));
     if (n > 0 && rowsIn) {
@@ -1498,7 +1498,7 @@ export class CudaBackend implements Backend {
     // The routed kernel's grid is two blocks a slab (a shared one, a routed one); it takes the
     // fewest rows a block that keep it one wave, where it can hold the router.
     const wave = MOE_ROUTED_BLOCKS_PER_SM * this.info.smCount;
-    const rbUp = routed ? ([1, 2, 4, 8].find((rb) => 2 * Math.ceil(cols / rb) <= wave) ?? this.rowsPerBlock(cols)) : this.rowsPerBlock(cols);
+    const rbUp = (routed ? [1, 2, 4, 8].find((rb) => 2 * Math.ceil(cols / rb) <= wave) : undefined) ?? this.rowsPerBlock(cols);
     const upBlocks = (routed ? 2 : 1) * Math.ceil(cols / rbUp);
     // The router GEMV inside the routed kernel (its first e routed blocks, one router row each)
     // where the grid is one wave: on 4 × H200 a tp-4 rank's 512 blocks ran the layer ~3 µs faster
