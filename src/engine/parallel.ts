@@ -206,7 +206,7 @@ class ParallelModel implements ForwardModel {
 
   /** The step to every other rank: through the step channel, or (too large for it) posted, its arrays copied out of views first (see compact). */
   private sendStep(kind: StepKind, batch: StepBatch): void {
-    if (![STEP_QUEUE, STEP_CHAIN, STEP_SAMPLE_QUEUE, STEP_SAMPLE_CHAIN].includes(kind)) this.lastQueued = null;
+    if (kind === STEP_FORWARD) this.lastQueued = null; // nothing can chain onto a plain forward
     if (this.steps.step(kind, batch)) return;
     this.post({ type: "step", kind, batch: compact(batch) });
   }
