@@ -75,13 +75,9 @@ interface Req {
 
 /**
  * A queued decode step whose tokens are not accepted yet (the overlap schedule): row i is
- * reqs[i]'s; `drawn` when it was sampled (queueSample: ids with logprobs), else greedy picks.
+ * reqs[i]'s; greedy picks, or `drawn` (queueSample: the ids with their logprobs).
  */
-interface InFlight {
-  reqs: Req[];
-  picks: PendingPicks;
-  drawn?: PendingModelSample;
-}
+type InFlight = { reqs: Req[] } & ({ drawn: false; picks: PendingPicks } | { drawn: true; picks: PendingModelSample });
 
 /** True when this request's next token is the plain argmax: greedy, no penalties, no logprobs. */
 function onlyNeedsArgmax(req: Req): boolean {
@@ -364,7 +360,7 @@ export class Scheduler {
       seqs.push(this.span(req, i, req.kvLen, 1));
     }
     const batch: StepBatch = { ids: new Int32Array(n), positions, seqs, logitRows: ramp(0, n).slice() };
-    this.inflight = greedy ? { reqs, picks: this.model.queueArgmax!(batch, prev.picks) } : this.queueDraws(reqs, batch, prev.picks);
+    this.inflight = greedy ? { reqs, drawn: false, picks: this.model.queueArgmax!(batch, prev.picks) } : this.queueDraws(reqs, batch, prev.picks);
     for (const req of reqs) req.kvLen++;
     this.counters.forwardTokens += n;
     this.acceptPicks(prev);
@@ -380,13 +376,12 @@ export class Scheduler {
 
   /** A sampled decode step of `reqs` (row i is reqs[i]'s next token) queued with their draws (canQueueDraw). */
   private queueDraws(reqs: Req[], batch: StepBatch, after: PendingPicks | null): InFlight {
-    const drawn = this.model.queueSample!(batch, reqs.map((req) => this.sampleRow(req, true)), after);
-    return { reqs, picks: drawn, drawn };
+    return { reqs, drawn: true, picks: this.model.queueSample!(batch, reqs.map((req) => this.sampleRow(req, true)), after) };
   }
 
   /** An in-flight step's tokens, for the requests still running (one that finished or was aborted meanwhile drops its pick). */
   private acceptPicks(f: InFlight): void {
-    const drawn = f.drawn?.sampled();
+    const drawn = f.drawn ? f.picks.sampled() : undefined;
     const ids = drawn?.ids ?? f.picks.wait();
     f.reqs.forEach((req, i) => {
       if (req.row < 0 || req.aborted) return;
@@ -466,7 +461,7 @@ export class Scheduler {
     if (this.model.forwardArgmax && work.every(({ req }) => onlyNeedsArgmax(req))) {
       // A decode-only step under the overlap schedule is queued, its tokens accepted next step.
       if (this.opts.overlap && this.model.queueArgmax && decodeOnly) {
-        this.queueAhead(work, { reqs: work.map(({ req }) => req), picks: this.model.queueArgmax(batch, null) });
+        this.queueAhead(work, { reqs: work.map(({ req }) => req), drawn: false, picks: this.model.queueArgmax(batch, null) });
         return;
       }
       const ids = this.model.forwardArgmax(batch);
