@@ -31,11 +31,11 @@
 #include <stdio.h>
 
 #include "norm.cuh"
+#include "peer_push.cuh"
 
-constexpr int AR_MAX_RANKS = 8;
 constexpr int AR_MAX_BLOCKS = 32;  // peer_allreduce.ts: MAX_BLOCKS
-// The signal buffer, in 64-bit words (peer_allreduce.ts: SIGNAL_WORDS).
-constexpr int SIG_EPOCH = 0;    // calls this rank has completed; local
+// The signal buffer, in 64-bit words (peer_allreduce.ts: SIGNAL_WORDS); SIG_EPOCH (word 0, calls
+// this rank has completed) is in peer_push.cuh.
 constexpr int SIG_ARRIVED = 1;  // blocks of the current call that are done; local
 constexpr int SIG_FLAGS = 16;   // [AR_MAX_BLOCKS][AR_MAX_RANKS]: the latest call block b of rank k reached
 
@@ -263,6 +263,86 @@ __device__ void allReduceAddRmsNorm(const Peers& p, const bf16* __restrict__ x, 
   endCall(p.signal[rank], call.epoch);
 }
 
+// The pushed all-reduce's consumer (peer_push.cuh), fused with the add + RMSNorm like
+// allReduceAddRmsNorm for one row: thread c polls units 2c and 2c + 1 of every sender slot in its
+// own inbox until all their flags carry this call's epoch (reloading them all each round, so the
+// slots' round trips overlap), sums in rank order in fp32 and rounds to bf16 — the same values
+// and order as the pulled kernel, so the same bits — then res += it and out = RMSNorm(res)·w.
+// Polls units `unit` and `unit + 1` of sender slots [K0, K1) until every flag is `epoch` (all
+// loads of a round in flight together), then adds their elements to acc in slot order.
+template <int K0, int K1>
+__device__ __forceinline__ void sumPushedSlots(const uint4* box, unsigned epoch, size_t unit, unsigned long long timeoutNs, int rank,
+                                               float (&acc)[8]) {
+  unsigned lo[K1 - K0][2], hi[K1 - K0][2];
+  const unsigned long long start = globalTimerNs();
+  for (unsigned spins = 1;; spins++) {
+    bool ready = true;
+#pragma unroll
+    for (int k = K0; k < K1; k++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        uint4 v;
+        asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(box + inboxUnit(epoch, k, unit + h)));
+        lo[k - K0][h] = v.x;
+        hi[k - K0][h] = v.z;
+        ready &= v.y == epoch && v.w == epoch;
+      }
+    if (ready) break;
+    if ((spins & 1023u) == 0 && globalTimerNs() - start > timeoutNs) {
+      printf("tsglang allreduce: rank %d waited %.1f s for the pushed parts of call %u (thread %d): "
+             "the ranks launched different all-reduce sequences, or a rank stopped; trapping\n",
+             rank, (double)timeoutNs * 1e-9, epoch, (int)threadIdx.x);
+      __trap();
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K1 - K0; k++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float f[4] = {__uint_as_float(lo[k][h] << 16), __uint_as_float(lo[k][h] & 0xffff0000u),
+                          __uint_as_float(hi[k][h] << 16), __uint_as_float(hi[k][h] & 0xffff0000u)};
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[4 * h + i] = K0 + k == 0 ? f[i] : acc[4 * h + i] + f[i];
+    }
+}
+
+// Every rank's elements [8c, 8c + 8) summed in rank order; up to 4 slots a round (8 ranks' 16
+// loads at once would not fit the kernel's 64 registers).
+template <int R>
+__device__ __forceinline__ void sumPushed(const uint4* box, unsigned epoch, size_t unit, unsigned long long timeoutNs, int rank,
+                                          float (&acc)[8]) {
+  sumPushedSlots<0, (R < 4 ? R : 4)>(box, epoch, unit, timeoutNs, rank, acc);
+  if constexpr (R > 4) sumPushedSlots<4, R>(box, epoch, unit, timeoutNs, rank, acc);
+}
+
+__device__ void pushedAddRmsNorm(const PushTarget& p, float* __restrict__ res, const bf16* __restrict__ w, bf16* __restrict__ out,
+                                 int d, float eps, unsigned long long timeoutNs) {
+  const unsigned long long call = pushEpoch(p.signal);
+  const unsigned epoch = (unsigned)call;
+  const int c = threadIdx.x * 8;
+  float xv[8] = {};
+  if (c < d) {
+    const uint4* box = p.inbox[p.rank];
+    const size_t unit = c / 4;
+    switch (p.nranks) {
+      case 2: sumPushed<2>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 3: sumPushed<3>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 4: sumPushed<4>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 5: sumPushed<5>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 6: sumPushed<6>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 7: sumPushed<7>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      case 8: sumPushed<8>(box, epoch, unit, timeoutNs, p.rank, xv); break;
+      default: __trap();  // the host pushes only between 2 and AR_MAX_RANKS ranks
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) xv[k] = __bfloat162float(__float2bfloat16_rn(xv[k]));
+  }
+  addRmsNormRow8(res, xv, w, out, d, eps);
+  endCall(p.signal, call);
+}
+
 // x[n] (in place) = the sum over ranks of every rank's x, identical on every rank.
 extern "C" __global__ void __launch_bounds__(512)
     allreduce_bf16(const __grid_constant__ Peers p, bf16* x, unsigned long long n, unsigned long long capacity, unsigned long long timeoutNs, int rank, int nranks) {
@@ -284,4 +364,12 @@ extern "C" __global__ void __launch_bounds__(1024)
   gridDependencyWait();
   gridDependencyLaunchDependents();
   allReduceAddRmsNorm(p, x, res, w, out, d, eps, capacity, timeoutNs, rank, nranks);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    allreduce_pushed_add_rms_norm_bf16(const __grid_constant__ PushTarget p, float* res, const bf16* w, bf16* out, int d, float eps,
+                                       unsigned long long timeoutNs) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  pushedAddRmsNorm(p, res, w, out, d, eps, timeoutNs);
 }

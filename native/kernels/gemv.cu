@@ -15,6 +15,7 @@
 // 5–8 rows to cuBLASLt. gemv3_*: q, k and v of one input in one grid (the 1024-row k/v alone
 // reach ~20–28%).
 #include "gemv.cuh"
+#include "peer_push.cuh"
 
 template <typename T, typename O, int MAXNT>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb) {
@@ -85,3 +86,17 @@ GEMV3_KERNEL(1, f32, float)
 GEMV3_KERNEL(2, f32, float)
 GEMV3_KERNEL(4, f32, float)
 GEMV3_KERNEL(8, f32, float)
+
+// gemv_push1_bf16: one token's row-parallel projection under tensor parallelism whose output the
+// next kernel all-reduces — as gemv1_bf16_bf16, then each block also pushes its rb rows into
+// every rank's inbox (peer_push.cuh). The host launches it only with rb % 4 == 0 and
+// out % rb == 0, so every block pushes whole units.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    gemv_push1_bf16(const bf16* x, const bf16* w, bf16* y, int in, int out, int rb, const __grid_constant__ PushTarget p) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;  // in flight during the pass
+  gemv<bf16, bf16, 1>(x, w, y, 1, in, out, rb);
+  __syncthreads();  // the block's rows of y are written
+  pushRows(p, epoch, y, blockIdx.x * rb, rb);
+}

@@ -38,6 +38,7 @@
 #include <stdio.h>
 
 #include "gemv.cuh"
+#include "peer_push.cuh"
 
 constexpr int MOE_SORT_MAX = 1024;
 
@@ -347,3 +348,20 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
 
 MOE_DECODE_KERNELS(bf16, bf16)
 MOE_DECODE_KERNELS(f32, float)
+
+// moe_down_push1_bf16: moe_down1_bf16 (shared expert in the kernel) for one token under tensor
+// parallelism, whose output the next kernel all-reduces: each block also pushes its rb finished
+// rows into every rank's inbox (peer_push.cuh; gemv_push1_bf16 does the same for the dense
+// projections). The host launches it only with rb % 4 == 0 and d % rb == 0.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    moe_down_push1_bf16(const bf16* actShared, const bf16* act, const bf16* sharedDown, const bf16* down, const int* offsets,
+                        const int* perm, bf16* out, int d, int fs, int f, int local, int rb, int* routerDone,
+                        const __grid_constant__ PushTarget p) {
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  if (routerDone != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *routerDone = 0;
+  const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;
+  moeDown<bf16, 1>(actShared, act, sharedDown, down, offsets, perm, out, 1, d, fs, f, local, 1, rb);
+  __syncthreads();  // the routed adds of every warp are written
+  pushRows(p, epoch, out, blockIdx.x * rb, rb);
+}

@@ -223,13 +223,15 @@ export class Llama4Model implements ForwardModel {
       be.allReduce!(delta);
       return be.addRmsNorm(residual, delta, norm, eps);
     };
+    // The row-parallel projections' outputs go straight to addNorm's all-reduce: a backend may send them as they are produced.
+    const reduced = { allReduceNext: tp && !!be.allReduceAddRmsNorm };
     const x = be.embedding(w.embed, batch.ids, this.dims.vocabStart);
     if (tp) be.allReduce!(x);
     let h = be.rmsNorm(x, w.layers[0].inputNorm, eps);
     for (let i = 0; i < this.cfg.numLayers; i++) {
       const lw = w.layers[i];
       const [q, k, v] = be.linearMany ? be.linearMany(h, [lw.q, lw.k, lw.v]) : [be.linear(h, lw.q), be.linear(h, lw.k), be.linear(h, lw.v)];
-      const attn = be.linear(be.attention(i, this.attention[i], q, k, v, batch), lw.o); // row-parallel under tp
+      const attn = be.linear(be.attention(i, this.attention[i], q, k, v, batch), lw.o, reduced); // row-parallel under tp
       h = addNorm(x, attn, lw.postAttnNorm);
       const ffn = this.cfg.layers[i].moe
         ? be.moe(h, {
@@ -240,8 +242,8 @@ export class Llama4Model implements ForwardModel {
             sharedDown: lw.sharedDown!,
             numExperts: this.cfg.numExperts,
             expertStart: this.dims.expertStart,
-          })
-        : be.linear(be.siluMul(be.linear(h, lw.mlpGateUp!)), lw.mlpDown!);
+          }, reduced)
+        : be.linear(be.siluMul(be.linear(h, lw.mlpGateUp!)), lw.mlpDown!, reduced);
       const nextNorm = i + 1 < this.cfg.numLayers ? w.layers[i + 1].inputNorm : w.norm;
       h = addNorm(x, ffn, nextNorm); // down projections are row-parallel (or experts are spread)
     }

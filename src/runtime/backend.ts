@@ -110,7 +110,7 @@ export interface Backend {
   addRmsNorm(residual: Tensor, x: Tensor, w: Tensor, eps: number): Tensor;
   add(residual: Tensor, x: Tensor): void;
   /** y = x · wᵀ with x [n, in] and w [out, in]. */
-  linear(x: Tensor, w: Tensor, opts?: { outF32?: boolean }): Tensor;
+  linear(x: Tensor, w: Tensor, opts?: LinearOptions): Tensor;
   /** linear() of one input by each weight (q, k, v), where a backend can do them in one pass. */
   linearMany?(x: Tensor, ws: Tensor[]): Tensor[];
   /**
@@ -132,7 +132,7 @@ export interface Backend {
    * Llama 4 MoE with top-1 sigmoid routing applied to the expert input, plus the shared expert.
    * experts.gateUp [E, 2F, d] and experts.down [E, d, F] in [out, in] layout.
    */
-  moe(x: Tensor, w: MoeWeights): Tensor;
+  moe(x: Tensor, w: MoeWeights, opts?: ReducedOutput): Tensor;
 
   /** Allocates (or reallocates) the KV pools for every layer and fixes the attention constants. */
   allocKv(params: AttentionParams, layers: AttentionSpec[], sizes: KvPoolSizes): void;
@@ -268,6 +268,20 @@ export interface GemmWarmup {
   /** The most rows (tokens) a forward passes it. */
   maxRows: number;
   /** fp32 output (the logits of a lone rank). */
+  outF32?: boolean;
+}
+
+/**
+ * Tensor parallelism: the output is this rank's partial sum of a row-parallel projection, and the
+ * backend's next collective is allReduceAddRmsNorm of it — so a backend may start sending it to
+ * the other ranks while it is produced (the CUDA backend's pushed all-reduce at batch 1).
+ */
+export interface ReducedOutput {
+  allReduceNext?: boolean;
+}
+
+export interface LinearOptions extends ReducedOutput {
+  /** fp32 output (logits) in bf16 mode. */
   outF32?: boolean;
 }
 

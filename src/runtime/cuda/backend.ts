@@ -43,10 +43,12 @@ import type {
   GemmWarmup,
   HostTensor,
   KvPoolSizes,
+  LinearOptions,
   MoeWeights,
   LogitEdits,
   PendingPicks,
   PendingSample,
+  ReducedOutput,
   SampleRow,
   SampledRows,
   StepBatch,
@@ -317,6 +319,8 @@ export class CudaBackend implements Backend {
   readonly deviceOrdinal: number;
   /** The custom all-reduce over peer memory (connectPeers), for small messages; NCCL for the rest. */
   private peerAr: PeerAllReduce | null = null;
+  /** The output a producer kernel pushed to every rank's inbox (peer_push.cuh), which the next collective must all-reduce. */
+  private pushedPartial: DevicePtr | null = null;
   private params: AttentionParams | null = null;
   private invFreq: DevicePtr | null = null;
   private kv: LayerKv[] = [];
@@ -416,6 +420,7 @@ export class CudaBackend implements Backend {
     this.step++;
     this.meta.clear();
     this.metaBatch = null;
+    this.pushedPartial = null;
     if (this.poison) this.mem.poisonStep();
   }
 
@@ -883,8 +888,8 @@ export class CudaBackend implements Backend {
     return rt;
   }
 
-  /** y = x · wᵀ; `outF32` gives fp32 output (logits) in bf16 mode. */
-  linear(x: Tensor, w: Tensor, opts: { outF32?: boolean } = {}): CudaTensor {
+  /** y = x · wᵀ; `outF32` gives fp32 output (logits) in bf16 mode; `allReduceNext`: see ReducedOutput. */
+  linear(x: Tensor, w: Tensor, opts: LinearOptions = {}): CudaTensor {
     const xt = this.as(this.tensor(x), this.t);
     const wt = this.tensor(w);
     const [n, inDim] = rows(xt, "linear");
@@ -892,8 +897,32 @@ export class CudaBackend implements Backend {
     const [out, wIn] = wt.shape;
     if (wIn !== inDim) throw new Error(`linear: x has ${inDim} columns, weight expects ${wIn}`);
     const y = this.stepTensor([n, out], opts.outF32 ? "f32" : this.t);
+    const rb = Math.max(4, this.rowsPerBlock(out)); // whole 4-row units a block
+    if (opts.allReduceNext && n === 1 && y.dtype === "bf16" && this.gemvApplies(n, inDim, xt.ptr, wt, wt.ptr) && this.peerAr?.canPush(out, rb)) {
+      // One token under tensor parallelism: the GEMV pushes its rows to every rank as they finish.
+      this.k.launch("gemv_push1_bf16", [out / rb], [GEMV_THREADS], (a) =>
+        this.peerAr!.pushTarget(a.ptr(xt.ptr).ptr(wt.ptr).ptr(y.ptr).i32(inDim).i32(out).i32(rb)),
+      );
+      this.pushed(y.ptr);
+      return y;
+    }
     this.gemm(y.ptr, y.dtype, xt.ptr, n, inDim, wt, 0, out);
     return y;
+  }
+
+  /** Records a producer's push (peer_push.cuh): its output must be the next collective's input. */
+  private pushed(ptr: DevicePtr): void {
+    if (!this.k.dry) this.pushedPartial = ptr;
+  }
+
+  /** Throws if a pushed output is waiting for its all-reduce (any other collective now would desynchronise the ranks' epochs). */
+  private checkNothingPushed(op: string): void {
+    if (this.pushedPartial !== null) throw new Error(`cuda backend: ${op} while a pushed partial sum (linear/moe with allReduceNext) waits for its allReduceAddRmsNorm`);
+  }
+
+  /** Can the GEMV kernels take this product (16-byte rows and addresses, few rows)? */
+  private gemvApplies(n: number, inDim: number, x: DevicePtr, w: CudaTensor, wPtr: DevicePtr): boolean {
+    return !w.transposed && !this.fallbackGemm && n <= this.gemvMax && inDim % (16 / BYTES[this.t]) === 0 && x % 16n === 0n && wPtr % 16n === 0n;
   }
 
   /**
@@ -906,7 +935,7 @@ export class CudaBackend implements Backend {
     const wPtr = w.ptr + BigInt(wOffset * BYTES[w.dtype]);
     // Few rows: the GEMV kernels stream the weights at memory speed (cuBLASLt's small-n kernels
     // do not); they need 16-byte rows and addresses.
-    if (!w.transposed && !this.fallbackGemm && n <= this.gemvMax && inDim % (16 / BYTES[this.t]) === 0 && x % 16n === 0n && wPtr % 16n === 0n) {
+    if (this.gemvApplies(n, inDim, x, w, wPtr)) {
       const rb = this.rowsPerBlock(out);
       this.k.launch(`gemv${tokensPerPass(n)}_${this.t}_${yType}`, [Math.ceil(out / rb)], [GEMV_THREADS], (a) =>
         a.ptr(x).ptr(wPtr).ptr(y).i32(n).i32(inDim).i32(out).i32(rb),
@@ -1079,6 +1108,7 @@ export class CudaBackend implements Backend {
 
   /** Sums x over all ranks, in place (fp32 or bf16, as stored). */
   allReduce(x: Tensor): void {
+    this.checkNothingPushed("allReduce");
     const xt = this.tensor(x);
     if (this.peerAr?.covers(xt.numel * BYTES[xt.dtype])) this.peerAr.run(xt.ptr, xt.numel, xt.dtype);
     else this.communicator("allReduce").allReduce(xt.ptr, xt.numel, xt.dtype);
@@ -1093,13 +1123,19 @@ export class CudaBackend implements Backend {
     const xt = this.tensor(x);
     const wt = this.tensor(w);
     const [n, d] = rows(rt, "allReduceAddRmsNorm");
+    const pushed = this.pushedPartial !== null;
+    if (pushed && this.pushedPartial !== xt.ptr) this.checkNothingPushed("allReduceAddRmsNorm of another tensor");
+    this.pushedPartial = null;
     const fused = this.peerAr?.coversRows(n, d) && xt.dtype === "bf16" && xt.numel === n * d && wt.numel === d && this.vecRows(d, wt.dtype, [rt.ptr, xt.ptr, wt.ptr]);
+    // Without the fused kernel the pull path below reads x itself: a push of it is never read
+    // (its inbox half is next written two calls on, its flags never match a later epoch).
     if (!fused) {
       this.allReduce(xt);
       return this.addRmsNorm(rt, xt, wt, eps);
     }
     const out = this.stepTensor([n, d], this.t);
-    this.peerAr!.runAddRmsNorm(xt.ptr, rt.ptr, wt.ptr, out.ptr, n, d, eps);
+    if (pushed) this.peerAr!.runPushedAddRmsNorm(rt.ptr, wt.ptr, out.ptr, d, eps);
+    else this.peerAr!.runAddRmsNorm(xt.ptr, rt.ptr, wt.ptr, out.ptr, n, d, eps);
     return out;
   }
 
@@ -1127,6 +1163,7 @@ export class CudaBackend implements Backend {
    * [ranks, rows, cols], then a row gather that interleaves it into [rows, ranks, cols].
    */
   allGatherColumns(x: Tensor): CudaTensor {
+    this.checkNothingPushed("allGatherColumns");
     const xt = this.tensor(x);
     const comm = this.communicator("allGatherColumns");
     const [n, cols] = rows(xt, "allGatherColumns");
@@ -1347,7 +1384,7 @@ export class CudaBackend implements Backend {
    * → per-expert gate_up GEMMs over contiguous rows → SiLU-mul → per-expert down GEMMs, half the
    * experts on each stream → shared + routed.
    */
-  moe(x: Tensor, w: MoeWeights): CudaTensor {
+  moe(x: Tensor, w: MoeWeights, opts: ReducedOutput = {}): CudaTensor {
     const xt = this.as(this.tensor(x), this.t);
     const [n, d] = rows(xt, "moe");
     const e = w.numExperts;
@@ -1363,7 +1400,7 @@ export class CudaBackend implements Backend {
     const router = this.tensor(w.router);
     if (router.shape[0] !== e) throw new Error(`moe: the router has ${router.shape[0]} rows for ${e} experts`);
     if (n > 0 && n <= this.moeDeviceMax && !gu.transposed && !dn.transposed) {
-      const out = this.moeDevice(xt, w, router, gu, dn, first, local);
+      const out = this.moeDevice(xt, w, router, gu, dn, first, local, opts);
       if (out) return out;
     }
 
@@ -1470,7 +1507,7 @@ export class CudaBackend implements Backend {
    * weights), else through cuBLASLt (the down kernel then adds into its output). Null when the
    * shapes do not suit the kernels (16-byte rows).
    */
-  private moeDevice(xt: CudaTensor, w: MoeWeights, router: CudaTensor, gu: CudaTensor, dn: CudaTensor, first: number, local: number): CudaTensor | null {
+  private moeDevice(xt: CudaTensor, w: MoeWeights, router: CudaTensor, gu: CudaTensor, dn: CudaTensor, first: number, local: number, opts: ReducedOutput): CudaTensor | null {
     const [n, d] = xt.shape;
     const e = w.numExperts;
     const f = gu.shape[1] / 2;
@@ -1524,6 +1561,18 @@ export class CudaBackend implements Backend {
       );
     }
     const rbDown = this.rowsPerBlock(d);
+    const rbPush = Math.max(4, rbDown); // whole 4-row units a block
+    if (opts.allReduceNext && n === 1 && withShared && this.t === "bf16" && this.peerAr?.canPush(d, rbPush)) {
+      // One token under tensor parallelism: the down kernel pushes its rows to every rank as they finish.
+      this.k.launch("moe_down_push1_bf16", [d / rbPush], [GEMV_THREADS], (a) =>
+        this.peerAr!.pushTarget(
+          a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
+            .i32(d).i32(fs).i32(f).i32(local).i32(rbPush).ptr(routerDone),
+        ),
+      );
+      this.pushed(out.ptr);
+      return out;
+    }
     this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown), ys], [GEMV_THREADS], (a) =>
       a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
         .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown).ptr(routerDone), // it zeroes the count

@@ -101,13 +101,46 @@ test("peer all-reduce: every rank ready → on everywhere, with every rank's buf
   assert.equal(b.params.getBigUint64(136, true), 0n);
 });
 
+test("pushed all-reduce: which rows a producer may push, and the consumer's launch", async () => {
+  const { hosts, ars } = await connectAll(4, () => true);
+  const ar = ars[1];
+  assert.ok(ar.canPush(5120, 8) && ar.canPush(5120, 4) && ar.canPush(64, 4));
+  assert.ok(!ar.canPush(5120, 2), "a block pushes whole 4-row units");
+  assert.ok(!ar.canPush(5124, 4), "the fused kernel's 8 elements a thread");
+  assert.ok(!ar.canPush(8200, 8), "wider than the inbox's slots");
+  ar.runPushedAddRmsNorm(0xa0n << 8n, 0xb0n << 8n, 0xc0n << 8n, 5120, 1e-5);
+  const [launch] = hosts[1].launches;
+  assert.equal(launch.name, "allreduce_pushed_add_rms_norm_bf16");
+  assert.equal(launch.grid, 1);
+  assert.equal(launch.block, 640);
+  assert.equal(ar.calls, 1);
+  assert.equal(ar.pushedCalls, 1);
+  // Parameter block: PushTarget {inbox[8], signal, rank, ranks}, then res, w, out, d, eps, timeout (ns) — 120 bytes.
+  const p = launch.params;
+  assert.equal(p.byteLength, 120);
+  for (let k = 0; k < 8; k++) {
+    const inbox = p.getBigUint64(8 * k, true);
+    if (k < 4) assert.equal(inbox >> 40n, BigInt(k + 1), `rank ${k}'s inbox`);
+    else assert.equal(inbox, 0n);
+  }
+  const signal = p.getBigUint64(64, true);
+  assert.equal(signal >> 40n, 2n, "this rank's own signal buffer");
+  assert.notEqual(signal, p.getBigUint64(8, true));
+  assert.equal(p.getInt32(72, true), 1);
+  assert.equal(p.getInt32(76, true), 4);
+  assert.equal(p.getBigUint64(80, true), 0xa0n << 8n);
+  assert.equal(p.getBigUint64(96, true), 0xc0n << 8n);
+  assert.equal(p.getInt32(104, true), 5120);
+  assert.equal(p.getBigUint64(112, true), 30_000_000_000n);
+});
+
 test("peer all-reduce: one rank without peer access → off on every rank, buffers released", async () => {
   const { hosts, ars } = await connectAll(4, (r, p) => !(r === 3 && p === 1));
   for (const [r, ar] of ars.entries()) {
     assert.equal(ar.maxBytes, 0);
     assert.ok(!ar.covers(16));
     assert.match(ar.off, r === 3 ? /no peer access from GPU 3 to GPU 1/ : /rank\(s\) 3 could not use peer memory/);
-    assert.equal(hosts[r].released.length, 2);
+    assert.equal(hosts[r].released.length, 3); // staging, signals, inbox
     ar.barrier(); // off: nothing to wait for
     assert.equal(hosts[r].launches.length, 0);
   }

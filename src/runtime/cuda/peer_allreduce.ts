@@ -4,8 +4,9 @@
 // device address of one rank is usable in another rank's kernels once peer access is on: no IPC.
 //
 // Setup (PeerAllReduce.connect, every rank at once, after its backend exists):
-//   1. allocate this rank's staging buffer (two halves of `capacity` bytes; calls alternate) and
-//      signal buffer (zeroed: epochs and barrier flags) from the backend's memory, and post their
+//   1. allocate this rank's staging buffer (two halves of `capacity` bytes; calls alternate),
+//      signal buffer (zeroed: epochs and barrier flags) and inbox (zeroed: the pushed all-reduce
+//      of batch-1 decode, native/kernels/peer_push.cuh) from the backend's memory, and post their
 //      addresses with this rank's device in the shared PeerExchange;
 //   2. once every rank has posted, enable peer access to every other rank's device and post a
 //      verdict (ready, or unavailable);
@@ -24,6 +25,9 @@ import type { DevicePtr, NativeCuda } from "./native.js";
 export const PEER_AR_MAX_RANKS = 8;
 const MAX_BLOCKS = 32;
 const SIGNAL_BYTES = (16 + MAX_BLOCKS * PEER_AR_MAX_RANKS) * 8;
+/** peer_push.cuh: PUSH_MAX_D, and the inbox of 2 halves × 8 sender slots × PUSH_MAX_D / 4 units of 16 bytes. */
+const PUSH_MAX_D = 8192;
+const INBOX_BYTES = 2 * PEER_AR_MAX_RANKS * (PUSH_MAX_D / 4) * 16;
 const THREADS = 512;
 const MIB = 2 ** 20;
 const BYTES = { bf16: 2, f32: 4 } as const;
@@ -61,8 +65,8 @@ export interface PeerExchange {
   ranks: number;
 }
 
-/** Per rank: posted (0/1), verdict (0 none, 1 ready, 2 unavailable); then [device, data, signal, capacity] as 64-bit words. */
-const WORDS = 4;
+/** Per rank: posted (0/1), verdict (0 none, 1 ready, 2 unavailable); then [device, data, signal, capacity, inbox] as 64-bit words. */
+const WORDS = 5;
 const READY = 1;
 const UNAVAILABLE = 2;
 
@@ -113,14 +117,17 @@ export interface PeerGroup {
 export class PeerAllReduce {
   /** Custom all-reduces launched (or recorded into a CUDA graph) by this rank. */
   calls = 0;
+  /** Of those, pushed ones (runPushedAddRmsNorm). */
+  pushedCalls = 0;
 
   private constructor(
     private readonly host: PeerAllReduceHost,
     readonly rank: number,
     readonly ranks: number,
-    /** Every rank's staging and signal buffers, in rank order (empty when off). */
+    /** Every rank's staging, signal and inbox buffers, in rank order (empty when off). */
     private readonly data: DevicePtr[],
     private readonly signal: DevicePtr[],
+    private readonly inbox: DevicePtr[],
     /** The largest message in bytes (each staging half); 0 when off. */
     readonly maxBytes: number,
     /** "" when in use, else why every rank's all-reduces go to NCCL. */
@@ -142,17 +149,21 @@ export class PeerAllReduce {
     else if (!native.canAccessPeer || !native.enablePeerAccess) reason = "the CUDA addon has no peer-access calls (rebuild it)";
     let data = 0n;
     let signal = 0n;
+    let inbox = 0n;
     if (!reason) {
       data = host.alloc(2 * capacity, "the custom all-reduce staging buffer");
       signal = host.alloc(SIGNAL_BYTES, "the custom all-reduce signals");
+      inbox = host.alloc(INBOX_BYTES, "the pushed all-reduce inbox");
       native.memset(signal, 0, SIGNAL_BYTES / 4, 4);
-      native.synchronize(); // zeroed before any peer can write a flag into it
+      native.memset(inbox, 0, INBOX_BYTES / 4, 4);
+      native.synchronize(); // zeroed before any peer can write a flag into them
     }
     const base = rank * WORDS;
     Atomics.store(words, base, BigInt(device));
     Atomics.store(words, base + 1, data);
     Atomics.store(words, base + 2, signal);
     Atomics.store(words, base + 3, BigInt(capacity));
+    Atomics.store(words, base + 4, inbox);
     Atomics.store(posted, rank, 1);
     await waitAll(posted, "post their buffers", setupTimeoutMs);
 
@@ -161,6 +172,7 @@ export class PeerAllReduce {
       data: Atomics.load(words, k * WORDS + 1),
       signal: Atomics.load(words, k * WORDS + 2),
       capacity: Number(Atomics.load(words, k * WORDS + 3)),
+      inbox: Atomics.load(words, k * WORDS + 4),
     });
     const all = Array.from({ length: ranks }, (_, k) => entry(k));
     if (!reason) {
@@ -189,9 +201,11 @@ export class PeerAllReduce {
     if (reason) {
       if (data !== 0n) host.release(data);
       if (signal !== 0n) host.release(signal);
-      return new PeerAllReduce(host, rank, ranks, [], [], 0, reason, wait);
+      if (inbox !== 0n) host.release(inbox);
+      return new PeerAllReduce(host, rank, ranks, [], [], [], 0, reason, wait);
     }
-    return new PeerAllReduce(host, rank, ranks, all.map((e) => e.data), all.map((e) => e.signal), capacity, "", wait);
+    const column = (key: "data" | "signal" | "inbox") => all.map((e) => e[key]);
+    return new PeerAllReduce(host, rank, ranks, column("data"), column("signal"), column("inbox"), capacity, "", wait);
   }
 
   /** Does a message of `bytes` take the custom path? The same answer on every rank of the group. */
@@ -221,6 +235,36 @@ export class PeerAllReduce {
     if (!this.coversRows(rows, d)) throw new Error(`custom all-reduce: ${rows} rows of ${d} do not fit the fused add + RMSNorm`);
     this.launchWith("allreduce_add_rms_norm_bf16", rows, threadsPer8(d), (a) =>
       a.ptr(x).ptr(res).ptr(w).ptr(out).i32(d).f32(eps));
+  }
+
+  /**
+   * Can a producer push one row of `d` bf16 (its blocks `rowsPerBlock` rows each) for
+   * runPushedAddRmsNorm? Whole 4-row units per block, and a row the fused kernel takes.
+   */
+  canPush(d: number, rowsPerBlock: number): boolean {
+    return this.coversRows(1, d) && d <= PUSH_MAX_D && rowsPerBlock % 4 === 0 && d % rowsPerBlock === 0;
+  }
+
+  /** The producer kernel's PushTarget argument (peer_push.cuh): every rank's inbox, this rank's signal buffer, rank, ranks. */
+  pushTarget(a: KernelArgs): KernelArgs {
+    if (this.maxBytes === 0) throw new Error(`pushed all-reduce: the custom all-reduce is off (${this.off})`);
+    for (let k = 0; k < PEER_AR_MAX_RANKS; k++) a.ptr(this.inbox[k] ?? 0n);
+    return a.ptr(this.signal[this.rank]).i32(this.rank).i32(this.ranks);
+  }
+
+  /**
+   * allreduce_pushed_add_rms_norm_bf16: runAddRmsNorm for the one row whose parts every rank's
+   * producer kernel (launched with pushTarget, the launch just before on each rank) pushed into
+   * the inboxes, so nothing is staged or read across NVLink here. Same sums, same bits.
+   */
+  runPushedAddRmsNorm(res: DevicePtr, w: DevicePtr, out: DevicePtr, d: number, eps: number): void {
+    if (!this.coversRows(1, d) || d > PUSH_MAX_D) throw new Error(`pushed all-reduce: a row of ${d} does not fit the fused add + RMSNorm`);
+    this.host.kernels.launch("allreduce_pushed_add_rms_norm_bf16", [1], [threadsPer8(d)], (a) =>
+      this.pushTarget(a).ptr(res).ptr(w).ptr(out).i32(d).f32(eps).u64(this.timeoutNs));
+    if (!this.host.kernels.dry) {
+      this.calls++;
+      this.pushedCalls++;
+    }
   }
 
   /**

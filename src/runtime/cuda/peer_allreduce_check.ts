@@ -44,6 +44,8 @@ export interface PeerBench {
   ncclUs: number;
   /** bf16 messages of one 5120-wide row per 10 KiB: the fused all-reduce + add + RMSNorm (null: not fused at this size). */
   fusedUs?: number | null;
+  /** At 10 KiB: a tp-4 rank's o_proj (GEMV of [5120, 1280]) and its fused all-reduce, pulled and pushed. */
+  oProj?: { pulledUs: number; pushedUs: number | null };
 }
 
 export interface PeerCheckResult {
@@ -295,6 +297,68 @@ function checkAddNorm(rc: RankCheck, arena: Arena, rounds = 4): void {
   }
 }
 
+/**
+ * The pushed all-reduce of batch-1 decode (a row-parallel GEMV launched with allReduceNext pushes
+ * its rows into every rank's inbox, then allreduce_pushed_add_rms_norm) against the pulled fused
+ * kernel on the same inputs: the same residual and normed output, bit for bit. A round queues its
+ * calls back to back with no host sync, a plain (pulled) all-reduce after every other one, so both
+ * kinds share the epochs and each inbox half is reused; widths from 2560 to Scout's 5120.
+ */
+function checkPushed(rc: RankCheck, arena: Arena, rounds = 3): void {
+  const eps = 1e-5;
+  // [d, k]: y = x[1, k]·W[d, k]ᵀ. Widths where the plain GEMV has 8 rows a block as the pushing one
+  // (≥ 2112 rows on 132 SMs), so the two paths' GEMVs sum in the same order.
+  const shapes = [[5120, 1280], [2560, 32], [5120, 2048], [5120, 1280], [4096, 64], [2560, 512], [5120, 1280]] as const;
+  for (let round = 0; round < rounds; round++) {
+    arena.reset();
+    const put = (bits: ArrayBufferView, bytes: number) => {
+      const p = arena.take(bytes);
+      rc.native.htod(p, bits);
+      return p;
+    };
+    const cases = shapes.map(([d, k]) => {
+      const id = rc.freshId();
+      return {
+        d, k,
+        x: new CudaTensor([1, k], put(input(rc.rank, id, k, "bf16").bits, k * 2), "bf16", PERSISTENT, 0),
+        // weights ~2^-7..2^1 over k ≤ 2048 terms: partial sums well inside bf16's range
+        w: new CudaTensor([d, k], put(input(rc.rank, id + 3e6, d * k, "bf16").bits, d * k * 2), "bf16", PERSISTENT, 0),
+        res: input(0, id + 1e6, d, "f32").values,
+        norm: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits, d * 2), "bf16", PERSISTENT, 0),
+        between: rc.newCase(arena.take(333 * 4), 333, "f32", "plain all-reduce between pushed ones"),
+      };
+    });
+    const run = (pushed: boolean) => {
+      rc.be.beginStep();
+      const before = rc.ar.pushedCalls;
+      const outs = cases.map((c, i) => {
+        const rt = new CudaTensor([1, c.d], put(c.res, c.d * 4), "f32", PERSISTENT, 0);
+        const y = rc.be.linear(c.x, c.w, { allReduceNext: pushed });
+        const out = rc.be.allReduceAddRmsNorm(rt, y, c.norm, eps);
+        if (i % 2 === 1) c.between.upload().allReduce();
+        return { out, rt };
+      });
+      const expected = pushed ? cases.length : 0;
+      if (rc.ar.pushedCalls - before !== expected) rc.failures.push(`rank ${rc.rank}: pushed all-reduce, round ${round}: ${rc.ar.pushedCalls - before} pushed calls, ${expected} expected`);
+      return outs.map(({ out, rt }, i) => {
+        const o = new Uint16Array(cases[i].d), r = new Uint32Array(cases[i].d);
+        rc.native.dtoh(o, out.ptr);
+        rc.native.dtoh(r, rt.ptr);
+        return { o, r };
+      });
+    };
+    const a = run(true), b = run(false);
+    const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
+    cases.forEach((c, k) => {
+      rc.expectedCalls += 2; // the pushed call and the pulled one
+      for (const [what, i] of [["normed output", diff(a[k].o, b[k].o)], ["residual", diff(a[k].r, b[k].r)]] as const) {
+        if (i >= 0) rc.failures.push(`rank ${rc.rank}: pushed all-reduce + add + RMSNorm, round ${round}, ${c.d} rows of ${c.k}: ${what} element ${i} differs from the pulled kernel`);
+      }
+      if (k % 2 === 1) rc.check(c.between);
+    });
+  }
+}
+
 /** ≥ `calls` custom all-reduces in rounds of back-to-back launches (no host sync), an NCCL one in each round. */
 function checkConsecutive(rc: RankCheck, arena: Arena, calls: number): void {
   const mb = rc.maxElems.bf16, mf = rc.maxElems.f32;
@@ -421,7 +485,23 @@ function bench(rc: RankCheck, comm: NcclCommunicator, arena: Arena, sizes: numbe
       for (const [p, c] of [[res, rows * d], [w, d / 2], [normed, rows * d / 2]] as const) n.memset(p, 0, c, 4);
       fusedUs = time(() => rc.ar.runAddRmsNorm(ptr, res, w, normed, rows, d, 1e-5));
     }
-    out.push({ bytes, customUs, ncclUs, fusedUs });
+    // The o_proj of a tp-4 Scout rank then its all-reduce + add + RMSNorm, as the decode step runs them.
+    let oProj: PeerBench["oProj"];
+    if (bytes === d * 2 && rc.ar.coversRows(1, d)) {
+      const k = 1280;
+      const x = new CudaTensor([1, k], arena.take(k * 2), "bf16", PERSISTENT, 0);
+      const wo = new CudaTensor([d, k], arena.take(d * k * 2), "bf16", PERSISTENT, 0);
+      const res = new CudaTensor([1, d], arena.take(d * 4), "f32", PERSISTENT, 0);
+      const norm = new CudaTensor([d], arena.take(d * 2), "bf16", PERSISTENT, 0);
+      for (const [p, c] of [[x.ptr, k / 2], [wo.ptr, (d * k) / 2], [res.ptr, d], [norm.ptr, d / 2]] as const) n.memset(p, 0, c, 4);
+      const pair = (pushed: boolean) => () => rc.be.allReduceAddRmsNorm(res, rc.be.linear(x, wo, { allReduceNext: pushed }), norm, 1e-5);
+      rc.be.beginStep();
+      const before = rc.ar.pushedCalls;
+      const pushedUs = time(pair(true));
+      rc.be.beginStep();
+      oProj = { pulledUs: time(pair(false)), pushedUs: rc.ar.pushedCalls > before ? pushedUs : null };
+    }
+    out.push({ bytes, customUs, ncclUs, fusedUs, oProj });
   }
   if (!useGraphs) rc.notes.push("benchmark without CUDA graphs: launch overheads included");
   return out;
@@ -440,6 +520,7 @@ async function runRank(init: NcclInit, exchange: PeerExchange, opts: PeerCheckOp
       checkConsecutive(rc, arena, opts.calls);
       if (opts.replays > 0) checkGraph(rc, arena, opts.replays);
       checkAddNorm(rc, arena);
+      checkPushed(rc, arena);
       // The backend routed exactly the calls that fit to the custom path.
       if (ar.calls !== rc.expectedCalls) rc.failures.push(`rank ${init.rank}: ${ar.calls} custom all-reduces launched, ${rc.expectedCalls} expected`);
     }
@@ -457,7 +538,8 @@ export function benchLine(b: PeerBench): string {
   const custom = b.customUs === null ? "custom – (past the threshold)" : `custom ${b.customUs.toFixed(1)} µs`;
   const ratio = b.customUs === null ? "" : ` (${(b.ncclUs / b.customUs).toFixed(1)}× faster)`;
   const fused = b.fusedUs == null ? "" : `; fused with add + RMSNorm (${b.bytes / 10240} × 5120) ${b.fusedUs.toFixed(1)} µs`;
-  return `bf16 ${size}: ${custom}, NCCL ${b.ncclUs.toFixed(1)} µs${ratio}${fused}`;
+  const oProj = !b.oProj ? "" : `; o_proj [5120 × 1280] + fused all-reduce: pulled ${b.oProj.pulledUs.toFixed(1)} µs, pushed ${b.oProj.pushedUs?.toFixed(1) ?? "–"} µs`;
+  return `bf16 ${size}: ${custom}, NCCL ${b.ncclUs.toFixed(1)} µs${ratio}${fused}${oProj}`;
 }
 
 /** Runs the checks (and benchmark) on GPUs 0..ranks−1. */
