@@ -96,7 +96,15 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
   gridDependencyWait();
   gridDependencyLaunchDependents();
   const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;  // in flight during the pass
-  gemv<bf16, bf16, 1>(x, w, y, 1, in, out, rb);
-  __syncthreads();  // the block's rows of y are written
-  pushRows(p, epoch, y, blockIdx.x * rb, rb);
+  __shared__ unsigned short bits[PUSH_MAX_ROWS];
+  const GemvSlot s(rb);
+  const int row = blockIdx.x * rb + s.rib;  // out % rb == 0: every row is real
+  const bf16* wr[1] = {w + (size_t)row * in};
+  gemvTokens<bf16, 1, 1>(s, wr, true, x, in, 0, 1, [&](int, const float (&v)[1]) {  // gemv()'s pass and epilogue
+    const bf16 b = fromF<bf16>(v[0]);
+    y[row] = b;
+    bits[s.rib] = __bfloat16_as_ushort(b);
+  });
+  __syncthreads();  // the block's rows are in bits[]
+  pushRows(p, epoch, bits, blockIdx.x * rb, rb);
 }

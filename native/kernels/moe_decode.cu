@@ -270,14 +270,18 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
 template <typename T, int MAXNT>
 __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
                         const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm,
-                        T* out, int n, int d, int fs, int f, int local, int withShared, int rb) {
+                        T* out, int n, int d, int fs, int f, int local, int withShared, int rb, unsigned short* rowBits = nullptr) {
+  // rowBits (one token, bf16, in shared memory): each row's final value too, for the pushed all-reduce.
   const GemvSlot s(rb);
   const int row = blockIdx.x * rb + s.rib;
   const bool active = row < d;
   const int r = min(row, d - 1);
   if (withShared) {
     const T* w[1] = {sharedDown + (size_t)r * fs};
-    gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, [&](int t, const float (&v)[1]) { out[(size_t)t * d + row] = fromF<T>(v[0]); });
+    gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, [&](int t, const float (&v)[1]) {
+      out[(size_t)t * d + row] = fromF<T>(v[0]);
+      if constexpr (sizeof(T) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<T>(v[0]));
+    });
   }
   // The routed adds below read what other threads of this block wrote above: the barrier makes
   // those global writes visible within the block (plain loads, not the read-only path).
@@ -292,6 +296,7 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
     gemvTokens<T, 1, MAXNT>(s, w, active, act, f, tok0, cnt, [&](int t, const float (&v)[1]) {
       T* o = out + (size_t)perm[tok0 + t] * d + row;
       *o = fromF<T>(toF(*o) + toF(fromF<T>(v[0])));
+      if constexpr (sizeof(T) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(*o);
     });
   }
 }
@@ -361,7 +366,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
   gridDependencyLaunchDependents();
   if (routerDone != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *routerDone = 0;
   const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;
-  moeDown<bf16, 1>(actShared, act, sharedDown, down, offsets, perm, out, 1, d, fs, f, local, 1, rb);
-  __syncthreads();  // the routed adds of every warp are written
-  pushRows(p, epoch, out, blockIdx.x * rb, rb);
+  __shared__ unsigned short bits[PUSH_MAX_ROWS];
+  moeDown<bf16, 1>(actShared, act, sharedDown, down, offsets, perm, out, 1, d, fs, f, local, 1, rb, bits);
+  __syncthreads();  // every warp's rows (the routed add included) are in bits[]
+  pushRows(p, epoch, bits, blockIdx.x * rb, rb);
 }

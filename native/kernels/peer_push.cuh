@@ -39,15 +39,17 @@ __device__ __forceinline__ size_t inboxUnit(unsigned epoch, int sender, size_t u
   return ((size_t)(epoch & 1) * AR_MAX_RANKS + sender) * PUSH_SLOT_UNITS + unit;
 }
 
-// Rows [row0, row0 + rows) of y (bf16, rows % 4 == 0, row0 % 4 == 0), written by this block
-// before a __syncthreads, to every rank's inbox: one thread per (unit, rank), 4 rows a unit.
-// epoch: pushEpoch, read by those threads early in the kernel.
-__device__ __forceinline__ void pushRows(const PushTarget& p, unsigned epoch, const bf16* y, int row0, int rows) {
+// A block's rows [row0, row0 + rows) (rows % 4 == 0, row0 % 4 == 0), their bf16 bits left in
+// shared memory `bits` by the block's epilogue before a __syncthreads, to every rank's inbox: one
+// thread per (unit, rank), 4 rows a unit. epoch: pushEpoch, read by those threads early on.
+constexpr int PUSH_MAX_ROWS = 8;  // rows a producer block holds (the GEMVs' rb)
+
+__device__ __forceinline__ void pushRows(const PushTarget& p, unsigned epoch, const unsigned short* bits, int row0, int rows) {
   const int units = rows / 4;
   const int t = threadIdx.x;
   if (t >= units * p.nranks) return;
   const int j = t % units, k = t / units;
-  const uint2 v = __ldcg(reinterpret_cast<const uint2*>(y + row0 + 4 * j));  // L2: other warps' stores
+  const unsigned lo = bits[4 * j] | (unsigned)bits[4 * j + 1] << 16, hi = bits[4 * j + 2] | (unsigned)bits[4 * j + 3] << 16;
   uint4* dst = p.inbox[k] + inboxUnit(epoch, p.rank, row0 / 4 + j);
-  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(v.x), "r"(epoch), "r"(v.y), "r"(epoch) : "memory");
+  asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(lo), "r"(epoch), "r"(hi), "r"(epoch) : "memory");
 }
