@@ -126,6 +126,57 @@ __device__ __forceinline__ void eachRow(int wRow0, int g, const float (&lRow)[MT
     }
 }
 
+// The one-token decode's tile-per-warp states merged into warp 0 (flashAttention, warpTiles):
+// warps 1..nTiles−1 leave their (O fragments, m, l) in `buf` (shared memory no tile uses any
+// more), laid out [warp][value][lane] so the stores and loads are conflict-free; warp 0 rescales
+// every state to the common max and adds them in warp order (the arithmetic of the cluster merge,
+// per thread: a lane holds the same rows and columns in every warp, and its partial row sums l).
+// Every thread of the block calls it.
+template <int NW, int DT>
+__device__ __forceinline__ void mergeWarpStates(float* buf, int nTiles, float (&o)[DT][4], float (&m)[2], float (&l)[2], float scaleLog2) {
+  constexpr int PER = DT * 4 + 4;  // per lane: O fragments, m[2], l[2]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();  // every warp is done with its tile (buf overlays the V stages)
+  if (warp > 0 && warp < nTiles) {
+    float* mine = buf + (warp - 1) * PER * 32 + lane;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) mine[(dt * 4 + e) * 32] = o[dt][e];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      mine[(DT * 4 + h) * 32] = m[h];
+      mine[(DT * 4 + 2 + h) * 32] = l[h];
+    }
+  }
+  __syncthreads();
+  if (warp != 0 || nTiles < 2) return;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    float mx = m[h];
+    for (int w = 1; w < nTiles; w++) mx = fmaxf(mx, buf[((w - 1) * PER + DT * 4 + h) * 32 + lane]);
+    const float mS = (mx == -CUDART_INF_F ? 0.f : mx) * scaleLog2;
+    const float c0 = ex2(m[h] * scaleLog2 - mS);  // 0 for a state that saw no key
+    l[h] *= c0;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+      o[dt][2 * h] *= c0;
+      o[dt][2 * h + 1] *= c0;
+    }
+    for (int w = 1; w < nTiles; w++) {
+      const float* theirs = buf + (w - 1) * PER * 32 + lane;
+      const float c = ex2(theirs[(DT * 4 + h) * 32] * scaleLog2 - mS);
+      l[h] += theirs[(DT * 4 + 2 + h) * 32] * c;
+#pragma unroll
+      for (int dt = 0; dt < DT; dt++) {
+        o[dt][2 * h] += theirs[(dt * 4 + 2 * h) * 32] * c;
+        o[dt][2 * h + 1] += theirs[(dt * 4 + 2 * h + 1) * 32] * c;
+      }
+    }
+    m[h] = mx;
+  }
+}
+
 // The decode splits of one tile as a thread-block cluster (grid z = the splits = the cluster):
 // each block leaves its unnormalised partial (O, m, l) in its own shared memory, then block s
 // merges head-dim slice s of every row from all the cluster's partials (distributed shared
@@ -325,19 +376,9 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const uint32_t kOff = BM * ROW + ((lane & 7) + ((lane >> 4) << 3)) * ROW + ((((lane >> 3) & 1) ^ (lane & SW)) << 4);
   const uint32_t vOff = BM * ROW + STAGES * TILE_BYTES + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);
 
-  for (int kt = ktBegin; kt < ktEnd; kt++) {
-    const int stage = (kt - ktBegin) % STAGES;
-    cpAsyncWait<STAGES - 2>();  // this thread's copies of tile kt (and Q) have landed
-#ifdef TSGLANG_WGMMA
-    if constexpr (WG) fenceProxyAsync();  // ... and are visible to wgmma's async proxy (before the barrier)
-#endif
-    __syncthreads();            // everyone's have, and everyone is done with tile kt − 1
-    {
-      const int nk = kt + STAGES - 1;
-      if (nk < ktEnd) loadKV(nk, (nk - ktBegin) % STAGES);
-      cpAsyncCommit();
-    }
-    if (!warpActive) continue;
+  // One key tile kt (in stage `stage`) for the warp's rows from rowBase of the Q tile (qRows: their
+  // ldmatrix offset): S = Q·Kᵀ, the mask, the online softmax into (mRow, lRow), O += P·V.
+  auto tileStep = [&](int kt, int stage, int rowBase, uint32_t qRows) {
     const uint32_t kStage = kOff + stage * TILE_BYTES, vStage = vOff + stage * TILE_BYTES;
 
     // S = Q·Kᵀ (raw scores, fp32)
@@ -366,12 +407,12 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
 #else
       __trap();  // the host launches the wgmma variant on sm_90 only
 #endif
-    } else
+    } else {  // braced: a pragma'd loop as a discarded else branch in this lambda broke nvcc's scopes
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) {
       uint32_t a[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++) ldsm4(sBase + (qOff ^ (ks << 5)) + mt * 16 * ROW, a[mt]);
+      for (int mt = 0; mt < MT; mt++) ldsm4(sBase + (qRows ^ (ks << 5)) + mt * 16 * ROW, a[mt]);
 #pragma unroll
       for (int np = 0; np < NT / 2; np++) {
         uint32_t b[4];
@@ -383,6 +424,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
         }
       }
     }
+    }
 
     // Mask where the tile straddles some row's allowed range [lo(p), p] (or the key range's end).
     const int k0 = kLo + kt * BN;
@@ -391,7 +433,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-          const int p = pos0 + min(rowOf(wRow0 + mt * 16 + g + 8 * h), nRows - 1);  // padding rows: the last row's mask
+          const int p = pos0 + min(rowOf(rowBase + mt * 16 + g + 8 * h), nRows - 1);  // padding rows: the last row's mask
           const int lo = chunk > 0 ? p - p % chunk : 0;
 #pragma unroll
           for (int nt = 0; nt < NT; nt++)
@@ -449,7 +491,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       wgmmaWait<0>();
       wgmmaFenceOperands(oacc);
 #endif
-    } else
+    } else {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
 #pragma unroll
@@ -462,6 +504,38 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
           mma16816(o[mt][2 * dp + 1], pa[mt][kk], b[2], b[3]);
         }
       }
+    }
+    }
+  };
+
+  // Few packed rows (one-token decode: ≤ 16, warp 0's) over no more key tiles than stages and
+  // warps: every tile is loaded at once and warp w takes tile w with its own softmax state, then
+  // warps 1.. hand (m, l, O) to warp 0 through shared memory. One warp walking the tiles in turn
+  // left three idle and the tiles' loads and products in series (a tp-4 rank's 1K-key step: 17
+  // tiles over 8 splits, 3 a split).
+  const int nTiles = ktEnd - ktBegin;
+  const bool warpTiles = PACKED && !WG && MT == 1 && nRows * G <= 16 && nTiles <= STAGES && nTiles <= NW;  // block-uniform
+  if (warpTiles) {
+    for (int s = STAGES - 1; s < nTiles; s++) loadKV(ktBegin + s, s);
+    cpAsyncCommit();
+    cpAsyncWait<0>();
+    __syncthreads();  // every thread's copies (Q and all the tiles) have landed
+    if (warp < nTiles) tileStep(ktBegin + warp, warp, 0, (lane & 15) * ROW + (((lane >> 4) ^ (lane & SW)) << 4));
+    mergeWarpStates<NW, DT>(reinterpret_cast<float*>(sV), nTiles, o[0], mRow[0], lRow[0], scaleLog2);
+  } else {
+    for (int kt = ktBegin; kt < ktEnd; kt++) {
+      const int stage = (kt - ktBegin) % STAGES;
+      cpAsyncWait<STAGES - 2>();  // this thread's copies of tile kt (and Q) have landed
+#ifdef TSGLANG_WGMMA
+      if constexpr (WG) fenceProxyAsync();  // ... and are visible to wgmma's async proxy (before the barrier)
+#endif
+      __syncthreads();            // everyone's have, and everyone is done with tile kt − 1
+      {
+        const int nk = kt + STAGES - 1;
+        if (nk < ktEnd) loadKV(nk, (nk - ktBegin) % STAGES);
+        cpAsyncCommit();
+      }
+      if (warpActive) tileStep(kt, stage, wRow0, qOff);
     }
   }
   cpAsyncWait<0>();  // no copy may outlive the block (the trailing groups are empty)
