@@ -179,16 +179,14 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 
 // The decode layer with the shared expert in the kernels (n ≤ 8): the routed rows are read from
 // x and scaled as loaded, so no sort or gather launch (an ncu profile of a tp-4 rank's decode step
-// put them at ~6 µs a layer). perm, score and offsets (for moe_down too) land in permOut,
-// scoreOut and offsetsOut. Grid: 2 × slabs — blocks [0, slabs) the shared expert's slabs,
-// [slabs, 2·slabs) the routed experts' (each block one pass over its weights).
-// Without `router` (`logits` come from a router launch before) every routed block routes the n
-// tokens itself (n·e logits from L2) and the first writes the outputs.
+// put them at ~6 µs a layer). Every routed block routes the n tokens itself (n·e logits from L2)
+// and the first writes perm and offsets for moe_down (permOut, offsetsOut). Grid: 2 × slabs — blocks [0, slabs) the shared expert's slabs, [slabs, 2·slabs) the
+// routed experts' (each block one pass over its weights).
+// Without `router` the logits come from a router launch before.
 // With `router` the router GEMV is in here too: routed blocks 0..e−1 first compute router row
 // `slab` for the n tokens — the gemv kernel's slot layout (one row a block, 8 warps over K) and
-// epilogue, so the bits of a gemv router launch — and count themselves in routerDone; the last of
-// them routes (moeRouteFew into the outputs) and publishes by setting the count to e + 1; every
-// routed block waits for that and reads the routing (a few ints). The shared blocks stream their
+// epilogue, so the bits of a gemv router launch — and count themselves in routerDone; every
+// routed block waits for the count to reach e, then routes. The shared blocks stream their
 // weights meanwhile. The host passes `router` only when the grid is one wave (every block
 // resident at once), so a waiting block never holds a slot a router block needs. moe_down, the
 // next kernel, zeroes the count for the next layer. (A separate router launch cost ~4 µs a layer
@@ -201,7 +199,7 @@ constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost bloc
 template <typename T, int MAXNT>
 __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ routerDone, T* __restrict__ logits, int e,
                                 int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
-                                const T* __restrict__ gateUp, int* __restrict__ permOut, float* __restrict__ scoreOut,
+                                const T* __restrict__ gateUp, int* __restrict__ permOut,
                                 int* __restrict__ offsetsOut, T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs,
                                 int f, int local, int rb) {
   // Two roles over the same slabs: the first half of the grid runs the shared expert (no routing
@@ -217,7 +215,6 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
   __shared__ int perm[GEMV_MAX_NT];
   __shared__ float score[GEMV_MAX_NT];
   __shared__ int offsets[MOE_ROUTED_MAX_LOCAL + 1];
-  __shared__ bool routes;
   if (router != nullptr) {
     if (slab < e) {
       const GemvSlot rs(1);
@@ -225,45 +222,31 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
       gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + slab] = fromF<T>(v[0]); });
       if (threadIdx.x == 0) {
         __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
-        routes = atomicAdd(routerDone, 1) == e - 1;
-        __threadfence();  // the last block: every router block's logits before it reads them
-      }
-      __syncthreads();
-      if (routes) {
-        moeRouteFew<T>(logits, n, e, first, local, permOut, scoreOut, offsetsOut);
-        __syncthreads();
-        if (threadIdx.x == 0) {
-          __threadfence();
-          atomicExch(routerDone, e + 1);  // published
-        }
+        atomicAdd(routerDone, 1);
       }
     }
     if (threadIdx.x == 0) {
       const unsigned long long start = globalTimerNs();
-      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) <= e; spins++) {
+      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) < e; spins++) {
         if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
-          printf("tsglang moe: block %d waited 5 s for the router blocks (count %d of %d + 1); trapping\n", (int)blockIdx.x,
+          printf("tsglang moe: block %d waited 5 s for the router blocks (count %d of %d); trapping\n", (int)blockIdx.x,
                  *reinterpret_cast<volatile int*>(routerDone), e);
           __trap();
         }
       }
-      __threadfence();
+      __threadfence();  // every router block's logits before this block reads them
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-      perm[i] = __ldcg(permOut + i);
-      score[i] = __ldcg(scoreOut + i);
-    }
-    for (int j = threadIdx.x; j <= local; j += blockDim.x) offsets[j] = __ldcg(offsetsOut + j);
-  } else {
-    moeRouteFew<T>(logits, n, e, first, local, perm, score, offsets);
-    __syncthreads();
-    if (slab == 0) {
-      for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
-      for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
-    }
   }
+  // Every routed block routes the n tokens itself (the logits from L2: one round trip; a last
+  // router block routing and publishing for the others had cost two more before any routed
+  // block could start its loads); the first one writes the routing for moe_down.
+  moeRouteFew<T>(logits, n, e, first, local, perm, score, offsets);
   __syncthreads();
+  if (slab == 0) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) permOut[i] = perm[i];
+    for (int j = threadIdx.x; j <= local; j += blockDim.x) offsetsOut[j] = offsets[j];
+  }
   moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, slab, 0, local, {perm, score});
 }
 
@@ -316,11 +299,11 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
-                                    const T* sharedGateUp, const T* gateUp, int* perm, float* score, int* offsets,   \
+                                    const T* sharedGateUp, const T* gateUp, int* perm, int* offsets,                 \
                                     T* actShared, T* act, int n, int d, int fs, int f, int local, int rb) {          \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
-    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, score, offsets,      \
+    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets,             \
                            actShared, act, n, d, fs, f, local, rb);                                                  \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \

@@ -1518,9 +1518,8 @@ export class CudaBackend implements Backend {
     if (sgu.transposed || sdn.transposed || sgu.shape[1] !== d || sdn.shape[0] !== d || sdn.shape[1] !== fs) return null;
     if (d % epv !== 0 || f % epv !== 0 || fs % epv !== 0 || !Number.isInteger(fs)) return null;
 
-    // The routing (moe_down reads perm and offsets): sorted row → token, each token's score, each expert's first row.
+    // The routing (moe_down reads perm and offsets): sorted row → token, each expert's first row.
     const perm = this.mem.stepAlloc(n * 4).ptr;
-    const score = this.mem.stepAlloc(n * 4).ptr;
     const offsets = this.mem.stepAlloc((local + 1) * 4).ptr;
     const withShared = n <= MOE_SHARED_IN_KERNEL_MAX;
     // Without the shared expert in the kernels, `out` starts as its output and the down kernel adds into it.
@@ -1547,11 +1546,12 @@ export class CudaBackend implements Backend {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
       const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, router);
       this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
-        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(score).ptr(offsets)
+        a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets)
           .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
       );
     } else {
       const logits = this.linear(xt, router);
+      const score = this.mem.stepAlloc(n * 4).ptr; // each token's routing score, for the gather
       this.k.launch(`moe_route_sort_${this.t}`, [1], [256], (a) => a.ptr(logits.ptr).i32(n).i32(e).i32(first).i32(local).ptr(perm).ptr(score).ptr(offsets));
       const xin = this.stepTensor([n, d], this.t);
       this.k.launch(`moe_gather_dev_${this.t}`, [n], [this.rowThreads(d)], (a) => a.ptr(xt.ptr).ptr(perm).ptr(score).ptr(offsets).i32(local).ptr(xin.ptr).i32(d));
