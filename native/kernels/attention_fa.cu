@@ -205,13 +205,18 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
   const int slice = (int)cluster.block_rank();
   for (int c = tid; c < nRows * G * SLICE; c += THREADS) {
     const int m = c / SLICE, d = slice * SLICE + c % SLICE;
+    // Every split's (m, l) and O element in one round of remote loads (O is written for every
+    // real row, zeros where a split saw no key), then the combine's arithmetic.
     float2 ml[CLUSTER];
-    float mMax = -CUDART_INF_F;
+    float ov[CLUSTER];
 #pragma unroll
     for (int s = 0; s < CLUSTER; s++) {
       ml[s] = cluster.map_shared_rank(sML, s)[m];
-      mMax = fmaxf(mMax, ml[s].x);
+      ov[s] = cluster.map_shared_rank(sO, s)[m * D + d];
     }
+    float mMax = -CUDART_INF_F;
+#pragma unroll
+    for (int s = 0; s < CLUSTER; s++) mMax = fmaxf(mMax, ml[s].x);
     float lSum = 0.f;
 #pragma unroll
     for (int s = 0; s < CLUSTER; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
@@ -219,7 +224,7 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
     float acc = 0.f;
 #pragma unroll
     for (int s = 0; s < CLUSTER; s++)
-      if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * cluster.map_shared_rank(sO, s)[m * D + d];
+      if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * ov[s];
     const size_t rh = (size_t)(rowStart + m / G) * hq + kvh * G + m % G;
     out[rh * D + d] = fromF<bf16>(acc * inv);
   }
