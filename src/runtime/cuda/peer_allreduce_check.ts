@@ -126,6 +126,12 @@ class Arena {
   reset(): void {
     this.off = 0;
   }
+  /** A copy of `bits` in the arena. */
+  put(native: NativeCuda, bits: ArrayBufferView): DevicePtr {
+    const p = this.take(bits.byteLength);
+    native.htod(p, bits);
+    return p;
+  }
 }
 
 class RankCheck {
@@ -243,6 +249,24 @@ function checkSizes(rc: RankCheck, arena: Arena): void {
   }
 }
 
+/** Each case's normed bf16 output and fp32 residual (`counts` elements each), downloaded. */
+function downloadAddNorm(rc: RankCheck, outs: { out: CudaTensor; rt: CudaTensor }[], counts: number[]): { o: Uint16Array; r: Uint32Array }[] {
+  return outs.map(({ out, rt }, i) => {
+    const o = new Uint16Array(counts[i]), r = new Uint32Array(counts[i]);
+    rc.native.dtoh(o, out.ptr);
+    rc.native.dtoh(r, rt.ptr);
+    return { o, r };
+  });
+}
+
+/** A failure for the first element where a's normed output or residual differs from b's. */
+function compareAddNorm(rc: RankCheck, a: { o: Uint16Array; r: Uint32Array }, b: { o: Uint16Array; r: Uint32Array }, what: string, against: string): void {
+  const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
+  for (const [part, i] of [["normed output", diff(a.o, b.o)], ["residual", diff(a.r, b.r)]] as const) {
+    if (i >= 0) rc.failures.push(`rank ${rc.rank}: ${what}: ${part} element ${i} differs from ${against}`);
+  }
+}
+
 /**
  * The all-reduce fused with the residual add and RMSNorm (decode rows, allreduce_add_rms_norm)
  * against the two ops it replaces, on the same inputs: the same residual and normed output, bit
@@ -255,11 +279,7 @@ function checkAddNorm(rc: RankCheck, arena: Arena, rounds = 4): void {
   const shapes = [[1, 5120], [3, 5120], [32, 1280], [1, 5120], [2, 64], [40, 64], [6, 5120], [1, 64]] as const;
   for (let round = 0; round < rounds; round++) {
     arena.reset();
-    const put = (bits: ArrayBufferView, bytes: number) => {
-      const p = arena.take(bytes);
-      rc.native.htod(p, bits);
-      return p;
-    };
+    const put = (bits: ArrayBufferView) => arena.put(rc.native, bits);
     const cases = shapes.map(([rows, d]) => {
       const n = rows * d;
       const id = rc.freshId();
@@ -267,32 +287,24 @@ function checkAddNorm(rc: RankCheck, arena: Arena, rounds = 4): void {
         rows, d, n,
         x: input(rc.rank, id, n, "bf16").bits,
         res: input(0, id + 1e6, n, "f32").values, // the residual is the same on every rank
-        wt: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits, d * 2), "bf16", PERSISTENT, 0),
+        wt: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits), "bf16", PERSISTENT, 0),
       };
     });
     const run = (fused: boolean) => {
       rc.be.beginStep();
       const outs = cases.map((c) => {
-        const xt = new CudaTensor([c.rows, c.d], put(c.x, c.n * 2), "bf16", PERSISTENT, 0);
-        const rt = new CudaTensor([c.rows, c.d], put(c.res, c.n * 4), "f32", PERSISTENT, 0);
+        const xt = new CudaTensor([c.rows, c.d], put(c.x), "bf16", PERSISTENT, 0);
+        const rt = new CudaTensor([c.rows, c.d], put(c.res), "f32", PERSISTENT, 0);
         const out = fused ? rc.be.allReduceAddRmsNorm(rt, xt, c.wt, eps) : (rc.be.allReduce(xt), rc.be.addRmsNorm(rt, xt, c.wt, eps));
         return { out, rt };
       });
-      return outs.map(({ out, rt }, i) => {
-        const o = new Uint16Array(cases[i].n), r = new Uint32Array(cases[i].n);
-        rc.native.dtoh(o, out.ptr);
-        rc.native.dtoh(r, rt.ptr);
-        return { o, r };
-      });
+      return downloadAddNorm(rc, outs, cases.map((c) => c.n));
     };
     const a = run(true), b = run(false);
-    const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
     cases.forEach((c, k) => {
       rc.expectedCalls += rc.ar.covers(c.n * 2) ? 2 : 0; // fused, or its fallback's all-reduce; then the two ops' one
       const path = rc.ar.coversRows(c.rows, c.d) ? "" : " (not fused)";
-      for (const [what, i] of [["normed output", diff(a[k].o, b[k].o)], ["residual", diff(a[k].r, b[k].r)]] as const) {
-        if (i >= 0) rc.failures.push(`rank ${rc.rank}: fused all-reduce + add + RMSNorm, round ${round}, ${c.rows}×${c.d}${path}: ${what} element ${i} differs from the two ops`);
-      }
+      compareAddNorm(rc, a[k], b[k], `fused all-reduce + add + RMSNorm, round ${round}, ${c.rows}×${c.d}${path}`, "the two ops");
     });
   }
 }
@@ -311,20 +323,16 @@ function checkPushed(rc: RankCheck, arena: Arena, rounds = 3): void {
   const shapes = [[5120, 1280], [2560, 32], [5120, 2048], [5120, 1280], [4096, 64], [2560, 512], [5120, 1280]] as const;
   for (let round = 0; round < rounds; round++) {
     arena.reset();
-    const put = (bits: ArrayBufferView, bytes: number) => {
-      const p = arena.take(bytes);
-      rc.native.htod(p, bits);
-      return p;
-    };
+    const put = (bits: ArrayBufferView) => arena.put(rc.native, bits);
     const cases = shapes.map(([d, k]) => {
       const id = rc.freshId();
       return {
         d, k,
-        x: new CudaTensor([1, k], put(input(rc.rank, id, k, "bf16").bits, k * 2), "bf16", PERSISTENT, 0),
+        x: new CudaTensor([1, k], put(input(rc.rank, id, k, "bf16").bits), "bf16", PERSISTENT, 0),
         // weights ~2^-7..2^1 over k ≤ 2048 terms: partial sums well inside bf16's range
-        w: new CudaTensor([d, k], put(input(rc.rank, id + 3e6, d * k, "bf16").bits, d * k * 2), "bf16", PERSISTENT, 0),
+        w: new CudaTensor([d, k], put(input(rc.rank, id + 3e6, d * k, "bf16").bits), "bf16", PERSISTENT, 0),
         res: input(0, id + 1e6, d, "f32").values,
-        norm: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits, d * 2), "bf16", PERSISTENT, 0),
+        norm: new CudaTensor([d], put(input(0, id + 2e6, d, "bf16").bits), "bf16", PERSISTENT, 0),
         between: rc.newCase(arena.take(333 * 4), 333, "f32", "plain all-reduce between pushed ones"),
       };
     });
@@ -332,7 +340,7 @@ function checkPushed(rc: RankCheck, arena: Arena, rounds = 3): void {
       rc.be.beginStep();
       const before = rc.ar.pushedCalls;
       const outs = cases.map((c, i) => {
-        const rt = new CudaTensor([1, c.d], put(c.res, c.d * 4), "f32", PERSISTENT, 0);
+        const rt = new CudaTensor([1, c.d], put(c.res), "f32", PERSISTENT, 0);
         const y = rc.be.linear(c.x, c.w, { allReduceNext: pushed });
         const out = rc.be.allReduceAddRmsNorm(rt, y, c.norm, eps);
         if (i % 2 === 1) c.between.upload().allReduce();
@@ -340,20 +348,12 @@ function checkPushed(rc: RankCheck, arena: Arena, rounds = 3): void {
       });
       const expected = pushed ? cases.length : 0;
       if (rc.ar.pushedCalls - before !== expected) rc.failures.push(`rank ${rc.rank}: pushed all-reduce, round ${round}: ${rc.ar.pushedCalls - before} pushed calls, ${expected} expected`);
-      return outs.map(({ out, rt }, i) => {
-        const o = new Uint16Array(cases[i].d), r = new Uint32Array(cases[i].d);
-        rc.native.dtoh(o, out.ptr);
-        rc.native.dtoh(r, rt.ptr);
-        return { o, r };
-      });
+      return downloadAddNorm(rc, outs, cases.map((c) => c.d));
     };
     const a = run(true), b = run(false);
-    const diff = (u: Uint16Array | Uint32Array, v: Uint16Array | Uint32Array) => u.findIndex((e, i) => e !== v[i]);
     cases.forEach((c, k) => {
       rc.expectedCalls += 2; // the pushed call and the pulled one
-      for (const [what, i] of [["normed output", diff(a[k].o, b[k].o)], ["residual", diff(a[k].r, b[k].r)]] as const) {
-        if (i >= 0) rc.failures.push(`rank ${rc.rank}: pushed all-reduce + add + RMSNorm, round ${round}, ${c.d} rows of ${c.k}: ${what} element ${i} differs from the pulled kernel`);
-      }
+      compareAddNorm(rc, a[k], b[k], `pushed all-reduce + add + RMSNorm, round ${round}, ${c.d} rows of ${c.k}`, "the pulled kernel");
       if (k % 2 === 1) rc.check(c.between);
     });
   }
