@@ -19,7 +19,8 @@ typedef __nv_bfloat16 bf16;
 // wait, so everything two or more launches back (and every upload before those) is complete and
 // may be read before the wait — attention's prep and decode kernels read their step inputs
 // (positions, slots, tile tables: host uploads and slot_table_write, long before) that way.
-// Never a write, and never a read of the previous kernel's output.
+// Never a write, and never a read of the previous kernel's output — except behind a count the
+// writer raises once its output is written (the one-token MoE down's shared pass, moe_decode.cu).
 __device__ __forceinline__ void gridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

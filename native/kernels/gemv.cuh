@@ -39,8 +39,13 @@ __device__ __forceinline__ uint4 ldWeight(const uint4* p) {
   return r;
 }
 
-// Activations: read-only for the kernel's lifetime, shared by the block's warps through L1.
-__device__ __forceinline__ uint4 ldAct(const uint4* p) { return __ldg(p); }
+// Activations: read-only for the kernel's lifetime, shared by the block's warps through L1 — or,
+// FRESH, written by a kernel that may still be running (moe_down's early shared pass): from L2.
+template <bool FRESH = false>
+__device__ __forceinline__ uint4 ldAct(const uint4* p) {
+  if constexpr (FRESH) return __ldcg(p);
+  else return __ldg(p);
+}
 
 __device__ __forceinline__ void unpack(const uint4& v, float (&f)[8]) {  // 8 bf16 (little-endian pairs)
   f[0] = __uint_as_float(v.x << 16);
@@ -62,9 +67,9 @@ __device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {  // 4 fp
 
 // One activation vector of token t as fp32. SCALED: X_t = round_T(x_t · xs[t]), the MoE decode's
 // gathered expert input computed on the fly, rounded as a gather kernel would store it.
-template <typename T, int NT, bool SCALED>
+template <typename T, int NT, bool SCALED, bool FRESH = false>
 __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], int t, float (&xf)[Vec<T>::N]) {
-  unpack(ldAct(p), xf);
+  unpack(ldAct<FRESH>(p), xf);
   if (SCALED) {
 #pragma unroll
     for (int i = 0; i < Vec<T>::N; i++) xf[i] = toF(fromF<T>(xf[i] * xs[t]));
@@ -80,7 +85,7 @@ __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], i
 // weight row per warp in the batch-1 kernels (PRED_TAIL = MAXNT == 1 and ROWS == 1): elsewhere
 // it cost registers, hence occupancy — the routed MoE gate_up (two rows) went from 62 to 74
 // registers, three blocks a SM instead of four: 27 → 33 µs a layer at tp 4 on an H200.
-template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL>
+template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, bool FRESH = false>
 __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
                                         int v0, int v1, int lane, float (&acc)[ROWS][NT]) {
   static_assert(!PRED_TAIL || NT == 1, "the predicated tail is the batch-1 path");
@@ -102,7 +107,7 @@ __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uin
 #pragma unroll
       for (int t = 0; t < NT; t++) {
         float xf[E];
-        loadAct<T, NT, SCALED>(xb + xo[t] + v + 32 * u, xs, t, xf);
+        loadAct<T, NT, SCALED, FRESH>(xb + xo[t] + v + 32 * u, xs, t, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -118,7 +123,7 @@ __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uin
 #pragma unroll
       for (int t = 0; t < NT; t++) {
         float xf[E];
-        loadAct<T, NT, SCALED>(xb + xo[t] + v, xs, t, xf);
+        loadAct<T, NT, SCALED, FRESH>(xb + xo[t] + v, xs, t, xf);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -157,7 +162,7 @@ struct GemvGather {
   const float* scaleOf;
 };
 
-template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, typename Epi>
+template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, bool FRESH = false, typename Epi>
 __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
                                          int in, int tok0, int cnt, GemvGather gather, Epi epi) {
   __shared__ float red[GEMV_WARPS][2][GEMV_MAX_NT];
@@ -182,7 +187,7 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
       xo[t] = row * vectors;
       xs[t] = SCALED ? gather.scaleOf[row] : 1.f;
     }
-    laneDot<T, ROWS, NT, SCALED, PRED_TAIL>(wp, xb, xo, xs, v0, v1, s.lane, acc);
+    laneDot<T, ROWS, NT, SCALED, PRED_TAIL, FRESH>(wp, xb, xo, xs, v0, v1, s.lane, acc);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)

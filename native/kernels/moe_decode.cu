@@ -201,7 +201,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
                                 int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
                                 const T* __restrict__ gateUp, int* __restrict__ permOut,
                                 int* __restrict__ offsetsOut, T* __restrict__ actShared, T* __restrict__ act, int n, int d, int fs,
-                                int f, int local, int rb) {
+                                int f, int local, int rb, int* __restrict__ sharedDone) {
   // Two roles over the same slabs: the first half of the grid runs the shared expert (no routing
   // needed, so its loads start at once), the second half the routed experts. A block that ran both
   // passes one after the other left the SM's memory pipe empty between them (its last loads, the
@@ -210,6 +210,13 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
   const int slab = (int)blockIdx.x - slabs;
   if (slab < 0) {
     moeGateUp<T, MAXNT>(x, x, sharedGateUp, gateUp, nullptr, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0);
+    if (sharedDone != nullptr) {  // moe_down may start on the shared expert's output (moeDownDecode)
+      __syncthreads();              // the block's slab of actShared is written
+      if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(sharedDone, 1);
+      }
+    }
     return;
   }
   __shared__ int perm[GEMV_MAX_NT];
@@ -250,6 +257,24 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
   moeGateUp<T, MAXNT, true>(x, x, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, slab, 0, local, {perm, score});
 }
 
+// The shared expert's down rows of the block: out = shared down (withShared; else out already
+// holds it). FRESH (one token, before the PDL wait): actShared is read from L2, written by the
+// gate_up kernel that may still be running (moeDownDecode).
+template <typename T, int MAXNT, bool FRESH = false>
+__device__ __forceinline__ void moeDownShared(const T* __restrict__ actShared, const T* __restrict__ sharedDown, T* out, int n, int d,
+                                              int fs, int rb, unsigned short* rowBits) {
+  const GemvSlot s(rb);
+  const int row = blockIdx.x * rb + s.rib;
+  const bool active = row < d;
+  const T* w[1] = {sharedDown + (size_t)min(row, d - 1) * fs};
+  auto epi = [&](int t, const float (&v)[1]) {
+    out[(size_t)t * d + row] = fromF<T>(v[0]);
+    if constexpr (sizeof(T) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<T>(v[0]));
+  };
+  if constexpr (FRESH) gemvPass<T, 1, 1, false, true, true>(s, w, active, actShared, fs, 0, 1, {nullptr, nullptr}, epi);  // gemvTokens' one-token pass
+  else gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, epi);
+}
+
 template <typename T, int MAXNT>
 __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
                         const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm,
@@ -259,13 +284,7 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
   const int row = blockIdx.x * rb + s.rib;
   const bool active = row < d;
   const int r = min(row, d - 1);
-  if (withShared) {
-    const T* w[1] = {sharedDown + (size_t)r * fs};
-    gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, [&](int t, const float (&v)[1]) {
-      out[(size_t)t * d + row] = fromF<T>(v[0]);
-      if constexpr (sizeof(T) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<T>(v[0]));
-    });
-  }
+  if (withShared) moeDownShared<T, MAXNT>(actShared, sharedDown, out, n, d, fs, rb, rowBits);
   // The routed adds below read what other threads of this block wrote above: the barrier makes
   // those global writes visible within the block (plain loads, not the read-only path).
   __syncthreads();
@@ -284,6 +303,52 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
   }
 }
 
+// moe_down's body, with the PDL prologue inside. With sharedDone (one token, the shared expert
+// in the kernels: moe_gate_up_routed's shared blocks count their finished slabs there) the
+// shared pass runs before the wait — its input is ready while gate_up's routed half, which starts
+// only after the router, still runs — and the routed pass after it. This is common.cuh's rule bent
+// by a count: the count is the writer's flag for actShared, and the pass writes only out, which no
+// running kernel touches. The block that is last past the count resets it (and the block count
+// sharedDone[1]) for the next step's call: no block can still be waiting then. With push: each
+// block's finished rows go to every rank's inbox (peer_push.cuh), the epoch read early (written
+// by the all-reduce before the previous layer's attention, long complete).
+template <typename T, int MAXNT>
+__device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
+                              const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm, T* out,
+                              int n, int d, int fs, int f, int local, int withShared, int rb, int* routerDone, int* sharedDone,
+                              int sharedBlocks, const PushTarget* push) {
+  __shared__ unsigned short bits[PUSH_MAX_ROWS];
+  const unsigned epoch = push != nullptr && threadIdx.x < 32 ? (unsigned)pushEpoch(push->signal) : 0u;
+  const bool early = MAXNT == 1 && sharedDone != nullptr && withShared;
+  if (early) {
+    if (threadIdx.x == 0) {
+      const unsigned long long start = globalTimerNs();
+      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(sharedDone) < sharedBlocks; spins++) {
+        if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
+          printf("tsglang moe: down block %d waited 5 s for the shared expert's slabs (%d of %d); trapping\n", (int)blockIdx.x,
+                 *reinterpret_cast<volatile int*>(sharedDone), sharedBlocks);
+          __trap();
+        }
+      }
+      __threadfence();  // the slabs' actShared before this block reads it
+      if (atomicAdd(sharedDone + 1, 1) == (int)(gridDim.x * gridDim.y) - 1) {
+        sharedDone[0] = 0;
+        sharedDone[1] = 0;
+      }
+    }
+    __syncthreads();
+    moeDownShared<T, 1, true>(actShared, sharedDown, out, 1, d, fs, rb, push != nullptr ? bits : nullptr);
+  }
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
+  if (routerDone != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *routerDone = 0;
+  moeDown<T, MAXNT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared && !early, rb,
+                    push != nullptr ? bits : nullptr);
+  if (push == nullptr) return;
+  __syncthreads();  // every warp's rows (the routed add included) are in bits[]
+  if constexpr (sizeof(T) == 2) pushRows(*push, epoch, bits, blockIdx.x * rb, rb);
+}
+
 // moe_gate_up<NT>_<T> / moe_down<NT>_<T>: NT = the batch size rounded up to 1, 2, 4 or 8
 // (the most tokens one expert can have in a pass).
 #define MOE_GEMV_KERNELS(NT, TN, T)                                                                                 \
@@ -300,20 +365,20 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
       moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
                                     const T* sharedGateUp, const T* gateUp, int* perm, int* offsets,                 \
-                                    T* actShared, T* act, int n, int d, int fs, int f, int local, int rb) {          \
+                                    T* actShared, T* act, int n, int d, int fs, int f, int local, int rb,            \
+                                    int* sharedDone) {                                                               \
     gridDependencyWait();                                                                                            \
     gridDependencyLaunchDependents();                                                                                \
     moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets,             \
-                           actShared, act, n, d, fs, f, local, rb);                                                  \
+                           actShared, act, n, d, fs, f, local, rb, sharedDone);                                      \
   }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
+  /* one token: ≤ 51 registers, five blocks a SM — a 5120-row down is 640 blocks, one wave on 132 SMs */          \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS, NT == 1 ? 5 : 1)                                        \
       moe_down##NT##_##TN(const T* actShared, const T* act, const T* sharedDown, const T* down, const int* offsets,   \
                           const int* perm, T* out, int n, int d, int fs, int f, int local, int withShared, int rb,   \
-                          int* routerDone) {                                                                         \
-    gridDependencyWait();                                                                                            \
-    gridDependencyLaunchDependents();                                                                                \
-    if (routerDone != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *routerDone = 0;             \
-    moeDown<T, NT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared, rb);        \
+                          int* routerDone, int* sharedDone, int sharedBlocks) {                                      \
+    moeDownDecode<T, NT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared, rb,   \
+                         routerDone, sharedDone, sharedBlocks, nullptr);                                             \
   }
 
 #define MOE_DECODE_KERNELS(TN, T)                                                                                   \
@@ -341,16 +406,10 @@ MOE_DECODE_KERNELS(f32, float)
 // parallelism, whose output the next kernel all-reduces: each block also pushes its rb finished
 // rows into every rank's inbox (peer_push.cuh; gemv_push1_bf16 does the same for the dense
 // projections). The host launches it only with rb % 4 == 0 and d % rb == 0.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 5)
     moe_down_push1_bf16(const bf16* actShared, const bf16* act, const bf16* sharedDown, const bf16* down, const int* offsets,
                         const int* perm, bf16* out, int d, int fs, int f, int local, int rb, int* routerDone,
-                        const __grid_constant__ PushTarget p) {
-  gridDependencyWait();
-  gridDependencyLaunchDependents();
-  if (routerDone != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *routerDone = 0;
-  const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;
-  __shared__ unsigned short bits[PUSH_MAX_ROWS];
-  moeDown<bf16, 1>(actShared, act, sharedDown, down, offsets, perm, out, 1, d, fs, f, local, 1, rb, bits);
-  __syncthreads();  // every warp's rows (the routed add included) are in bits[]
-  pushRows(p, epoch, bits, blockIdx.x * rb, rb);
+                        int* sharedDone, int sharedBlocks, const __grid_constant__ PushTarget p) {
+  moeDownDecode<bf16, 1>(actShared, act, sharedDown, down, offsets, perm, out, 1, d, fs, f, local, 1, rb, routerDone, sharedDone,
+                         sharedBlocks, &p);
 }

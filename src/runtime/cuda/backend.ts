@@ -276,6 +276,8 @@ const GEMV_MAX_TOKENS = 8;
 const GEMV_DEFAULT_MAX_TOKENS = 4;
 /** The device MoE runs the shared expert inside its kernels up to this many tokens (measured: 8 tokens 73% of copy, vs 68% host-sorted). */
 const MOE_SHARED_IN_KERNEL_MAX = 8;
+/** MoE calls a step can have with moe_down's early shared pass (a count pair each); Maverick has 24, Scout 48. */
+const MOE_CALLS_MAX = 256;
 /** moe_decode.cu's MOE_ROUTED_MAX_LOCAL: experts per rank the in-kernel routing holds. */
 const MOE_ROUTED_MAX_LOCAL = 256;
 /** Blocks of moe_gate_up_routed1 an SM holds (ptxas, sm_90a: 64 registers × 256 threads). */
@@ -311,6 +313,10 @@ export class CudaBackend implements Backend {
   private moeEvents: { routed: DevicePtr; gathered: DevicePtr } | null = null;
   /** moe_gate_up_routed's count of finished router blocks (zero between layers: moe_down resets it). */
   private readonly moeRouterDone: DevicePtr;
+  /** Per MoE call of a step: the count of gate_up's finished shared slabs and of moe_down blocks past it (moeDownDecode resets both). */
+  private readonly moeSharedDone: DevicePtr;
+  /** MoE calls so far this step (which moeSharedDone pair the next one uses). */
+  private moeCall = 0;
   /** Recorded after the side stream's latest work; `sidePending` until the main stream waited for it (joinSideStream). */
   private sideDone: DevicePtr | null = null;
   private sidePending = false;
@@ -392,6 +398,8 @@ export class CudaBackend implements Backend {
     this.workspace = this.mem.alloc(WORKSPACE_BYTES, "the cuBLASLt workspace");
     this.moeRouterDone = this.mem.alloc(4, "the MoE router count");
     this.native.memset(this.moeRouterDone, 0, 1, 4);
+    this.moeSharedDone = this.mem.alloc(MOE_CALLS_MAX * 8, "the MoE shared-slab counts");
+    this.native.memset(this.moeSharedDone, 0, MOE_CALLS_MAX * 2, 4);
     if (opts.attention === "fa3" && this.info.ccMajor < 8) throw new Error(`fa3 attention needs an sm_80+ GPU (mma.sync, cp.async); ${this.info.name} is sm_${this.info.ccMajor}${this.info.ccMinor}`);
     this.fa =
       opts.attention === "fa3"
@@ -421,6 +429,7 @@ export class CudaBackend implements Backend {
     this.meta.clear();
     this.metaBatch = null;
     this.pushedPartial = null;
+    this.moeCall = 0;
     if (this.poison) this.mem.poisonStep();
   }
 
@@ -1542,12 +1551,17 @@ export class CudaBackend implements Backend {
     // tp4-ab-…-8-router-in-gate-up.jsonl).
     const routerInKernel = routed && e <= upBlocks / 2 && upBlocks <= wave && !router.transposed;
     const routerDone = routerInKernel ? this.moeRouterDone : 0n;
+    // One token: moe_down runs its shared pass as soon as gate_up's shared half is done (a count
+    // per MoE call of the step), while the routed half, which waits for the router, still runs.
+    const call = this.moeCall++;
+    const sharedDone = routed && n === 1 && call < MOE_CALLS_MAX ? this.moeSharedDone + BigInt(call * 8) : 0n;
+    const sharedBlocks = sharedDone ? upBlocks / 2 : 0;
     if (routed) {
       // Decode: routing and the scaled gather (and maybe the router) happen inside the gate_up kernel.
       const logits = routerInKernel ? this.stepTensor([n, e], this.t) : this.linear(xt, router);
       this.k.launch(`moe_gate_up_routed${nt}_${this.t}`, [upBlocks], [GEMV_THREADS], (a) =>
         a.ptr(routerInKernel ? router.ptr : 0n).ptr(routerDone).ptr(logits.ptr).i32(e).i32(first).ptr(xt.ptr).ptr(sgu.ptr).ptr(gu.ptr).ptr(perm).ptr(offsets)
-          .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp),
+          .ptr(actShared.ptr).ptr(act.ptr).i32(n).i32(d).i32(fs).i32(f).i32(local).i32(rbUp).ptr(sharedDone),
       );
     } else {
       const logits = this.linear(xt, router);
@@ -1567,7 +1581,7 @@ export class CudaBackend implements Backend {
       this.k.launch("moe_down_push1_bf16", [d / rbPush], [GEMV_THREADS], (a) =>
         this.peerAr!.pushTarget(
           a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
-            .i32(d).i32(fs).i32(f).i32(local).i32(rbPush).ptr(routerDone),
+            .i32(d).i32(fs).i32(f).i32(local).i32(rbPush).ptr(routerDone).ptr(sharedDone).i32(sharedBlocks),
         ),
       );
       this.pushed(out.ptr);
@@ -1575,7 +1589,8 @@ export class CudaBackend implements Backend {
     }
     this.k.launch(`moe_down${nt}_${this.t}`, [Math.ceil(d / rbDown), ys], [GEMV_THREADS], (a) =>
       a.ptr(actShared.ptr).ptr(act.ptr).ptr(sdn.ptr).ptr(dn.ptr).ptr(offsets).ptr(perm).ptr(out.ptr)
-        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown).ptr(routerDone), // it zeroes the count
+        .i32(n).i32(d).i32(fs).i32(f).i32(local).i32(withShared ? 1 : 0).i32(rbDown).ptr(routerDone) // it zeroes the count
+        .ptr(sharedDone).i32(sharedBlocks),
     );
     return out;
   }

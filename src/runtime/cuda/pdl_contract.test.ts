@@ -4,7 +4,8 @@
 // block), then gridDependencyLaunchDependents(). Kernels defined inside #define bodies are
 // scanned the same way once their line continuations are removed. The exception (common.cuh):
 // attention's prep and decode read step inputs written two or more launches back before the
-// wait; their kernels open with a call to the device function that holds the prologue.
+// wait, and the one-token MoE down runs its shared pass behind a count of gate_up's finished
+// slabs; their kernels open with a call to the device function that holds the prologue.
 
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -14,7 +15,7 @@ import { packageRoot } from "../../util/repo.js";
 
 const PROLOGUE = "gridDependencyWait();gridDependencyLaunchDependents();";
 /** Device functions that read step inputs, then run the prologue themselves: their files. */
-const WAITS_INSIDE: Record<string, string> = { flashAttention: "attention_fa.cu", attnPrep: "attention_prep.cu" };
+const WAITS_INSIDE: Record<string, string> = { flashAttention: "attention_fa.cu", attnPrep: "attention_prep.cu", moeDownDecode: "moe_decode.cu" };
 
 /** Every __global__ function in `source`: its name and the text of its body from the opening brace on. */
 function kernels(source: string): { name: string; body: string }[] {
