@@ -196,6 +196,18 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 constexpr int MOE_ROUTED_MAX_LOCAL = 256;
 constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost block is a bug: trap, not hang
 
+// Spins until *count ≥ target (another block's progress), trapping with a message after 5 s.
+__device__ void awaitCount(const int* count, int target, const char* what) {
+  const unsigned long long start = globalTimerNs();
+  for (unsigned spins = 1; *reinterpret_cast<const volatile int*>(count) < target; spins++) {
+    if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
+      printf("tsglang moe: block %d waited 5 s for %s (%d of %d); trapping\n", (int)blockIdx.x, what,
+             *reinterpret_cast<const volatile int*>(count), target);
+      __trap();
+    }
+  }
+}
+
 template <typename T, int MAXNT>
 __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ routerDone, T* __restrict__ logits, int e,
                                 int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
@@ -233,14 +245,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
       }
     }
     if (threadIdx.x == 0) {
-      const unsigned long long start = globalTimerNs();
-      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(routerDone) < e; spins++) {
-        if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
-          printf("tsglang moe: block %d waited 5 s for the router blocks (count %d of %d); trapping\n", (int)blockIdx.x,
-                 *reinterpret_cast<volatile int*>(routerDone), e);
-          __trap();
-        }
-      }
+      awaitCount(routerDone, e, "the router blocks");
       __threadfence();  // every router block's logits before this block reads them
     }
     __syncthreads();
@@ -322,14 +327,7 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
   const bool early = MAXNT == 1 && sharedDone != nullptr && withShared;
   if (early) {
     if (threadIdx.x == 0) {
-      const unsigned long long start = globalTimerNs();
-      for (unsigned spins = 1; *reinterpret_cast<volatile int*>(sharedDone) < sharedBlocks; spins++) {
-        if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
-          printf("tsglang moe: down block %d waited 5 s for the shared expert's slabs (%d of %d); trapping\n", (int)blockIdx.x,
-                 *reinterpret_cast<volatile int*>(sharedDone), sharedBlocks);
-          __trap();
-        }
-      }
+      awaitCount(sharedDone, sharedBlocks, "gate_up's shared-expert slabs");
       __threadfence();  // the slabs' actShared before this block reads it
       if (atomicAdd(sharedDone + 1, 1) == (int)(gridDim.x * gridDim.y) - 1) {
         sharedDone[0] = 0;
