@@ -1136,8 +1136,9 @@ export class CudaBackend implements Backend {
     if (pushed && this.pushedPartial !== xt.ptr) this.checkNothingPushed("allReduceAddRmsNorm of another tensor");
     this.pushedPartial = null;
     const fused = this.peerAr?.coversRows(n, d) && xt.dtype === "bf16" && xt.numel === n * d && wt.numel === d && this.vecRows(d, wt.dtype, [rt.ptr, xt.ptr, wt.ptr]);
-    // Without the fused kernel the pull path below reads x itself: a push of it is never read
-    // (its inbox half is next written two calls on, its flags never match a later epoch).
+    // Without the fused kernel the pull path below reads x itself; a push of x is then never
+    // read: canPush implied the custom all-reduce covers the row, so this call still advances
+    // the epoch, and the push's flags never match a later one.
     if (!fused) {
       this.allReduce(xt);
       return this.addRmsNorm(rt, xt, wt, eps);
