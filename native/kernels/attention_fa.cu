@@ -377,13 +377,13 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   constexpr int SW = (CH < 8 ? CH : 8) - 1;
   constexpr int ROW = CH * 16;  // bytes per tile row
   const uint32_t sBase = smemAddr(smem);
-  const uint32_t qOff = (wRow0 + (lane & 15)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);
   const uint32_t kOff = BM * ROW + ((lane & 7) + ((lane >> 4) << 3)) * ROW + ((((lane >> 3) & 1) ^ (lane & SW)) << 4);
   const uint32_t vOff = BM * ROW + STAGES * TILE_BYTES + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);
 
-  // One key tile kt (in stage `stage`) for the warp's rows from rowBase of the Q tile (qRows: their
-  // ldmatrix offset): S = Q·Kᵀ, the mask, the online softmax into (mRow, lRow), O += P·V.
-  auto tileStep = [&](int kt, int stage, int rowBase, uint32_t qRows) {
+  // One key tile kt (in stage `stage`) for the warp's 16·MT rows from rowBase of the Q tile:
+  // S = Q·Kᵀ, the mask, the online softmax into (mRow, lRow), O += P·V.
+  auto tileStep = [&](int kt, int stage, int rowBase) {
+    const uint32_t qRows = (rowBase + (lane & 15)) * ROW + (((lane >> 4) ^ (lane & SW)) << 4);  // ldmatrix offset of the rows
     const uint32_t kStage = kOff + stage * TILE_BYTES, vStage = vOff + stage * TILE_BYTES;
 
     // S = Q·Kᵀ (raw scores, fp32)
@@ -525,7 +525,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     cpAsyncCommit();
     cpAsyncWait<0>();
     __syncthreads();  // every thread's copies (Q and all the tiles) have landed
-    if (warp < nTiles) tileStep(ktBegin + warp, warp, 0, (lane & 15) * ROW + (((lane >> 4) ^ (lane & SW)) << 4));
+    if (warp < nTiles) tileStep(ktBegin + warp, warp, 0);
     mergeWarpStates<NW, DT>(reinterpret_cast<float*>(sV), nTiles, o[0], mRow[0], lRow[0], scaleLog2);
   } else {
     for (int kt = ktBegin; kt < ktEnd; kt++) {
@@ -540,7 +540,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
         if (nk < ktEnd) loadKV(nk, (nk - ktBegin) % STAGES);
         cpAsyncCommit();
       }
-      if (warpActive) tileStep(kt, stage, wRow0, qOff);
+      if (warpActive) tileStep(kt, stage, wRow0);
     }
   }
   cpAsyncWait<0>();  // no copy may outlive the block (the trailing groups are empty)

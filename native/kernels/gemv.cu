@@ -17,13 +17,18 @@
 #include "gemv.cuh"
 #include "peer_push.cuh"
 
+// rowBits (one token, bf16 out, in shared memory): each row's value too (gemv_push1_bf16).
 template <typename T, typename O, int MAXNT>
-__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb) {
+__device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb,
+                     unsigned short* rowBits = nullptr) {
   const GemvSlot s(rb);
   const int row = blockIdx.x * rb + s.rib;
   const bool active = row < out;
   const T* wr[1] = {w + (size_t)min(row, out - 1) * in};
-  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<O>(v[0]); });
+  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) {
+    y[(size_t)t * out + row] = fromF<O>(v[0]);
+    if constexpr (sizeof(O) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<O>(v[0]));
+  });
 }
 
 // Up to three linears of one input in one launch (q, k, v): their rows concatenated, each warp's
@@ -97,14 +102,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
   gridDependencyLaunchDependents();
   const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;  // in flight during the pass
   __shared__ unsigned short bits[PUSH_MAX_ROWS];
-  const GemvSlot s(rb);
-  const int row = blockIdx.x * rb + s.rib;  // out % rb == 0: every row is real
-  const bf16* wr[1] = {w + (size_t)row * in};
-  gemvTokens<bf16, 1, 1>(s, wr, true, x, in, 0, 1, [&](int, const float (&v)[1]) {  // gemv()'s pass and epilogue
-    const bf16 b = fromF<bf16>(v[0]);
-    y[row] = b;
-    bits[s.rib] = __bfloat16_as_ushort(b);
-  });
+  gemv<bf16, bf16, 1>(x, w, y, 1, in, out, rb, bits);
   __syncthreads();  // the block's rows are in bits[]
   pushRows(p, epoch, bits, blockIdx.x * rb, rb);
 }

@@ -230,15 +230,15 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
 // on padding); epi gets the token index relative to tok0. Block-uniform cnt. MAXNT (1, 2, 4 or
 // 8) is the kernel variant the host picked from the batch size: small batches get the small
 // register footprint (more warps per SM, more loads in flight).
-template <typename T, int ROWS, int MAXNT, bool SCALED = false, typename Epi>
+template <typename T, int ROWS, int MAXNT, bool SCALED = false, bool FRESH = false, typename Epi>
 __device__ __forceinline__ void gemvTokens(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
                                            int in, int tok0, int cnt, Epi epi, GemvGather gather = {nullptr, nullptr}) {
   for (int c0 = 0; c0 < cnt; c0 += MAXNT) {
     const int c = min(MAXNT, cnt - c0);
     auto at = [&](int t, const float (&v)[ROWS]) { epi(c0 + t, v); };
-    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED, false>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else gemvPass<T, ROWS, 1, SCALED, MAXNT == 1 && ROWS == 1>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else gemvPass<T, ROWS, 1, SCALED, MAXNT == 1 && ROWS == 1, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
   }
 }

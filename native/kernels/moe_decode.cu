@@ -13,9 +13,10 @@
 //                    out already holds it), then (same block, after a barrier) out[perm[i]] +=
 //                    routed down — the combine is fused
 //   moe_gate_up_routed  decode (withShared, n ≤ 8): moe_gate_up with the routing done inside
-//                    (by the router's last block, or by every routed block) and the routed rows
-//                    read from x and scaled as loaded — no sort or gather launch; perm/offsets for
-//                    moe_down. Half its blocks run the shared expert, half the routed ones.
+//                    (every routed block routes; the router GEMV too where the grid is one wave)
+//                    and the routed rows read from x and scaled as loaded — no sort or gather
+//                    launch; perm/offsets for moe_down. Half its blocks run the shared expert,
+//                    half the routed ones.
 // withShared is for n ≤ 8: the shared expert is then one pass over its weights. Beyond that the
 // host runs it through cuBLASLt (one read of the weights) rather than ⌈n/8⌉ passes.
 // Grid: (slabs, 1) — each block walks every expert (few tokens: most experts are empty, and
@@ -180,8 +181,9 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 // The decode layer with the shared expert in the kernels (n ≤ 8): the routed rows are read from
 // x and scaled as loaded, so no sort or gather launch (an ncu profile of a tp-4 rank's decode step
 // put them at ~6 µs a layer). Every routed block routes the n tokens itself (n·e logits from L2)
-// and the first writes perm and offsets for moe_down (permOut, offsetsOut). Grid: 2 × slabs — blocks [0, slabs) the shared expert's slabs, [slabs, 2·slabs) the
-// routed experts' (each block one pass over its weights).
+// and the first writes perm and offsets for moe_down (permOut, offsetsOut). Grid: 2 × slabs —
+// blocks [0, slabs) the shared expert's slabs, [slabs, 2·slabs) the routed experts' (each block
+// one pass over its weights).
 // Without `router` the logits come from a router launch before.
 // With `router` the router GEMV is in here too: routed blocks 0..e−1 first compute router row
 // `slab` for the n tokens — the gemv kernel's slot layout (one row a block, 8 warps over K) and
@@ -276,8 +278,7 @@ __device__ __forceinline__ void moeDownShared(const T* __restrict__ actShared, c
     out[(size_t)t * d + row] = fromF<T>(v[0]);
     if constexpr (sizeof(T) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<T>(v[0]));
   };
-  if constexpr (FRESH) gemvPass<T, 1, 1, false, true, true>(s, w, active, actShared, fs, 0, 1, {nullptr, nullptr}, epi);  // gemvTokens' one-token pass
-  else gemvTokens<T, 1, MAXNT>(s, w, active, actShared, fs, 0, n, epi);
+  gemvTokens<T, 1, MAXNT, false, FRESH>(s, w, active, actShared, fs, 0, n, epi);
 }
 
 template <typename T, int MAXNT>
@@ -315,8 +316,8 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
 // by a count: the count is the writer's flag for actShared, and the pass writes only out, which no
 // running kernel touches. The block that is last past the count resets it (and the block count
 // sharedDone[1]) for the next step's call: no block can still be waiting then. With push: each
-// block's finished rows go to every rank's inbox (peer_push.cuh), the epoch read early (written
-// by the all-reduce before the previous layer's attention, long complete).
+// block's finished rows go to every rank's inbox (peer_push.cuh), the epoch read before the wait
+// (written by the all-reduce before gate_up, two launches back).
 template <typename T, int MAXNT>
 __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
                               const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm, T* out,
