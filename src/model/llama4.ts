@@ -223,7 +223,8 @@ export class Llama4Model implements ForwardModel {
       be.allReduce!(delta);
       return be.addRmsNorm(residual, delta, norm, eps);
     };
-    // The row-parallel projections' outputs go straight to addNorm's all-reduce: a backend may send them as they are produced.
+    // The row-parallel projections' outputs go straight to addNorm's all-reduce: a backend may
+    // send them to the other ranks as they are produced.
     const reduced = { allReduceNext: tp && !!be.allReduceAddRmsNorm };
     const x = be.embedding(w.embed, batch.ids, this.dims.vocabStart);
     if (tp) be.allReduce!(x);

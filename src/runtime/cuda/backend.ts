@@ -906,7 +906,7 @@ export class CudaBackend implements Backend {
     const [out, wIn] = wt.shape;
     if (wIn !== inDim) throw new Error(`linear: x has ${inDim} columns, weight expects ${wIn}`);
     const y = this.stepTensor([n, out], opts.outF32 ? "f32" : this.t);
-    const rb = Math.max(4, this.rowsPerBlock(out)); // whole 4-row units a block
+    const rb = this.pushRowsPerBlock(out);
     if (opts.allReduceNext && n === 1 && y.dtype === "bf16" && this.gemvApplies(n, inDim, xt.ptr, wt, wt.ptr) && this.peerAr?.canPush(out, rb)) {
       // One token under tensor parallelism: the GEMV pushes its rows to every rank as they finish.
       this.k.launch("gemv_push1_bf16", [out / rb], [GEMV_THREADS], (a) =>
@@ -917,6 +917,11 @@ export class CudaBackend implements Backend {
     }
     this.gemm(y.ptr, y.dtype, xt.ptr, n, inDim, wt, 0, out);
     return y;
+  }
+
+  /** Rows a block of a pushing kernel (gemv_push1, moe_down_push1) takes: the GEMV's, in whole 4-row units. */
+  private pushRowsPerBlock(rows: number): number {
+    return Math.max(4, this.rowsPerBlock(rows));
   }
 
   /** Records a producer's push (peer_push.cuh): its output must be the next collective's input. */
@@ -1132,8 +1137,8 @@ export class CudaBackend implements Backend {
     const xt = this.tensor(x);
     const wt = this.tensor(w);
     const [n, d] = rows(rt, "allReduceAddRmsNorm");
-    const pushed = this.pushedPartial !== null;
-    if (pushed && this.pushedPartial !== xt.ptr) this.checkNothingPushed("allReduceAddRmsNorm of another tensor");
+    const pushed = this.pushedPartial === xt.ptr;
+    if (!pushed) this.checkNothingPushed("allReduceAddRmsNorm of another tensor");
     this.pushedPartial = null;
     const fused = this.peerAr?.coversRows(n, d) && xt.dtype === "bf16" && xt.numel === n * d && wt.numel === d && this.vecRows(d, wt.dtype, [rt.ptr, xt.ptr, wt.ptr]);
     // Without the fused kernel the pull path below reads x itself; a push of x is then never
@@ -1576,7 +1581,7 @@ export class CudaBackend implements Backend {
       );
     }
     const rbDown = this.rowsPerBlock(d);
-    const rbPush = Math.max(4, rbDown); // whole 4-row units a block
+    const rbPush = this.pushRowsPerBlock(d);
     if (opts.allReduceNext && n === 1 && withShared && this.t === "bf16" && this.peerAr?.canPush(d, rbPush)) {
       // One token under tensor parallelism: the down kernel pushes its rows to every rank as they finish.
       this.k.launch("moe_down_push1_bf16", [d / rbPush], [GEMV_THREADS], (a) =>
