@@ -270,6 +270,14 @@ __device__ void allReduceAddRmsNorm(const Peers& p, const bf16* __restrict__ x, 
 // and order as the pulled kernel, so the same bits — then res += it and out = RMSNorm(res)·w.
 // Polls units `unit` and `unit + 1` of sender slots [K0, K1) until every flag is `epoch` (all
 // loads of a round in flight together), then adds their elements to acc in slot order.
+// Out of line: the report's arguments would otherwise take registers in the polling loop.
+__device__ __noinline__ void pushedTimeout(int rank, unsigned long long timeoutNs, unsigned epoch) {
+  printf("tsglang allreduce: rank %d waited %.1f s for the pushed parts of call %u (thread %d): "
+         "the ranks launched different all-reduce sequences, or a rank stopped; trapping\n",
+         rank, (double)timeoutNs * 1e-9, epoch, (int)threadIdx.x);
+  __trap();
+}
+
 template <int K0, int K1>
 __device__ __forceinline__ void sumPushedSlots(const uint4* box, unsigned epoch, size_t unit, unsigned long long timeoutNs, int rank,
                                                float (&acc)[8]) {
@@ -290,12 +298,7 @@ __device__ __forceinline__ void sumPushedSlots(const uint4* box, unsigned epoch,
         ready &= v.y == epoch && v.w == epoch;
       }
     if (ready) break;
-    if ((spins & 1023u) == 0 && globalTimerNs() - start > timeoutNs) {
-      printf("tsglang allreduce: rank %d waited %.1f s for the pushed parts of call %u (thread %d): "
-             "the ranks launched different all-reduce sequences, or a rank stopped; trapping\n",
-             rank, (double)timeoutNs * 1e-9, epoch, (int)threadIdx.x);
-      __trap();
-    }
+    if ((spins & 1023u) == 0 && globalTimerNs() - start > timeoutNs) pushedTimeout(rank, timeoutNs, epoch);
   }
 #pragma unroll
   for (int k = 0; k < K1 - K0; k++)
@@ -317,8 +320,15 @@ __device__ __forceinline__ void sumPushed(const uint4* box, unsigned epoch, size
   if constexpr (R > 4) sumPushedSlots<4, R>(box, epoch, unit, timeoutNs, rank, acc);
 }
 
-__device__ void pushedAddRmsNorm(const PushTarget& p, float* __restrict__ res, const bf16* __restrict__ w, bf16* __restrict__ out,
-                                 int d, float eps, unsigned long long timeoutNs) {
+// The kernel's PDL prologue is in here: the residual row and norm weight are read before the wait
+// (res was last written by the all-reduce before the producer, two or more launches back; w by no
+// kernel), so only the pushed parts are waited for.
+__device__ void pushedAddRmsNorm(const PushTarget& p, float* __restrict__ res, const bf16* __restrict__ w, bf16* __restrict__ out, int d,
+                                 float eps, unsigned long long timeoutNs) {
+  AddNormInputs in;
+  in.load(res, w, d);
+  gridDependencyWait();
+  gridDependencyLaunchDependents();
   const unsigned long long call = pushEpoch(p.signal);
   const unsigned epoch = (unsigned)call;
   const int c = threadIdx.x * 8;
@@ -339,7 +349,7 @@ __device__ void pushedAddRmsNorm(const PushTarget& p, float* __restrict__ res, c
 #pragma unroll
     for (int k = 0; k < 8; k++) xv[k] = __bfloat162float(__float2bfloat16_rn(xv[k]));
   }
-  addRmsNormRow8(res, xv, w, out, d, eps);
+  addRmsNormRow8(res, in, xv, out, d, eps);
   endCall(p.signal, call);
 }
 
@@ -369,7 +379,5 @@ extern "C" __global__ void __launch_bounds__(1024)
 extern "C" __global__ void __launch_bounds__(1024)
     allreduce_pushed_add_rms_norm_bf16(const __grid_constant__ PushTarget p, float* res, const bf16* w, bf16* out, int d, float eps,
                                        unsigned long long timeoutNs) {
-  gridDependencyWait();
-  gridDependencyLaunchDependents();
   pushedAddRmsNorm(p, res, w, out, d, eps, timeoutNs);
 }

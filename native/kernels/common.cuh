@@ -18,7 +18,9 @@ typedef __nv_bfloat16 bf16;
 // The one exception to "wait first": a kernel starts only after the previous one passed its own
 // wait, so everything two or more launches back (and every upload before those) is complete and
 // may be read before the wait — attention's prep and decode kernels read their step inputs
-// (positions, slots, tile tables: host uploads and slot_table_write, long before) that way.
+// (positions, slots, tile tables: host uploads and slot_table_write, long before) that way; the
+// one-token GEMVs behind a latency-bound kernel (q/k/v, o_proj, the MoE router: gemv.cuh's
+// WeightHead) their first weights, and the pushed all-reduce its residual row and norm weight.
 // Never a write, and never a read of the previous kernel's output — except behind a count the
 // writer raises once its output is written (the one-token MoE down's shared pass, moe_decode.cu).
 __device__ __forceinline__ void gridDependencyWait() {

@@ -17,23 +17,39 @@
 #include "gemv.cuh"
 #include "peer_push.cuh"
 
-// rowBits (one token, bf16 out, in shared memory): each row's value too (gemv_push1_bf16).
-template <typename T, typename O, int MAXNT>
+// HEAD (one token): the kernel's PDL prologue is in here, after the first weight loads (WeightHead).
+// push (one token, bf16, HEAD; gemv_push1_bf16): each block's rows also go to every rank's inbox
+// (peer_push.cuh).
+template <typename T, typename O, int MAXNT, bool HEAD = false>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb,
-                     unsigned short* rowBits = nullptr) {
+                     const PushTarget* push = nullptr) {
+  __shared__ unsigned short bits[PUSH_MAX_ROWS];
   const GemvSlot s(rb);
   const int row = blockIdx.x * rb + s.rib;
   const bool active = row < out;
   const T* wr[1] = {w + (size_t)min(row, out - 1) * in};
+  WeightHead<1> head;
+  if constexpr (HEAD) {
+    loadWeightHead<T>(s, wr[0], active, in, head);
+    gridDependencyWait();
+    gridDependencyLaunchDependents();
+  }
+  // After the wait: the all-reduce before may be the launch just before (in flight during the pass).
+  const unsigned epoch = push != nullptr && threadIdx.x < 32 ? (unsigned)pushEpoch(push->signal) : 0u;
   gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) {
     y[(size_t)t * out + row] = fromF<O>(v[0]);
-    if constexpr (sizeof(O) == 2) if (rowBits != nullptr) rowBits[s.rib] = __bfloat16_as_ushort(fromF<O>(v[0]));
-  });
+    if constexpr (sizeof(O) == 2) if (push != nullptr) bits[s.rib] = __bfloat16_as_ushort(fromF<O>(v[0]));
+  }, {nullptr, nullptr}, HEAD ? &head : nullptr);
+  if constexpr (sizeof(O) == 2) {
+    if (push == nullptr) return;
+    __syncthreads();  // the block's rows are in bits[]
+    pushRows(*push, epoch, bits, blockIdx.x * rb, rb);
+  }
 }
 
 // Up to three linears of one input in one launch (q, k, v): their rows concatenated, each warp's
 // row looked up in the matrix it falls in; T output. Unused slots have out = 0.
-template <typename T, int MAXNT>
+template <typename T, int MAXNT, bool HEAD = false>
 __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,
                       int out1, const T* w2, T* y2, int out2) {
   const GemvSlot s(rb);
@@ -54,7 +70,14 @@ __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w
     out = out1;
   }
   const T* wr[1] = {active ? w + (size_t)row * in : w0};
-  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<T>(v[0]); });
+  WeightHead<1> head;
+  if constexpr (HEAD) {
+    loadWeightHead<T>(s, wr[0], active, in, head);
+    gridDependencyWait();
+    gridDependencyLaunchDependents();
+  }
+  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<T>(v[0]); },
+                          {nullptr, nullptr}, HEAD ? &head : nullptr);
 }
 
 // gemv<NT>_<T>_<O>: NT = the batch size rounded up to 1, 2, 4 or 8 (the host's choice).
@@ -83,7 +106,13 @@ GEMV_KERNELS(8)
     gridDependencyLaunchDependents();                                                                           \
     gemv3<T, NT>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);                                       \
   }
-GEMV3_KERNEL(1, bf16, bf16)
+// One token: q, k and v, whose input comes from the all-reduce (a wait on the other ranks), load
+// their first weights before the PDL wait (WeightHead).
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    gemv3_1_bf16(const bf16* x, int n, int in, int rb, const bf16* w0, bf16* y0, int out0, const bf16* w1, bf16* y1, int out1,
+                 const bf16* w2, bf16* y2, int out2) {
+  gemv3<bf16, 1, true>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);
+}
 GEMV3_KERNEL(2, bf16, bf16)
 GEMV3_KERNEL(4, bf16, bf16)
 GEMV3_KERNEL(8, bf16, bf16)
@@ -93,16 +122,11 @@ GEMV3_KERNEL(4, f32, float)
 GEMV3_KERNEL(8, f32, float)
 
 // gemv_push1_bf16: one token's row-parallel projection under tensor parallelism whose output the
-// next kernel all-reduces — as gemv1_bf16_bf16, then each block also pushes its rb rows into
-// every rank's inbox (peer_push.cuh). The host launches it only with rb % 4 == 0 and
-// out % rb == 0, so every block pushes whole units.
+// next kernel all-reduces (o_proj, a dense MLP's down) — as gemv1_bf16_bf16 with its first weights
+// loaded before the PDL wait, then each block also pushes its rb rows into every rank's inbox
+// (peer_push.cuh). The host launches it only with rb % 4 == 0 and out % rb == 0, so every block
+// pushes whole units.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_push1_bf16(const bf16* x, const bf16* w, bf16* y, int in, int out, int rb, const __grid_constant__ PushTarget p) {
-  gridDependencyWait();
-  gridDependencyLaunchDependents();
-  const unsigned epoch = threadIdx.x < 32 ? (unsigned)pushEpoch(p.signal) : 0u;  // in flight during the pass
-  __shared__ unsigned short bits[PUSH_MAX_ROWS];
-  gemv<bf16, bf16, 1>(x, w, y, 1, in, out, rb, bits);
-  __syncthreads();  // the block's rows are in bits[]
-  pushRows(p, epoch, bits, blockIdx.x * rb, rb);
+  gemv<bf16, bf16, 1, true>(x, w, y, 1, in, out, rb, &p);
 }

@@ -76,6 +76,38 @@ __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], i
   }
 }
 
+// A batch-1 warp's first unrolled step of its rows' weight vectors, loaded before the kernel's PDL
+// wait: weights are never written by a kernel, so a block whose predecessor is latency-bound (the
+// all-reduce, attention) has them in registers when its input is ready. Lanes past the row's range
+// hold zeros, as the predicated loads give.
+template <int ROWS>
+struct WeightHead {
+  uint4 wv[ROWS][GEMV_UNROLL];
+};
+
+// One unrolled step of laneDot: the vectors v + 32u (with PRED_TAIL only those < v1) of wv.
+template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, bool FRESH>
+__device__ __forceinline__ void stepDot(const uint4 (&wv)[ROWS][GEMV_UNROLL], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
+                                        int v, int v1, float (&acc)[ROWS][NT]) {
+  constexpr int E = Vec<T>::N;
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; u++) {
+    if (PRED_TAIL && v + 32 * u >= v1) break;
+    float wf[ROWS][E];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      float xf[E];
+      loadAct<T, NT, SCALED, FRESH>(xb + xo[t] + v + 32 * u, xs, t, xf);
+#pragma unroll
+      for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
+    }
+  }
+}
+
 // acc[r][t] += Σ W_r[v]·X_t[v] over this lane's vectors v = v0 + lane + 32·i < v1, in increasing
 // v (the same order however the loop is cut). x rows are xb + xo[t] (in 16-byte vectors).
 // A warp's pass is a chain of dependent DRAM round trips (loads, then the FMAs, then the next
@@ -87,10 +119,16 @@ __device__ __forceinline__ void loadAct(const uint4* p, const float (&xs)[NT], i
 // registers, three blocks a SM instead of four: 27 → 33 µs a layer at tp 4 on an H200.
 template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, bool FRESH = false>
 __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uint4* xb, const int (&xo)[NT], const float (&xs)[NT],
-                                        int v0, int v1, int lane, float (&acc)[ROWS][NT]) {
+                                        int v0, int v1, int lane, float (&acc)[ROWS][NT], const WeightHead<ROWS>* head = nullptr) {
   static_assert(!PRED_TAIL || NT == 1, "the predicated tail is the batch-1 path");
   constexpr int E = Vec<T>::N;
   int v = v0 + lane;
+  // The first step's vectors from `head` where the kernel loaded them before its PDL wait
+  // (loadWeightHead: one row, predicated).
+  if (PRED_TAIL && head != nullptr && v < v1) {
+    stepDot<T, ROWS, NT, SCALED, PRED_TAIL, FRESH>(head->wv, xb, xo, xs, v, v1, acc);
+    v += 32 * GEMV_UNROLL;
+  }
   // Whole steps; with PRED_TAIL also the last, partial one (its loads predicated).
   for (; PRED_TAIL ? v < v1 : v + 32 * (GEMV_UNROLL - 1) < v1; v += 32 * GEMV_UNROLL) {
     uint4 wv[ROWS][GEMV_UNROLL];
@@ -98,22 +136,7 @@ __device__ __forceinline__ void laneDot(const uint4* const (&w)[ROWS], const uin
     for (int r = 0; r < ROWS; r++)
 #pragma unroll
       for (int u = 0; u < GEMV_UNROLL; u++) wv[r][u] = !PRED_TAIL || v + 32 * u < v1 ? ldWeight(w[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-      if (PRED_TAIL && v + 32 * u >= v1) break;
-      float wf[ROWS][E];
-#pragma unroll
-      for (int r = 0; r < ROWS; r++) unpack(wv[r][u], wf[r]);
-#pragma unroll
-      for (int t = 0; t < NT; t++) {
-        float xf[E];
-        loadAct<T, NT, SCALED, FRESH>(xb + xo[t] + v + 32 * u, xs, t, xf);
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-#pragma unroll
-          for (int i = 0; i < E; i++) acc[r][t] = fmaf(wf[r][i], xf[i], acc[r][t]);
-      }
-    }
+    stepDot<T, ROWS, NT, SCALED, PRED_TAIL, FRESH>(wv, xb, xo, xs, v, v1, acc);
   }
   if constexpr (!PRED_TAIL) {  // the leftover vectors, one at a time
     for (; v < v1; v += 32) {
@@ -164,7 +187,7 @@ struct GemvGather {
 
 template <typename T, int ROWS, int NT, bool SCALED, bool PRED_TAIL, bool FRESH = false, typename Epi>
 __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
-                                         int in, int tok0, int cnt, GemvGather gather, Epi epi) {
+                                         int in, int tok0, int cnt, GemvGather gather, Epi epi, const WeightHead<ROWS>* head = nullptr) {
   __shared__ float red[GEMV_WARPS][2][GEMV_MAX_NT];
   const int vectors = in / Vec<T>::N;
   float acc[ROWS][NT];
@@ -187,7 +210,7 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
       xo[t] = row * vectors;
       xs[t] = SCALED ? gather.scaleOf[row] : 1.f;
     }
-    laneDot<T, ROWS, NT, SCALED, PRED_TAIL, FRESH>(wp, xb, xo, xs, v0, v1, s.lane, acc);
+    laneDot<T, ROWS, NT, SCALED, PRED_TAIL, FRESH>(wp, xb, xo, xs, v0, v1, s.lane, acc, head);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
@@ -232,13 +255,26 @@ __device__ __forceinline__ void gemvPass(const GemvSlot& s, const T* const (&wRo
 // register footprint (more warps per SM, more loads in flight).
 template <typename T, int ROWS, int MAXNT, bool SCALED = false, bool FRESH = false, typename Epi>
 __device__ __forceinline__ void gemvTokens(const GemvSlot& s, const T* const (&wRow)[ROWS], bool active, const T* x,
-                                           int in, int tok0, int cnt, Epi epi, GemvGather gather = {nullptr, nullptr}) {
+                                           int in, int tok0, int cnt, Epi epi, GemvGather gather = {nullptr, nullptr},
+                                           const WeightHead<ROWS>* head = nullptr) {
   for (int c0 = 0; c0 < cnt; c0 += MAXNT) {
     const int c = min(MAXNT, cnt - c0);
     auto at = [&](int t, const float (&v)[ROWS]) { epi(c0 + t, v); };
     if (MAXNT >= 8 && c > 4) gemvPass<T, ROWS, (MAXNT >= 8 ? 8 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
     else if (MAXNT >= 4 && c > 2) gemvPass<T, ROWS, (MAXNT >= 4 ? 4 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
     else if (MAXNT >= 2 && c == 2) gemvPass<T, ROWS, (MAXNT >= 2 ? 2 : 1), SCALED, false, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
-    else gemvPass<T, ROWS, 1, SCALED, MAXNT == 1 && ROWS == 1, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at);
+    else gemvPass<T, ROWS, 1, SCALED, MAXNT == 1 && ROWS == 1, FRESH>(s, wRow, active, x, in, tok0 + c0, c, gather, at, head);
   }
+}
+
+// Loads `head` for the one-token pass of gemvTokens<T, 1, 1> over row wRow: laneDot's first step,
+// its loads predicated as there.
+template <typename T>
+__device__ __forceinline__ void loadWeightHead(const GemvSlot& s, const T* wRow, bool active, int in, WeightHead<1>& head) {
+  int v0 = 0, v1 = 0;
+  if (active) s.range(in / Vec<T>::N, v0, v1);
+  const uint4* w = reinterpret_cast<const uint4*>(wRow);
+  const int v = v0 + s.lane;
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; u++) head.wv[0][u] = v + 32 * u < v1 ? ldWeight(w + v + 32 * u) : make_uint4(0, 0, 0, 0);
 }

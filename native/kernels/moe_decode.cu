@@ -198,19 +198,25 @@ __device__ void moeGateUp(const T* __restrict__ x, const T* __restrict__ xin, co
 constexpr int MOE_ROUTED_MAX_LOCAL = 256;
 constexpr unsigned long long MOE_ROUTER_WAIT_NS = 5000000000ull;  // a lost block is a bug: trap, not hang
 
+// Out of line: the report's arguments would otherwise take registers in the kernels that wait.
+__device__ __noinline__ void countTimeout(const int* count, int target, const char* what) {
+  printf("tsglang moe: block %d waited 5 s for %s (%d of %d); trapping\n", (int)blockIdx.x, what,
+         *reinterpret_cast<const volatile int*>(count), target);
+  __trap();
+}
+
 // Spins until *count ≥ target (another block's progress), trapping with a message after 5 s.
 __device__ void awaitCount(const int* count, int target, const char* what) {
   const unsigned long long start = globalTimerNs();
-  for (unsigned spins = 1; *reinterpret_cast<const volatile int*>(count) < target; spins++) {
-    if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) {
-      printf("tsglang moe: block %d waited 5 s for %s (%d of %d); trapping\n", (int)blockIdx.x, what,
-             *reinterpret_cast<const volatile int*>(count), target);
-      __trap();
-    }
-  }
+  for (unsigned spins = 1; *reinterpret_cast<const volatile int*>(count) < target; spins++)
+    if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) countTimeout(count, target, what);
 }
 
-template <typename T, int MAXNT>
+// HEAD (one token): the kernel's PDL prologue is in here, after the router rows' first weight loads
+// (WeightHead): the all-reduce before this kernel is a wait on the other ranks, and the router —
+// which every routed block waits for — has its weights in registers when it ends. (The shared
+// slabs' first step as well, 32 more registers across the wait, spilled: 3.367 → 3.560 ms.)
+template <typename T, int MAXNT, bool HEAD = false>
 __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ routerDone, T* __restrict__ logits, int e,
                                 int first, const T* __restrict__ x, const T* __restrict__ sharedGateUp,
                                 const T* __restrict__ gateUp, int* __restrict__ permOut,
@@ -222,6 +228,12 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
   // epilogue, the routing read, the next first loads) while every block of the SM did the same.
   const int slabs = gridDim.x / 2;
   const int slab = (int)blockIdx.x - slabs;
+  WeightHead<1> routerHead;
+  if constexpr (HEAD) {
+    if (router != nullptr && slab >= 0 && slab < e) loadWeightHead<T>(GemvSlot(1), router + (size_t)slab * d, true, d, routerHead);
+    gridDependencyWait();
+    gridDependencyLaunchDependents();
+  }
   if (slab < 0) {
     moeGateUp<T, MAXNT>(x, x, sharedGateUp, gateUp, nullptr, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0);
     if (sharedDone != nullptr) {  // moe_down may start on the shared expert's output (moeDownDecode)
@@ -240,7 +252,8 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
     if (slab < e) {
       const GemvSlot rs(1);
       const T* wr[1] = {router + (size_t)slab * d};
-      gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + slab] = fromF<T>(v[0]); });
+      gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + slab] = fromF<T>(v[0]); },
+                              {nullptr, nullptr}, HEAD ? &routerHead : nullptr);
       if (threadIdx.x == 0) {
         __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
         atomicAdd(routerDone, 1);
@@ -348,6 +361,19 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
   if constexpr (sizeof(T) == 2) pushRows(*push, epoch, bits, blockIdx.x * rb, rb);
 }
 
+// moe_gate_up_routed<NT>_<T>; the one-token bf16 kernel (the decode path) is written out below.
+#define MOE_GATE_UP_ROUTED_KERNEL(NT, TN, T)                                                                         \
+  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
+      moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
+                                    const T* sharedGateUp, const T* gateUp, int* perm, int* offsets,                 \
+                                    T* actShared, T* act, int n, int d, int fs, int f, int local, int rb,            \
+                                    int* sharedDone) {                                                               \
+    gridDependencyWait();                                                                                            \
+    gridDependencyLaunchDependents();                                                                                \
+    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets,             \
+                           actShared, act, n, d, fs, f, local, rb, sharedDone);                                      \
+  }
+
 // moe_gate_up<NT>_<T> / moe_down<NT>_<T>: NT = the batch size rounded up to 1, 2, 4 or 8
 // (the most tokens one expert can have in a pass).
 #define MOE_GEMV_KERNELS(NT, TN, T)                                                                                 \
@@ -360,16 +386,6 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
     const bool perExpert = gridDim.y > 1;                                                                            \
     moeGateUp<T, NT>(x, xin, sharedGateUp, gateUp, offsets, actShared, act, n, d, fs, f, rb, blockIdx.x,              \
                      perExpert ? (int)blockIdx.y : (withShared ? -1 : 0), perExpert ? (int)blockIdx.y + 1 : local);  \
-  }                                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                                         \
-      moe_gate_up_routed##NT##_##TN(const T* router, int* routerDone, T* logits, int e, int first, const T* x,       \
-                                    const T* sharedGateUp, const T* gateUp, int* perm, int* offsets,                 \
-                                    T* actShared, T* act, int n, int d, int fs, int f, int local, int rb,            \
-                                    int* sharedDone) {                                                               \
-    gridDependencyWait();                                                                                            \
-    gridDependencyLaunchDependents();                                                                                \
-    moeGateUpRouted<T, NT>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets,             \
-                           actShared, act, n, d, fs, f, local, rb, sharedDone);                                      \
   }                                                                                                                  \
   /* one token: ≤ 51 registers, five blocks a SM — a 5120-row down is 640 blocks, one wave on 132 SMs */          \
   extern "C" __global__ void __launch_bounds__(GEMV_THREADS, NT == 1 ? 5 : 1)                                        \
@@ -400,6 +416,24 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
 
 MOE_DECODE_KERNELS(bf16, bf16)
 MOE_DECODE_KERNELS(f32, float)
+MOE_GATE_UP_ROUTED_KERNEL(2, bf16, bf16)
+MOE_GATE_UP_ROUTED_KERNEL(4, bf16, bf16)
+MOE_GATE_UP_ROUTED_KERNEL(8, bf16, bf16)
+MOE_GATE_UP_ROUTED_KERNEL(1, f32, float)
+MOE_GATE_UP_ROUTED_KERNEL(2, f32, float)
+MOE_GATE_UP_ROUTED_KERNEL(4, f32, float)
+MOE_GATE_UP_ROUTED_KERNEL(8, f32, float)
+
+// One token (the decode path): the router blocks load their first weights before the PDL wait
+// (moeGateUpRouted's HEAD). Four blocks a SM (64 registers) so the grid stays one wave, which the
+// in-kernel router needs (backend.ts: MOE_ROUTED_BLOCKS_PER_SM).
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
+    moe_gate_up_routed1_bf16(const bf16* router, int* routerDone, bf16* logits, int e, int first, const bf16* x, const bf16* sharedGateUp,
+                             const bf16* gateUp, int* perm, int* offsets, bf16* actShared, bf16* act, int n, int d, int fs, int f,
+                             int local, int rb, int* sharedDone) {
+  moeGateUpRouted<bf16, 1, true>(router, routerDone, logits, e, first, x, sharedGateUp, gateUp, perm, offsets, actShared, act, n, d, fs,
+                                 f, local, rb, sharedDone);
+}
 
 // moe_down_push1_bf16: moe_down1_bf16 (shared expert in the kernel) for one token under tensor
 // parallelism, whose output the next kernel all-reduces: each block also pushes its rb finished

@@ -2,10 +2,12 @@
 // Kernels.launch lets every kernel start before its predecessor ends, so each __global__ body
 // must open with gridDependencyWait() (before any memory access or early return, in every
 // block), then gridDependencyLaunchDependents(). Kernels defined inside #define bodies are
-// scanned the same way once their line continuations are removed. The exception (common.cuh):
+// scanned the same way once their line continuations are removed. The exceptions (common.cuh):
 // attention's prep and decode read step inputs written two or more launches back before the
-// wait, and the one-token MoE down runs its shared pass behind a count of gate_up's finished
-// slabs; their kernels open with a call to the device function that holds the prologue.
+// wait, the one-token GEMVs and MoE gate_up load their first weights before it, the pushed
+// all-reduce its residual row and norm weight, and the one-token MoE down runs its shared pass
+// behind a count of gate_up's finished slabs; their kernels open with a call to the device
+// function that holds the prologue.
 
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -15,7 +17,15 @@ import { packageRoot } from "../../util/repo.js";
 
 const PROLOGUE = "gridDependencyWait();gridDependencyLaunchDependents();";
 /** Device functions that read step inputs, then run the prologue themselves: their files. */
-const WAITS_INSIDE: Record<string, string> = { flashAttention: "attention_fa.cu", attnPrep: "attention_prep.cu", moeDownDecode: "moe_decode.cu" };
+const WAITS_INSIDE: Record<string, string> = {
+  flashAttention: "attention_fa.cu",
+  attnPrep: "attention_prep.cu",
+  moeDownDecode: "moe_decode.cu",
+  moeGateUpRouted: "moe_decode.cu",
+  gemv: "gemv.cu",
+  gemv3: "gemv.cu",
+  pushedAddRmsNorm: "allreduce.cu",
+};
 
 /** Every __global__ function in `source`: its name and the text of its body from the opening brace on. */
 function kernels(source: string): { name: string; body: string }[] {
@@ -65,9 +75,14 @@ test("the functions that wait inside run the prologue once, in order", () => {
     const text = readFileSync(join(dir, file), "utf8").replace(/\/\/[^\n]*/g, "").replace(/\s+/g, "");
     const def = new RegExp(`void${fn}\\(`).exec(text);
     assert.ok(def, `${file}: ${fn} not found`);
-    const from = text.slice(def.index);
-    const end = from.indexOf("__global__"); // the function ends before the next kernel
-    const body = end < 0 ? from : from.slice(0, end);
+    // The body: from the first "{" after the parameter list to its matching "}".
+    let i = text.indexOf("{", def.index);
+    const open = i;
+    for (let depth = 0; i < text.length; i++) {
+      if (text[i] === "{") depth++;
+      else if (text[i] === "}" && --depth === 0) break;
+    }
+    const body = text.slice(open, i + 1);
     assert.equal(body.split(PROLOGUE).length - 1, 1, `${file}: ${fn} must run gridDependencyWait(); gridDependencyLaunchDependents(); once`);
   }
 });
