@@ -50,16 +50,20 @@ __device__ void argmaxRows(const T* __restrict__ x, int cols, int* __restrict__ 
 }
 
 // Tensor parallelism (the vocabulary split over ranks): each row's (max, global index) as two
-// floats, pairs[2r] and pairs[2r + 1] (indices < 2^24 are exact), for an all-gather and a pick
-// over ranks; an all-NaN row gives (-inf, -1).
+// floats (indices < 2^24 are exact; an all-NaN row gives (-inf, -1)) at all[rank][row] of
+// all [ranks, rows, 2], and zeros in the other ranks' places: summed over ranks in rank order (an
+// all-reduce: x + 0 is x), every rank holds every rank's pair — an all-gather that takes the
+// custom all-reduce's peer-memory path — for argmax_merge.
 template <typename T>
-__device__ void argmaxPairs(const T* __restrict__ x, int cols, int offset, float* __restrict__ pairs) {
+__device__ void argmaxPairs(const T* __restrict__ x, int cols, int offset, float* __restrict__ all, int rank, int ranks) {
   float v;
   int i;
   rowMax(x, cols, v, i);
-  if (threadIdx.x == 0) {
-    pairs[2 * blockIdx.x] = i == 0x7fffffff ? -CUDART_INF_F : v;
-    pairs[2 * blockIdx.x + 1] = i == 0x7fffffff ? -1.0f : (float)(i + offset);
+  if (threadIdx.x < ranks) {
+    float* p = all + ((size_t)threadIdx.x * gridDim.x + blockIdx.x) * 2;
+    const bool mine = threadIdx.x == rank;
+    p[0] = !mine ? 0.f : i == 0x7fffffff ? -CUDART_INF_F : v;
+    p[1] = !mine ? 0.f : i == 0x7fffffff ? -1.0f : (float)(i + offset);
   }
 }
 
@@ -73,18 +77,18 @@ extern "C" __global__ void argmax_rows_bf16(const bf16* x, int cols, int* ids) {
   gridDependencyLaunchDependents();
   argmaxRows(x, cols, ids);
 }
-extern "C" __global__ void argmax_pairs_f32(const float* x, int cols, int offset, float* pairs) {
+extern "C" __global__ void argmax_pairs_f32(const float* x, int cols, int offset, float* all, int rank, int ranks) {
   gridDependencyWait();
   gridDependencyLaunchDependents();
-  argmaxPairs(x, cols, offset, pairs);
+  argmaxPairs(x, cols, offset, all, rank, ranks);
 }
-extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset, float* pairs) {
+extern "C" __global__ void argmax_pairs_bf16(const bf16* x, int cols, int offset, float* all, int rank, int ranks) {
   gridDependencyWait();
   gridDependencyLaunchDependents();
-  argmaxPairs(x, cols, offset, pairs);
+  argmaxPairs(x, cols, offset, all, rank, ranks);
 }
 
-// Tensor parallelism: every rank's pairs, all-gathered as [ranks, rows, 2], → each row's id with
+// Tensor parallelism: every rank's pairs, gathered as [ranks, rows, 2], → each row's id with
 // the largest value, the lowest id among equal maxima (argmax over the whole vocabulary); a row
 // NaN on every rank gives token 0, as the host argmax. One thread per row, ranks in order.
 extern "C" __global__ void argmax_merge(const float* __restrict__ all, int ranks, int rows, int* __restrict__ ids) {

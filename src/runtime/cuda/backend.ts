@@ -638,8 +638,9 @@ export class CudaBackend implements Backend {
 
   /**
    * Greedy picks left on the device (Backend.queueGreedy). One rank: argmax_rows. Vocabulary split
-   * over ranks: each rank's (max, global index) per row (argmax_pairs), all-gathered ([ranks, rows,
-   * 2] fp32: a few bytes per row instead of the logits), and argmax_merge picks each row's best,
+   * over ranks: each rank's (max, global index) per row (argmax_pairs), gathered by an all-reduce
+   * ([ranks, rows, 2] fp32 with zeros in the other ranks' places: a few bytes per row instead of
+   * the logits, on the custom all-reduce's NVLink path), and argmax_merge picks each row's best,
    * lowest id among equal maxima, the same on every rank. The ids land in one of two page-turning
    * buffers, so a step's picks stay readable while the next step (which may copy them in as its
    * input ids) runs.
@@ -650,10 +651,12 @@ export class CudaBackend implements Backend {
     const slot = this.nextPickSlot(n);
     if (n > 0 && split) {
       const comm = this.communicator("queueGreedy");
-      const pairs = this.mem.stepAlloc(n * 8).ptr;
       const all = this.mem.stepAlloc(comm.size * n * 8).ptr;
-      this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(split.vocabStart).ptr(pairs));
-      comm.allGather(pairs, all, 2 * n, "f32");
+      this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(split.vocabStart).ptr(all).i32(comm.rank).i32(comm.size));
+      this.checkNothingPushed("queueGreedy");
+      const count = comm.size * n * 2; // the gather as a sum (argmax_pairs): the peer-memory path where it fits
+      if (this.peerAr?.covers(count * 4)) this.peerAr.run(all, count, "f32");
+      else comm.allReduce(all, count, "f32");
       this.k.launch("argmax_merge", [Math.ceil(n / 256)], [256], (a) => a.ptr(all).i32(comm.size).i32(n).ptr(slot.ptr));
     } else if (n > 0) {
       this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(slot.ptr));
