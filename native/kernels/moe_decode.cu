@@ -425,8 +425,8 @@ MOE_GATE_UP_ROUTED_KERNEL(4, f32, float)
 MOE_GATE_UP_ROUTED_KERNEL(8, f32, float)
 
 // One token (the decode path): the router blocks load their first weights before the PDL wait
-// (moeGateUpRouted's HEAD). Four blocks a SM (64 registers) so the grid stays one wave, which the
-// in-kernel router needs (backend.ts: MOE_ROUTED_BLOCKS_PER_SM).
+// (moeGateUpRouted's HEAD). Four blocks a SM (64 registers; ptxas spills 28 bytes) so the grid stays
+// one wave, which the in-kernel router needs (backend.ts: MOE_ROUTED_BLOCKS_PER_SM).
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     moe_gate_up_routed1_bf16(const bf16* router, int* routerDone, bf16* logits, int e, int first, const bf16* x, const bf16* sharedGateUp,
                              const bf16* gateUp, int* perm, int* offsets, bf16* actShared, bf16* act, int n, int d, int fs, int f,
