@@ -30,6 +30,8 @@
 // about 10 µs over NVLink); larger ones go to NCCL.
 #include <stdio.h>
 
+#include <type_traits>
+
 #include "norm.cuh"
 #include "peer_push.cuh"
 
@@ -68,6 +70,22 @@ __device__ void waitFor(const unsigned long long* flag, unsigned long long epoch
              rank, (int)blockIdx.x, (double)timeoutNs * 1e-9, peer, epoch, seen);
       __trap();
     }
+  }
+}
+
+// f(std::integral_constant<int, R>{}) with R = nranks (2..AR_MAX_RANKS; 1 for anything else): a
+// compile-time rank count keeps every rank's 16 bytes in registers.
+template <typename F>
+__device__ __forceinline__ void withRanks(int nranks, F&& f) {
+  switch (nranks) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    default: f(std::integral_constant<int, 1>{});
   }
 }
 
@@ -205,16 +223,7 @@ __device__ void allReduce(const Peers& p, T* __restrict__ x, unsigned long long 
     }
   }
   meetPeers(p, call.epoch, timeoutNs, rank, nranks);
-  switch (nranks) {  // a compile-time rank count keeps every rank's 16 bytes in registers
-    case 2: reduceUnits<T, 2>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 3: reduceUnits<T, 3>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 4: reduceUnits<T, 4>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 5: reduceUnits<T, 5>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 6: reduceUnits<T, 6>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 7: reduceUnits<T, 7>(p, x, n, call.half, units, aligned, first, stride); break;
-    case 8: reduceUnits<T, 8>(p, x, n, call.half, units, aligned, first, stride); break;
-    default: reduceUnits<T, 1>(p, x, n, call.half, units, aligned, first, stride);
-  }
+  withRanks(nranks, [&](auto r) { reduceUnits<T, decltype(r)::value>(p, x, n, call.half, units, aligned, first, stride); });
   endCall(p.signal[rank], call.epoch);
 }
 
@@ -246,16 +255,7 @@ __device__ void allReduceAddRmsNorm(const Peers& p, const bf16* __restrict__ x, 
   meetPeers(p, call.epoch, timeoutNs, rank, nranks);
   float xv[8] = {};
   if (c < d) {
-    switch (nranks) {
-      case 2: sumUnit<2>(p, u, xv); break;
-      case 3: sumUnit<3>(p, u, xv); break;
-      case 4: sumUnit<4>(p, u, xv); break;
-      case 5: sumUnit<5>(p, u, xv); break;
-      case 6: sumUnit<6>(p, u, xv); break;
-      case 7: sumUnit<7>(p, u, xv); break;
-      case 8: sumUnit<8>(p, u, xv); break;
-      default: sumUnit<1>(p, u, xv);
-    }
+    withRanks(nranks, [&](auto r) { sumUnit<decltype(r)::value>(p, u, xv); });
 #pragma unroll
     for (int k = 0; k < 8; k++) xv[k] = __bfloat162float(__float2bfloat16_rn(xv[k]));
   }
@@ -336,16 +336,7 @@ __device__ void pushedAddRmsNorm(const PushTarget& p, float* __restrict__ res, c
   if (c < d) {
     const uint4* box = p.inbox[p.rank];
     const size_t unit = c / 4;
-    switch (p.nranks) {
-      case 2: sumPushed<2>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 3: sumPushed<3>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 4: sumPushed<4>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 5: sumPushed<5>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 6: sumPushed<6>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 7: sumPushed<7>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      case 8: sumPushed<8>(box, epoch, unit, timeoutNs, p.rank, xv); break;
-      default: __trap();  // the host pushes only between 2 and AR_MAX_RANKS ranks
-    }
+    withRanks(p.nranks, [&](auto r) { sumPushed<decltype(r)::value>(box, epoch, unit, timeoutNs, p.rank, xv); });
 #pragma unroll
     for (int k = 0; k < 8; k++) xv[k] = __bfloat162float(__float2bfloat16_rn(xv[k]));
   }

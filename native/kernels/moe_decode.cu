@@ -205,10 +205,24 @@ __device__ __noinline__ void countTimeout(const int* count, int target, const ch
   __trap();
 }
 
-// Spins until *count ≥ target (another block's progress), trapping with a message after 5 s.
+// A block's arrival at a count: its writes (ordered before by a __syncthreads) are visible to any
+// thread that sees the increment (a release, cumulative over the barrier) — no separate fence.
+__device__ __forceinline__ void countArrive(int* count) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(count) : "memory");
+}
+
+__device__ __forceinline__ int loadAcquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Spins until *count ≥ target (another block's progress), trapping with a message after 5 s. An
+// acquire: the counted blocks' writes are visible to this thread after it, and to the block's
+// other threads after a __syncthreads (their reads of them go through L2: __ldcg, FRESH).
 __device__ void awaitCount(const int* count, int target, const char* what) {
   const unsigned long long start = globalTimerNs();
-  for (unsigned spins = 1; *reinterpret_cast<const volatile int*>(count) < target; spins++)
+  for (unsigned spins = 1; loadAcquire(count) < target; spins++)
     if ((spins & 1023u) == 0 && globalTimerNs() - start > MOE_ROUTER_WAIT_NS) countTimeout(count, target, what);
 }
 
@@ -238,10 +252,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
     moeGateUp<T, MAXNT>(x, x, sharedGateUp, gateUp, nullptr, actShared, act, n, d, fs, f, rb, blockIdx.x, -1, 0);
     if (sharedDone != nullptr) {  // moe_down may start on the shared expert's output (moeDownDecode)
       __syncthreads();              // the block's slab of actShared is written
-      if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(sharedDone, 1);
-      }
+      if (threadIdx.x == 0) countArrive(sharedDone);
     }
     return;
   }
@@ -254,14 +265,10 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
       const T* wr[1] = {router + (size_t)slab * d};
       gemvTokens<T, 1, MAXNT>(rs, wr, true, x, d, 0, n, [&](int t, const float (&v)[1]) { logits[(size_t)t * e + slab] = fromF<T>(v[0]); },
                               {nullptr, nullptr}, HEAD ? &routerHead : nullptr);
-      if (threadIdx.x == 0) {
-        __threadfence();  // the block's logits (written by its part-0 warp, ordered by gemvPass's barrier) before the count
-        atomicAdd(routerDone, 1);
-      }
+      if (threadIdx.x == 0) countArrive(routerDone);  // the logits (its part-0 warp's, ordered by gemvPass's barrier)
     }
     if (threadIdx.x == 0) {
       awaitCount(routerDone, e, "the router blocks");
-      __threadfence();  // every router block's logits before this block reads them
     }
     __syncthreads();
   }
@@ -342,7 +349,6 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
   if (early) {
     if (threadIdx.x == 0) {
       awaitCount(sharedDone, sharedBlocks, "gate_up's shared-expert slabs");
-      __threadfence();  // the slabs' actShared before this block reads it
       if (atomicAdd(sharedDone + 1, 1) == (int)(gridDim.x * gridDim.y) - 1) {
         sharedDone[0] = 0;
         sharedDone[1] = 0;
