@@ -335,9 +335,10 @@ __device__ void moeDown(const T* __restrict__ actShared, const T* __restrict__ a
 // only after the router, still runs — and the routed pass after it. This is common.cuh's rule bent
 // by a count: the count is the writer's flag for actShared, and the pass writes only out, which no
 // running kernel touches. The block that is last past the count resets it (and the block count
-// sharedDone[1]) for the next step's call: no block can still be waiting then. With push: each
-// block's finished rows go to every rank's inbox (peer_push.cuh), the epoch read before the wait
-// (written by the all-reduce before gate_up, two launches back).
+// sharedDone[1]) for the next step's call, at its end (the atomic's round trip then overlaps the
+// passes): no block can still be waiting then. With push: each block's finished rows go to every
+// rank's inbox (peer_push.cuh), the epoch read before the wait (written by the all-reduce before
+// gate_up, two launches back).
 template <typename T, int MAXNT>
 __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restrict__ act, const T* __restrict__ sharedDown,
                               const T* __restrict__ down, const int* __restrict__ offsets, const int* __restrict__ perm, T* out,
@@ -346,13 +347,11 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
   __shared__ unsigned short bits[PUSH_MAX_ROWS];
   const unsigned epoch = push != nullptr && threadIdx.x < 32 ? (unsigned)pushEpoch(push->signal) : 0u;
   const bool early = MAXNT == 1 && sharedDone != nullptr && withShared;
+  int past = 0;  // blocks past the count before this one: read at the end, so the atomic's round trip is off the path
   if (early) {
     if (threadIdx.x == 0) {
       awaitCount(sharedDone, sharedBlocks, "gate_up's shared-expert slabs");
-      if (atomicAdd(sharedDone + 1, 1) == (int)(gridDim.x * gridDim.y) - 1) {
-        sharedDone[0] = 0;
-        sharedDone[1] = 0;
-      }
+      past = atomicAdd(sharedDone + 1, 1);
     }
     __syncthreads();
     moeDownShared<T, 1, true>(actShared, sharedDown, out, 1, d, fs, rb, push != nullptr ? bits : nullptr);
@@ -362,6 +361,7 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
   if (routerDone != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *routerDone = 0;
   moeDown<T, MAXNT>(actShared, act, sharedDown, down, offsets, perm, out, n, d, fs, f, local, withShared && !early, rb,
                     push != nullptr ? bits : nullptr);
+  if (early && threadIdx.x == 0 && past == (int)(gridDim.x * gridDim.y) - 1) sharedDone[0] = sharedDone[1] = 0;
   if (push == nullptr) return;
   __syncthreads();  // every warp's rows (the routed add included) are in bits[]
   if constexpr (sizeof(T) == 2) pushRows(*push, epoch, bits, blockIdx.x * rb, rb);
