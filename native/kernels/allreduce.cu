@@ -263,13 +263,6 @@ __device__ void allReduceAddRmsNorm(const Peers& p, const bf16* __restrict__ x, 
   endCall(p.signal[rank], call.epoch);
 }
 
-// The pushed all-reduce's consumer (peer_push.cuh), fused with the add + RMSNorm like
-// allReduceAddRmsNorm for one row: thread c polls units 2c and 2c + 1 of every sender slot in its
-// own inbox until all their flags carry this call's epoch (reloading them all each round, so the
-// slots' round trips overlap), sums in rank order in fp32 and rounds to bf16 — the same values
-// and order as the pulled kernel, so the same bits — then res += it and out = RMSNorm(res)·w.
-// Polls units `unit` and `unit + 1` of sender slots [K0, K1) until every flag is `epoch` (all
-// loads of a round in flight together), then adds their elements to acc in slot order.
 // Out of line: the report's arguments would otherwise take registers in the polling loop.
 __device__ __noinline__ void pushedTimeout(int rank, unsigned long long timeoutNs, unsigned epoch) {
   printf("tsglang allreduce: rank %d waited %.1f s for the pushed parts of call %u (thread %d): "
@@ -278,6 +271,13 @@ __device__ __noinline__ void pushedTimeout(int rank, unsigned long long timeoutN
   __trap();
 }
 
+// The pushed all-reduce's consumer (peer_push.cuh), fused with the add + RMSNorm like
+// allReduceAddRmsNorm for one row: thread c polls units 2c and 2c + 1 of every sender slot in its
+// own inbox until all their flags carry this call's epoch (reloading them all each round, so the
+// slots' round trips overlap), sums in rank order in fp32 and rounds to bf16 — the same values
+// and order as the pulled kernel, so the same bits — then res += it and out = RMSNorm(res)·w.
+// Polls units `unit` and `unit + 1` of sender slots [K0, K1) until every flag is `epoch` (all
+// loads of a round in flight together), then adds their elements to acc in slot order.
 template <int K0, int K1>
 __device__ __forceinline__ void sumPushedSlots(const uint4* box, unsigned epoch, size_t unit, unsigned long long timeoutNs, int rank,
                                                float (&acc)[8]) {

@@ -267,9 +267,7 @@ __device__ void moeGateUpRouted(const T* __restrict__ router, int* __restrict__ 
                               {nullptr, nullptr}, HEAD ? &routerHead : nullptr);
       if (threadIdx.x == 0) countArrive(routerDone);  // the logits (its part-0 warp's, ordered by gemvPass's barrier)
     }
-    if (threadIdx.x == 0) {
-      awaitCount(routerDone, e, "the router blocks");
-    }
+    if (threadIdx.x == 0) awaitCount(routerDone, e, "the router blocks");
     __syncthreads();
   }
   // Every routed block routes the n tokens itself (the logits from L2: one round trip; a last

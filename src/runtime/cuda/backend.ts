@@ -653,10 +653,7 @@ export class CudaBackend implements Backend {
       const comm = this.communicator("queueGreedy");
       const all = this.mem.stepAlloc(comm.size * n * 8).ptr;
       this.k.launch(`argmax_pairs_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).i32(split.vocabStart).ptr(all).i32(comm.rank).i32(comm.size));
-      this.checkNothingPushed("queueGreedy");
-      const count = comm.size * n * 2; // the gather as a sum (argmax_pairs): the peer-memory path where it fits
-      if (this.peerAr?.covers(count * 4)) this.peerAr.run(all, count, "f32");
-      else comm.allReduce(all, count, "f32");
+      this.allReduceAt(all, comm.size * n * 2, "f32", "queueGreedy"); // the gather as a sum (argmax_pairs)
       this.k.launch("argmax_merge", [Math.ceil(n / 256)], [256], (a) => a.ptr(all).i32(comm.size).i32(n).ptr(slot.ptr));
     } else if (n > 0) {
       this.k.launch(`argmax_rows_${xt.dtype}`, [n], [1024], (a) => a.ptr(xt.ptr).i32(cols).ptr(slot.ptr));
@@ -1125,10 +1122,15 @@ export class CudaBackend implements Backend {
 
   /** Sums x over all ranks, in place (fp32 or bf16, as stored). */
   allReduce(x: Tensor): void {
-    this.checkNothingPushed("allReduce");
     const xt = this.tensor(x);
-    if (this.peerAr?.covers(xt.numel * BYTES[xt.dtype])) this.peerAr.run(xt.ptr, xt.numel, xt.dtype);
-    else this.communicator("allReduce").allReduce(xt.ptr, xt.numel, xt.dtype);
+    this.allReduceAt(xt.ptr, xt.numel, xt.dtype, "allReduce");
+  }
+
+  /** `count` elements at ptr summed over all ranks, in place: the custom all-reduce where it fits, else NCCL. */
+  private allReduceAt(ptr: DevicePtr, count: number, dtype: "bf16" | "f32", op: string): void {
+    this.checkNothingPushed(op);
+    if (this.peerAr?.covers(count * BYTES[dtype])) this.peerAr.run(ptr, count, dtype);
+    else this.communicator(op).allReduce(ptr, count, dtype);
   }
 
   /**
