@@ -37,7 +37,7 @@ for (const mode of ["new", "old"] as const) {
   // "old": cuBLASLt for every linear and the host-sorted MoE (the first backend's paths).
   const be = new CudaBackend({ precision: "bf16", memoryBytes: 16 * GIB, stepBytes: 2 * GIB, gemvMaxTokens: mode === "new" ? 8 : 0, moeDeviceMaxTokens: mode === "new" ? 64 : 0, attention: "fa3" });
   if (mode === "new") {
-    copyBw = be.copyBandwidth(GIB);
+    copyBw = be.copyBandwidth().bytesPerS;
     console.log(`device: ${be.info.name}, copy ${(copyBw / 1e9).toFixed(0)} GB/s (read + write)`);
   }
   const act = (n: number, width: number, seed: number) => be.randomWeight([n, width], 1, seed);

@@ -54,8 +54,8 @@ let failures = 0;
 
 // ---- memory-bound element-wise ----
 await section("element-wise", () => {
-  const bw = be.copyBandwidth(2 ** 30);
-  report("copy device→device, 2 × 512 MiB", (2 ** 30 / bw) * 1000, `${(bw / 1e9).toFixed(0)} GB/s (the bandwidth floor below)`);
+  const { bytesPerS: bw, bytes } = be.copyBandwidth();
+  report(`copy device→device, 2 × ${bytes / 2 ** 21} MiB`, (bytes / bw) * 1000, `${(bw / 1e9).toFixed(0)} GB/s (the bandwidth floor below)`);
   const n = 2 ** 26;
   const r = be.upload(new Float32Array(n).fill(0.25), [n / 4096, 4096], "f32", { persistent: true });
   const x = be.upload(new Float32Array(n).fill(0.5), [n / 4096, 4096], "bf16", { persistent: true });

@@ -263,7 +263,8 @@ export async function main(argv: string[]): Promise<number> {
   // Each rank reads about 1/tp of the step's bytes, at the same time as the others.
   const all = decodeStepBytes(config, batch, inputLen + Math.floor(outputLen / 2), elementBytes);
   const bytes = { weights: all.weights / tp, kv: all.kv / tp };
-  const copyBw = be.copyBandwidth ? be.copyBandwidth(1 << 30) : NaN;
+  const copy = be.copyBandwidth?.() ?? { bytesPerS: NaN, bytes: 0 };
+  const copyBw = copy.bytesPerS;
   const stepBytes = bytes.weights + bytes.kv;
   const result = {
     backend: description,
@@ -295,6 +296,7 @@ export async function main(argv: string[]): Promise<number> {
     decode_kv_bytes: bytes.kv,
     achieved_bandwidth_gb_s: stepBytes / stepS / 1e9,
     copy_bandwidth_gb_s: copyBw / 1e9,
+    copy_bandwidth_bytes: copy.bytes, // the copy it was measured with (source + destination)
     bound_tokens_per_s: (batch * copyBw) / stepBytes,
     fraction_of_bound: stepBytes / stepS / copyBw,
     first_sequence_ids: firstIds,

@@ -90,6 +90,19 @@ export interface KvPoolSizes {
 }
 
 /** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
+/** Backend.copyBandwidth's measurement: bytes/s (read + write counted) over a copy of `bytes` (source + destination). */
+export interface CopyBandwidth {
+  bytesPerS: number;
+  bytes: number;
+}
+
+/**
+ * The copy the bandwidth bound is measured with, source and destination together: 8 GiB. A copy
+ * pays a fixed ~9 µs besides its bytes (4 × H200, 2026-11-27: 3.73 TB/s at 256 MiB, 4.01 at
+ * 1 GiB, 4.24 at 8 GiB), so smaller copies understate the streaming rate and the bound.
+ */
+export const COPY_BANDWIDTH_BYTES = 8 * 2 ** 30;
+
 export interface Backend {
   readonly name: string;
   /** Bytes per stored weight/KV element (bf16 on GPUs: 2; the CPU backend keeps fp32: 4). */
@@ -158,8 +171,12 @@ export interface Backend {
   prepareGemms?(specs: GemmWarmup[]): { gemms: number; shapes: number };
   /** GEMM planning met so far on this backend's thread (benchmarks: was a timed run planning?). */
   gemmStats?(): GemmStats;
-  /** Measured copy bandwidth in bytes/s (read + write counted), for the benchmarks' bandwidth bound. */
-  copyBandwidth?(bytes: number): number;
+  /**
+   * Measured copy bandwidth (read + write counted) for the benchmarks' bandwidth bound: bytesPerS
+   * over one copy of `bytes` in all (COPY_BANDWIDTH_BYTES by default), or of as much as is free —
+   * `bytes` says what was copied.
+   */
+  copyBandwidth?(bytes?: number): CopyBandwidth;
 
   /** Tensor parallelism: sums x over all ranks, in place. */
   allReduce?(x: Tensor): void;

@@ -12,6 +12,7 @@ import type {
   PendingPicks,
   StepBatch,
   Tensor,
+  CopyBandwidth,
 } from "./backend.js";
 import { SlotTables } from "./slot_tables.js";
 import { argmax } from "../engine/sampling.js";
@@ -346,14 +347,14 @@ export class CpuBackend implements Backend {
     return new CpuTensor([...shape], data);
   }
 
-  copyBandwidth(bytes: number): number {
+  copyBandwidth(bytes = 2 ** 28): CopyBandwidth {
     const src = new Float32Array(bytes / 8);
     const dst = new Float32Array(src.length);
     dst.set(src); // warm up
     const reps = 5;
     const t0 = performance.now();
     for (let i = 0; i < reps; i++) dst.set(src);
-    return (reps * 2 * src.byteLength) / ((performance.now() - t0) / 1000);
+    return { bytesPerS: (reps * 2 * src.byteLength) / ((performance.now() - t0) / 1000), bytes: 2 * src.byteLength };
   }
 
   allReduce(x: Tensor): void {

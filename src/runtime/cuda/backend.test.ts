@@ -311,8 +311,9 @@ for (const precision of ["f32", "bf16"] as const) {
     test("device count, backend choice and copy bandwidth", async () => {
       assert.ok(cudaDeviceCount() >= 1);
       await assert.rejects(createCudaBackendChoice("cpu"), /needs --device cpu/); // fa3 and auto: attention.test.ts
-      const bw = g().copyBandwidth(256 * MIB);
+      const { bytesPerS: bw, bytes } = g().copyBandwidth(256 * MIB);
       assert.ok(bw > 1e9 && Number.isFinite(bw), `copy bandwidth ${bw}`);
+      assert.ok(bytes > 0 && bytes <= 256 * MIB, `copied ${bytes} bytes`);
       console.log(`# ${precision}: device-to-device copy ${(bw / 1e9).toFixed(0)} GB/s (read + write)`);
     });
 

@@ -54,7 +54,7 @@ import type {
   StepBatch,
   Tensor,
 } from "../backend.js";
-import { SAMPLE_MAX_TOP } from "../backend.js";
+import { COPY_BANDWIDTH_BYTES, type CopyBandwidth, SAMPLE_MAX_TOP } from "../backend.js";
 import { bf16ToFloat32, float32ToBf16, toFloat32 } from "../dtype.js";
 import { ramp } from "../../util/int_arrays.js";
 import { type Pool, SlotTables } from "../slot_tables.js";
@@ -559,10 +559,11 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * Device-to-device copy bandwidth in bytes/s (read + write counted), over two buffers of
-   * bytes/2 each (smaller when the free budget is; 2 × 256 MiB already saturates HBM).
+   * Device-to-device copy bandwidth (read + write counted), over two buffers of bytes/2 each
+   * (smaller when the free budget is): the median of 10 copies. A copy has a fixed cost of ~9 µs
+   * on top of its bytes (COPY_BANDWIDTH_BYTES), so the default is 8 GiB in all.
    */
-  copyBandwidth(bytes: number): number {
+  copyBandwidth(bytes = COPY_BANDWIDTH_BYTES): CopyBandwidth {
     const half = Math.floor(Math.min(bytes / 2, this.mem.largestFree() / 2 - 256) / 256) * 256;
     if (half < MIB) throw new Error("copyBandwidth: less than 2 MiB of device memory is free");
     const src = this.mem.alloc(half, "the copy-bandwidth source");
@@ -570,7 +571,7 @@ export class CudaBackend implements Backend {
     try {
       this.native.memset(src, 0x3f80, half / 2, 2); // bf16 1.0: not zeros
       const ms = this.time(() => this.native.dtod(dst, src, half), 10, 2);
-      return (2 * half) / (ms / 1000);
+      return { bytesPerS: (2 * half) / (ms / 1000), bytes: 2 * half };
     } finally {
       this.mem.release(src);
       this.mem.release(dst);
