@@ -364,6 +364,8 @@ export class CudaBackend implements Backend {
   /** CUDA-graph counters and the last replay's device time; `off` says why graphs were turned off, if they were. */
   graphStats = { captures: 0, replays: 0, off: "" };
   private graphEvents: [DevicePtr, DevicePtr] | null = null;
+  /** A graph step's gathered uploads (put, flushStepUploads): host bytes by base-region offset, the range written, launches that follow. */
+  private stepUploads: { bytes: Uint8Array; lo: number; hi: number; after: (() => void)[] } | null = null;
   /** queueGreedy's two pick buffers and the one it wrote last. */
   private readonly pickSlots: (PickSlot | null)[] = [null, null];
   private pickTurn = 0;
@@ -468,8 +470,38 @@ export class CudaBackend implements Backend {
   private uploadInts(values: Int32Array, base = false): DevicePtr {
     if (this.graph?.capturing) throw new Error("cuda backend: a host upload inside a CUDA-graph capture (per-step inputs must be prepared before it)");
     const p = this.mem.stepAlloc(values.byteLength, base).ptr;
-    this.native.htod(p, values);
+    this.put(p, values);
     return p;
+  }
+
+  /**
+   * A host → device copy of step inputs: at once, or — while a graph step is prepared
+   * (decodeGraphLogits) and the bytes land in the base region — gathered into one upload with the
+   * step's other inputs (flushStepUploads). Every copy outside the graph is a stream operation
+   * of a few µs between two replays; a tp-4 Scout step had six (two pools' metadata, slot-table
+   * appends and attention tiles).
+   */
+  private put(ptr: DevicePtr, data: ArrayBufferView): void {
+    const s = this.stepUploads;
+    const off = s ? this.mem.baseOffset(ptr, data.byteLength) : -1;
+    if (!s || off < 0) return this.native.htod(ptr, data);
+    if (s.bytes.length < off + data.byteLength) {
+      const grown = new Uint8Array(Math.max(2 * s.bytes.length, off + data.byteLength, 4096));
+      grown.set(s.bytes);
+      s.bytes = grown;
+    }
+    s.bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), off);
+    s.lo = Math.min(s.lo, off);
+    s.hi = Math.max(s.hi, off + data.byteLength);
+  }
+
+  /** Sends what put() gathered as one copy, then runs the launches that read it (slot-table writes). */
+  private flushStepUploads(): void {
+    const s = this.stepUploads;
+    if (!s) return;
+    this.stepUploads = null;
+    if (s.hi > s.lo) this.native.htod(this.mem.baseStart + BigInt(s.lo), s.bytes.subarray(s.lo, s.hi));
+    for (const launch of s.after) launch();
   }
 
   /**
@@ -1381,19 +1413,26 @@ export class CudaBackend implements Backend {
       const { segs, packed } = appends[pool];
       const runs = segs.length / 3;
       if (runs === 0) continue;
-      // One upload: the runs, then their slots.
-      if (!this.appendBuf || this.appendBuf.ints < packed.length) {
-        if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
-        const ints = Math.max(packed.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
-        this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
+      // One upload: the runs, then their slots (a graph step's: with its other inputs, in the base region).
+      let buf: DevicePtr;
+      if (this.stepUploads) buf = this.mem.stepAlloc(packed.byteLength, true).ptr;
+      else {
+        if (!this.appendBuf || this.appendBuf.ints < packed.length) {
+          if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
+          const ints = Math.max(packed.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
+          this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
+        }
+        buf = this.appendBuf.ptr;
       }
-      const buf = this.appendBuf.ptr;
-      this.native.htod(buf, packed);
+      this.put(buf, packed);
       let longest = 0;
       for (let k = 0; k < runs; k++) longest = Math.max(longest, segs[3 * k + 1]);
-      this.k.launch("slot_table_write", [runs, Math.min(65535, Math.ceil(longest / 256))], [256], (a) =>
-        a.ptr(table).ptr(buf).ptr(buf + BigInt(segs.length * 4)).i32(this.padSlot[pool]),
-      );
+      const write = () =>
+        this.k.launch("slot_table_write", [runs, Math.min(65535, Math.ceil(longest / 256))], [256], (a) =>
+          a.ptr(table).ptr(buf).ptr(buf + BigInt(segs.length * 4)).i32(this.padSlot[pool]),
+        );
+      if (this.stepUploads) this.stepUploads.after.push(write);
+      else write();
     }
   }
 
@@ -1654,20 +1693,25 @@ export class CudaBackend implements Backend {
     }
     let entry: GraphEntry | undefined;
     this.graph = { ids, meta, capturing: false, vocab: 0 };
+    // The step's inputs (ids, metadata, slot-table appends, attention tiles) go up as one copy.
+    this.stepUploads = { bytes: new Uint8Array(0), lo: Infinity, hi: 0, after: [] };
     try {
+      // Padding rows keep token 0; chained steps copy the previous picks in after the upload.
       if (idsFrom) {
-        // The previous step's picks, in step order on the device; padding rows keep token 0.
-        this.native.dtod(ids, (idsFrom as DevicePicks).slot.ptr, n * 4);
-        if (size > n) this.native.htod(ids + BigInt(n * 4), new Int32Array(size - n));
-      } else this.native.htod(ids, padded.ids);
+        if (size > n) this.put(ids + BigInt(n * 4), new Int32Array(size - n));
+      } else this.put(ids, padded.ids);
       for (const [i, spec] of this.kvLayers.entries()) this.stepMeta(padded, spec, this.kv[i].slots);
       // One graph per batch size and per attention split counts (FlashAttention.splitsOf): the
       // counts grow with the context, and a graph replays the ones it was captured with.
       const graphKey = `${size}/${this.prepareAttention(size).join(",")}`;
+      this.flushStepUploads(); // before a capture: stream operations during it would be captured
+      // The previous step's picks, in step order on the device.
+      if (idsFrom) this.native.dtod(ids, (idsFrom as DevicePicks).slot.ptr, n * 4);
       entry = this.graphs.get(key)?.get(graphKey);
       if (entry && !idsFrom) for (const id of batch.ids) if (id < 0 || id >= entry.vocab) throw new Error(`token id ${id} is outside the vocabulary [0, ${entry.vocab})`);
       entry ??= this.captureStep(key, graphKey, size, padded, run) ?? undefined;
     } finally {
+      this.flushStepUploads(); // what was asked for before an error still reaches the device (the host tables have it)
       this.graph = null;
     }
     if (!entry) return null;
@@ -1731,7 +1775,7 @@ export class CudaBackend implements Backend {
     if (fixed === undefined) return this.uploadInts(host, true);
     if (this.graph!.capturing) throw new Error("cuda backend: attention metadata built inside a CUDA-graph capture");
     if (host.length > this.graphMetaInts()) throw new Error(`cuda backend: graph metadata of ${host.length} ints outgrew its ${this.graphMetaInts()}`);
-    this.native.htod(fixed, host);
+    this.put(fixed, host);
     return fixed;
   }
 

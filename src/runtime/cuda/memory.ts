@@ -116,6 +116,17 @@ export class DeviceMemory {
     return { ptr, region: r, epoch: this.regionEpoch[r] };
   }
 
+  /** The byte offset of [ptr, ptr + bytes) in the base (step-long) region, or −1 when it is not inside it. */
+  baseOffset(ptr: DevicePtr, bytes: number): number {
+    const off = Number(ptr - this.base) - this.regionStart[0];
+    return off >= 0 && off + bytes <= this.regionSize[0] ? off : -1;
+  }
+
+  /** The base region's address. */
+  get baseStart(): DevicePtr {
+    return this.base + BigInt(this.regionStart[0]);
+  }
+
   /** The size of each per-layer region: the most one layer's activations (or a warm-up's scratch) can take. */
   get layerRegionBytes(): number {
     return this.regionSize[1];
