@@ -346,7 +346,7 @@ export class CudaBackend implements Backend {
   /** Captured decode steps per model, keyed by padded batch size and the attention split counts ("8/1,4"). */
   private readonly graphs = new Map<object, Map<string, GraphEntry>>();
   /** Set while a graph step is prepared or captured: the step's inputs live at these fixed addresses. */
-  private graph: { ids: DevicePtr; meta: Map<string, DevicePtr>; capturing: boolean; vocab: number } | null = null;
+  private graph: { ids: DevicePtr; meta: Map<string, DevicePtr>; appends: Map<string, DevicePtr>; capturing: boolean; vocab: number } | null = null;
   private kvLayers: AttentionSpec[] = [];
   /** The spare slot of each pool that padding rows of a graph step write and read. */
   private padSlot = { full: -1, swa: -1 };
@@ -1413,9 +1413,11 @@ export class CudaBackend implements Backend {
       const { segs, packed } = appends[pool];
       const runs = segs.length / 3;
       if (runs === 0) continue;
-      // One upload: the runs, then their slots (a graph step's: with its other inputs, in the base region).
+      // One upload: the runs, then their slots (a graph step's: with its other inputs, into its fixed block).
+      const fixed = this.graph?.appends.get(pool);
+      const gathered = this.stepUploads !== null && fixed !== undefined && packed.length <= this.graphAppendInts();
       let buf: DevicePtr;
-      if (this.stepUploads) buf = this.mem.stepAlloc(packed.byteLength, true).ptr;
+      if (gathered) buf = fixed;
       else {
         if (!this.appendBuf || this.appendBuf.ints < packed.length) {
           if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
@@ -1431,7 +1433,7 @@ export class CudaBackend implements Backend {
         this.k.launch("slot_table_write", [runs, Math.min(65535, Math.ceil(longest / 256))], [256], (a) =>
           a.ptr(table).ptr(buf).ptr(buf + BigInt(segs.length * 4)).i32(this.padSlot[pool]),
         );
-      if (this.stepUploads) this.stepUploads.after.push(write);
+      if (gathered) this.stepUploads!.after.push(write);
       else write();
     }
   }
@@ -1687,12 +1689,17 @@ export class CudaBackend implements Backend {
     this.beginStep();
     const ids = this.mem.stepAlloc(this.graphSizes[this.graphSizes.length - 1] * 4, true).ptr;
     const meta = new Map<string, DevicePtr>();
+    const appends = new Map<string, DevicePtr>();
     for (const pool of ["full", "swa"]) {
-      // Attention metadata, 4 ints per row (the slot lists are in the device tables), in a fixed block per pool.
-      if (this.kvLayers.some((l) => l.pool === pool)) meta.set(pool, this.mem.stepAlloc(this.graphMetaInts() * 4, true).ptr);
+      // Attention metadata, 4 ints per row (the slot lists are in the device tables), and the
+      // slot-table appends, in fixed blocks per pool: the attention tiles after them must land at
+      // the address the graph was captured with.
+      if (!this.kvLayers.some((l) => l.pool === pool)) continue;
+      meta.set(pool, this.mem.stepAlloc(this.graphMetaInts() * 4, true).ptr);
+      appends.set(pool, this.mem.stepAlloc(this.graphAppendInts() * 4, true).ptr);
     }
     let entry: GraphEntry | undefined;
-    this.graph = { ids, meta, capturing: false, vocab: 0 };
+    this.graph = { ids, meta, appends, capturing: false, vocab: 0 };
     // The step's inputs (ids, metadata, slot-table appends, attention tiles) go up as one copy.
     this.stepUploads = { bytes: new Uint8Array(0), lo: Infinity, hi: 0, after: [] };
     try {
@@ -1727,6 +1734,11 @@ export class CudaBackend implements Backend {
   /** Ints of a graph step's attention metadata per pool: 4 per row of the largest captured size. */
   private graphMetaInts(): number {
     return 4 * this.graphSizes[this.graphSizes.length - 1];
+  }
+
+  /** Ints of a graph step's slot-table appends per pool (runs of 3 ints, then slots): room for a few runs a row; more goes the ungathered way. */
+  private graphAppendInts(): number {
+    return 16 * this.graphSizes[this.graphSizes.length - 1] + 64;
   }
 
   /** The batch with padding rows up to `size` (each a one-token sequence on the padding row, in the spare slots). */
