@@ -96,19 +96,27 @@ for (const precision of ["f32", "bf16"] as const) {
     });
 
     test("queueGreedy (greedy on the device): the host argmax, lowest index on ties; large downloads through pinned staging", () => {
-      const n = 5, cols = 3001;
-      const x = randn(rng, n * cols);
-      x[1 * cols + 7] = 9;
-      x[1 * cols + 2000] = 9; // a tie: the lower index wins
-      x[3 * cols + cols - 1] = 10;
-      g().beginStep();
-      const xg = g().upload(x, [n, cols], precision);
-      const want = Array.from({ length: n }, (_, r) => {
-        let best = 0;
-        for (let i = 1; i < cols; i++) if (x[r * cols + i] > x[r * cols + best]) best = i;
-        return best;
-      });
-      assert.deepEqual(Array.from(g().queueGreedy(xg).wait()), want);
+      // 3001 columns: rows off 16-byte alignment (element by element); 3008 and 20000: 16-byte
+      // vectors (20000: several a thread, loaded together), with ties inside one vector, across
+      // threads and across one thread's vectors (43 and 43 + 8·1024: thread 5 in bf16, 10 in fp32).
+      for (const cols of [3001, 3008, 20000]) {
+        const n = 6;
+        const x = randn(rng, n * cols);
+        x[1 * cols + 7] = 9;
+        x[1 * cols + 2000] = 9; // a tie: the lower index wins
+        x[3 * cols + cols - 1] = 10;
+        x[4 * cols + 9] = x[4 * cols + 10] = 11; // one vector
+        x[5 * cols + 2050] = x[5 * cols + 17] = 12; // other threads
+        if (cols > 8235) x[4 * cols + 8235] = x[4 * cols + 43] = 13; // one thread, two vectors
+        g().beginStep();
+        const xg = g().upload(x, [n, cols], precision);
+        const want = Array.from({ length: n }, (_, r) => {
+          let best = 0;
+          for (let i = 1; i < cols; i++) if (x[r * cols + i] > x[r * cols + best]) best = i;
+          return best;
+        });
+        assert.deepEqual(Array.from(g().queueGreedy(xg).wait()), want, `${cols} columns`);
+      }
       // ≥ 256 KiB: the page-locked staging path of toHost, both storage types.
       const big = randn(rng, 300 * 1024);
       for (const dtype of ["f32", "bf16"] as const) {
