@@ -2,7 +2,8 @@
 // seeded draw, plus the chosen token's logprob and the top-N (N ≤ 20) logprobs, so a sampled
 // decode step downloads a few floats per row instead of vocab × 4 bytes.
 //
-// One block of 1024 threads per row. Passes over the row (each a strided, coalesced read):
+// One block of 1024 threads per row. Passes over the row (each a strided, coalesced read; passes
+// 1–3 in 16-byte vectors, several in flight: forEachLogit):
 //   0. (rows with penalties or masks) logit_edit_rows first writes an fp32 edited copy: the draw
 //      and greedy use it, the reported logprobs stay those of the raw logits;
 //   1. max, its lowest index (greedy rows), and Σ exp(x − max) (online) → log_softmax at T = 1;
@@ -39,6 +40,43 @@ template <typename T>
 __device__ __forceinline__ float logitAt(const T* row, int j) {
   const float v = toF(row[j]);
   return v != v ? -CUDART_INF_F : v;  // NaN: never kept, never the max
+}
+
+__device__ __forceinline__ void widenRow(const uint4 u, float (&f)[8]) { widen8(u, f); }
+__device__ __forceinline__ void widenRow(const uint4 u, float (&f)[4]) {
+  f[0] = __uint_as_float(u.x);
+  f[1] = __uint_as_float(u.y);
+  f[2] = __uint_as_float(u.z);
+  f[3] = __uint_as_float(u.w);
+}
+
+// f(v, j) for the thread's strided share of a row, in increasing j (rowStats' ties rely on it),
+// with v as logitAt gives it: a 16-byte-aligned row in 16-byte vectors, four loaded before any is
+// used (one element a step had made each pass a chain of ~200 L2 round trips a thread over a
+// 202,048-token vocabulary), the rest element by element.
+template <typename T, typename F>
+__device__ __forceinline__ void forEachLogit(const T* row, int cols, F f) {
+  constexpr int E = 16 / sizeof(T), U = 4;
+  const int vectors = ((uintptr_t)row & 15) == 0 ? cols / E : 0;
+  const uint4* rv = reinterpret_cast<const uint4*>(row);
+  for (int v0 = threadIdx.x; v0 < vectors; v0 += blockDim.x * U) {
+    uint4 buf[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int k = v0 + u * blockDim.x;
+      if (k < vectors) buf[u] = __ldg(rv + k);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int k = v0 + u * blockDim.x;
+      if (k >= vectors) break;
+      float x[E];
+      widenRow(buf[u], x);
+#pragma unroll
+      for (int e = 0; e < E; e++) f(x[e] != x[e] ? -CUDART_INF_F : x[e], k * E + e);
+    }
+  }
+  for (int j = vectors * E + threadIdx.x; j < cols; j += blockDim.x) f(logitAt(row, j), j);
 }
 
 struct SampleShared {
@@ -134,10 +172,10 @@ __device__ unsigned selectCount(const T* row, int cols, int k, SampleShared& sh,
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.cnt[b] = 0;
     __syncthreads();
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const unsigned key = keyOf(logitAt(row, j));
+    forEachLogit(row, cols, [&](float v, int) {
+      const unsigned key = keyOf(v);
       if ((key & mask) == prefix) atomicAdd(&sh.cnt[(key >> shift) & 255u], 1u);
-    }
+    });
     __syncthreads();
     if (threadIdx.x < 32) {
       unsigned above;
@@ -165,11 +203,10 @@ __device__ unsigned selectMass(const T* row, int cols, unsigned keyK, float mx, 
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0.f;
     __syncthreads();
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float v = logitAt(row, j);
+    forEachLogit(row, cols, [&](float v, int) {
       const unsigned key = keyOf(v);
       if (key >= keyK && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], expf((v - mx) * invT));
-    }
+    });
     __syncthreads();
     if (threadIdx.x < 32) {
       if (shift == 24) {
@@ -211,9 +248,8 @@ __device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   float m = -CUDART_INF_F, s = 0.f;
   int mi = 0x7fffffff;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float v = logitAt(row, j);
-    if (v == -CUDART_INF_F) continue;
+  forEachLogit(row, cols, [&](float v, int j) {
+    if (v == -CUDART_INF_F) return;
     if (v > m) {
       s = s * expf(m - v) + 1.f;
       m = v;
@@ -221,7 +257,7 @@ __device__ void rowStats(const T* row, int cols, SampleShared& sh, float* maxOut
     } else {
       s += expf(v - m);
     }
-  }
+  });
   warpMergeStats(m, s, mi);
   if (lane == 0) {
     sh.wm[warp] = m;
