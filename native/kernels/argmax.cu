@@ -15,48 +15,15 @@ __device__ __forceinline__ void better(float& v, int& i, float ov, int oi) {
   }
 }
 
-__device__ __forceinline__ void widen(const uint4 u, float (&f)[8]) { widen8(u, f); }
-__device__ __forceinline__ void widen(const uint4 u, float (&f)[4]) {
-  f[0] = __uint_as_float(u.x);
-  f[1] = __uint_as_float(u.y);
-  f[2] = __uint_as_float(u.z);
-  f[3] = __uint_as_float(u.w);
-}
-
-constexpr int ARGMAX_UNROLL = 8;  // 16-byte loads in flight per thread
-
 // The row's (max, lowest index of it) in lane 0 of warp 0; index 0x7fffffff for an all-NaN row.
-// A 16-byte-aligned row is read in 16-byte vectors, ARGMAX_UNROLL of them loaded before any is
-// compared: the logits were just written (L2), and one element per step had made the scan a chain
-// of ~50 round trips a thread for a tp-4 rank's 50,512 columns (~200 for a whole 202,048-token
-// vocabulary). Which thread sees an element does not change the result: `better` keeps the
-// largest value, the lowest index among equals.
+// Eight 16-byte vectors in flight a thread (forEachInRow); which thread sees an element does not
+// change the result: `better` keeps the largest value, the lowest index among equals.
 template <typename T>
 __device__ void rowMax(const T* __restrict__ x, int cols, float& v, int& i) {
   const T* row = x + (size_t)blockIdx.x * cols;
   v = -CUDART_INF_F;
   i = 0x7fffffff;
-  constexpr int E = 16 / sizeof(T);
-  const int vectors = ((uintptr_t)row & 15) == 0 ? cols / E : 0;
-  const uint4* rv = reinterpret_cast<const uint4*>(row);
-  for (int v0 = threadIdx.x; v0 < vectors; v0 += blockDim.x * ARGMAX_UNROLL) {
-    uint4 buf[ARGMAX_UNROLL];
-#pragma unroll
-    for (int u = 0; u < ARGMAX_UNROLL; u++) {
-      const int k = v0 + u * blockDim.x;
-      if (k < vectors) buf[u] = __ldg(rv + k);
-    }
-#pragma unroll
-    for (int u = 0; u < ARGMAX_UNROLL; u++) {
-      const int k = v0 + u * blockDim.x;
-      if (k >= vectors) break;
-      float f[E];
-      widen(buf[u], f);
-#pragma unroll
-      for (int e = 0; e < E; e++) better(v, i, f[e], k * E + e);
-    }
-  }
-  for (int j = vectors * E + threadIdx.x; j < cols; j += blockDim.x) better(v, i, toF(row[j]), j);
+  forEachInRow<8>(row, cols, [&](float ov, int j) { better(v, i, ov, j); });
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
   __shared__ float sv[32];

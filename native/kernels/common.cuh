@@ -88,6 +88,46 @@ __device__ __forceinline__ void widen8(const uint4 u, float (&v)[8]) {
   }
 }
 
+// Four fp32 lanes (widen8's counterpart for float rows).
+__device__ __forceinline__ void widen4(const uint4 u, float (&v)[4]) {
+  v[0] = __uint_as_float(u.x);
+  v[1] = __uint_as_float(u.y);
+  v[2] = __uint_as_float(u.z);
+  v[3] = __uint_as_float(u.w);
+}
+__device__ __forceinline__ void widenLanes(const uint4 u, float (&v)[8]) { widen8(u, v); }
+__device__ __forceinline__ void widenLanes(const uint4 u, float (&v)[4]) { widen4(u, v); }
+
+// f(x_j as float, j) for this thread's strided share of a row (threads over blockDim.x), in
+// increasing j for each thread: a 16-byte-aligned row in 16-byte vectors, U of them loaded before
+// any is used, the rest (and unaligned rows) element by element. The scans over a vocabulary
+// (argmax.cu, sample.cu) read rows just written, from L2: one element a step had made each a
+// chain of round trips (~50 a thread on a tp-4 rank's 50,512 columns, ~200 on 202,048).
+template <int U, typename T, typename F>
+__device__ __forceinline__ void forEachInRow(const T* row, int cols, F f) {
+  constexpr int E = 16 / sizeof(T);
+  const int vectors = ((uintptr_t)row & 15) == 0 ? cols / E : 0;
+  const uint4* rv = reinterpret_cast<const uint4*>(row);
+  for (int v0 = threadIdx.x; v0 < vectors; v0 += blockDim.x * U) {
+    uint4 buf[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int k = v0 + u * blockDim.x;
+      if (k < vectors) buf[u] = __ldg(rv + k);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int k = v0 + u * blockDim.x;
+      if (k >= vectors) break;
+      float x[E];
+      widenLanes(buf[u], x);
+#pragma unroll
+      for (int e = 0; e < E; e++) f(x[e], k * E + e);
+    }
+  }
+  for (int j = vectors * E + threadIdx.x; j < cols; j += blockDim.x) f(toF(row[j]), j);
+}
+
 // Eight bf16 lanes of a + b, each summed in fp32 and rounded to bf16 (moe_combine's add; the
 // fused add_rms_norm_moe reuses it so the two stay bit-identical).
 __device__ __forceinline__ uint4 addBf16x8(uint4 a, const uint4 b) {

@@ -42,41 +42,11 @@ __device__ __forceinline__ float logitAt(const T* row, int j) {
   return v != v ? -CUDART_INF_F : v;  // NaN: never kept, never the max
 }
 
-__device__ __forceinline__ void widenRow(const uint4 u, float (&f)[8]) { widen8(u, f); }
-__device__ __forceinline__ void widenRow(const uint4 u, float (&f)[4]) {
-  f[0] = __uint_as_float(u.x);
-  f[1] = __uint_as_float(u.y);
-  f[2] = __uint_as_float(u.z);
-  f[3] = __uint_as_float(u.w);
-}
-
-// f(v, j) for the thread's strided share of a row, in increasing j (rowStats' ties rely on it),
-// with v as logitAt gives it: a 16-byte-aligned row in 16-byte vectors, four loaded before any is
-// used (one element a step had made each pass a chain of ~200 L2 round trips a thread over a
-// 202,048-token vocabulary), the rest element by element.
+// f(v, j) over the thread's strided share of a row, v as logitAt gives it, in increasing j
+// (rowStats' ties rely on it): four 16-byte vectors in flight a thread (forEachInRow).
 template <typename T, typename F>
 __device__ __forceinline__ void forEachLogit(const T* row, int cols, F f) {
-  constexpr int E = 16 / sizeof(T), U = 4;
-  const int vectors = ((uintptr_t)row & 15) == 0 ? cols / E : 0;
-  const uint4* rv = reinterpret_cast<const uint4*>(row);
-  for (int v0 = threadIdx.x; v0 < vectors; v0 += blockDim.x * U) {
-    uint4 buf[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int k = v0 + u * blockDim.x;
-      if (k < vectors) buf[u] = __ldg(rv + k);
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int k = v0 + u * blockDim.x;
-      if (k >= vectors) break;
-      float x[E];
-      widenRow(buf[u], x);
-#pragma unroll
-      for (int e = 0; e < E; e++) f(x[e] != x[e] ? -CUDART_INF_F : x[e], k * E + e);
-    }
-  }
-  for (int j = vectors * E + threadIdx.x; j < cols; j += blockDim.x) f(logitAt(row, j), j);
+  forEachInRow<4>(row, cols, [&](float x, int j) { f(x != x ? -CUDART_INF_F : x, j); });
 }
 
 struct SampleShared {
