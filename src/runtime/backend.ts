@@ -89,7 +89,6 @@ export interface KvPoolSizes {
   context: number;
 }
 
-/** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
 /** Backend.copyBandwidth's measurement: bytes/s (read + write counted) over a copy of `bytes` (source + destination). */
 export interface CopyBandwidth {
   bytesPerS: number;
@@ -103,6 +102,7 @@ export interface CopyBandwidth {
  */
 export const COPY_BANDWIDTH_BYTES = 8 * 2 ** 30;
 
+/** Sampling and logprobs stay on the host for the CPU backend; GPU backends may override. */
 export interface Backend {
   readonly name: string;
   /** Bytes per stored weight/KV element (bf16 on GPUs: 2; the CPU backend keeps fp32: 4). */

@@ -1416,16 +1416,7 @@ export class CudaBackend implements Backend {
       // One upload: the runs, then their slots (a graph step's: with its other inputs, into its fixed block).
       const fixed = this.graph?.appends.get(pool);
       const gathered = this.stepUploads !== null && fixed !== undefined && packed.length <= this.graphAppendInts();
-      let buf: DevicePtr;
-      if (gathered) buf = fixed;
-      else {
-        if (!this.appendBuf || this.appendBuf.ints < packed.length) {
-          if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
-          const ints = Math.max(packed.length, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
-          this.appendBuf = { ptr: this.mem.alloc(ints * 4, "slot-table staging"), ints };
-        }
-        buf = this.appendBuf.ptr;
-      }
+      const buf = gathered ? fixed : this.appendStaging(packed.length);
       this.put(buf, packed);
       let longest = 0;
       for (let k = 0; k < runs; k++) longest = Math.max(longest, segs[3 * k + 1]);
@@ -1436,6 +1427,16 @@ export class CudaBackend implements Backend {
       if (gathered) this.stepUploads!.after.push(write);
       else write();
     }
+  }
+
+  /** The persistent slot-table staging buffer, grown to hold `ints`. */
+  private appendStaging(ints: number): DevicePtr {
+    if (!this.appendBuf || this.appendBuf.ints < ints) {
+      if (this.appendBuf) this.mem.release(this.appendBuf.ptr);
+      const size = Math.max(ints, 2 * (this.appendBuf?.ints ?? 0), 1 << 16);
+      this.appendBuf = { ptr: this.mem.alloc(size * 4, "slot-table staging"), ints: size };
+    }
+    return this.appendBuf.ptr;
   }
 
   // ---- MoE ----
