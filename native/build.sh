@@ -4,6 +4,8 @@
 #                              libraries: it dlopens libcuda and cuBLASLt at run time)
 #   build/kernels/<name>.fatbin one per native/kernels/<name>.cu (nvcc: sm_90a + sm_80 SASS,
 #                              compute_80 PTX), loaded with cuModuleLoadData
+#   build/bench/<name>          one per bench/micro/<name>.cu: stand-alone sm_90a measurement
+#                              programs (nvcc links the CUDA runtime), built so they keep compiling
 # Missing tools are not an error: the package then runs on the CPU backend. A compile error is.
 # Env: TSGLANG_SKIP_NATIVE=1 skips everything; CXX, NVCC, TSGLANG_NODE_INCLUDE override the tools.
 set -euo pipefail
@@ -50,6 +52,15 @@ for cu in "$root"/native/kernels/*.cu; do
   target=$out/kernels/$name.fatbin
   if stale "$target" "$cu" "$root"/native/kernels/*.cuh "$0"; then
     ("$NVCC" "${flags[@]}" -o "$target.tmp" "$cu" && mv "$target.tmp" "$target") &
+    pids+=($!)
+  fi
+done
+mkdir -p "$out/bench"
+for cu in "$root"/bench/micro/*.cu; do
+  [[ -f $cu ]] || continue
+  target=$out/bench/$(basename "$cu" .cu)
+  if stale "$target" "$cu" "$0"; then
+    ("$NVCC" -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -o "$target.tmp" "$cu" && mv "$target.tmp" "$target") &
     pids+=($!)
   fi
 done
