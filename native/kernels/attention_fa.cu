@@ -206,7 +206,7 @@ __device__ __forceinline__ void clusterWait() {
 // Does a one-token tile's push merge fit the Q tile's unused rows (16.. of BM)?
 template <int D, int BM, int CLUSTER>
 __host__ __device__ constexpr bool pushMergeFits() {
-  return CLUSTER > 1 && CLUSTER * 16 * (D / CLUSTER) * 4 + CLUSTER * 16 * 8 <= (BM - 16) * D * 2;
+  return CLUSTER > 1 && CLUSTER * 16 * (D / (CLUSTER > 1 ? CLUSTER : 1)) * 4 + CLUSTER * 16 * 8 <= (BM - 16) * D * 2;
 }
 
 template <int D, int NW, int MT, bool PACKED, int CLUSTER>
