@@ -216,8 +216,8 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
   static_assert(PACKED && D % CLUSTER == 0, "cluster merge: the decode kernel's packed rows");
   constexpr int BM = NW * 16 * MT, DT = D / 8;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   clusterWait();  // the phase every block arrived at when it started
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (pushMergeFits<D, BM, CLUSTER>()) {
     if (pushMerge) {
       constexpr int SLICE = D / CLUSTER, THREADS = NW * 32;
