@@ -15,7 +15,8 @@
 // Roofline, decode (one query row per sequence): memory-bound on K/V, 2·kvLen·Hkv·D·2 bytes per
 // sequence, read once per KV head (the G = Hq/Hkv query heads of a group are packed into the
 // rows of one tile) at copy bandwidth; the FLOPs (G·4·D per key and KV head, ~2.5 FLOP/B) are
-// negligible. Split-KV (flash-decoding) gives enough blocks to fill the GPU; a combine kernel
+// negligible. Split-KV (flash-decoding) gives enough blocks to fill the GPU — each split an
+// equal share of the keys, its own tiles from there — and a combine kernel (or the cluster merge)
 // merges the splits' (m, l, O) partials. Measured: 0.76–0.98 of copy bandwidth from batch 8 ×
 // 8k up (batch 1 × 8k, 33 MB in ~33 µs with two launches, is latency-bound: 0.33–0.37).
 //
@@ -361,9 +362,14 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const int kLo = chunk > 0 ? pos0 - pos0 % chunk : 0;
   const int kHi = posLast + 1;
   const int loLast = chunk > 0 ? posLast - posLast % chunk : 0;
-  const int nKT = (kHi - kLo + BN - 1) / BN;
-  const int per = (nKT + nSplit - 1) / nSplit;
-  const int ktBegin = min(nKT, split * per), ktEnd = min(nKT, ktBegin + per);
+  // Split `split` takes keys [kBase, kEnd): an equal share of [kLo, kHi), not whole tiles — 1,056
+  // keys over 8 splits are 8 × 132 (three tiles, the last of 4 keys, 66 KB of K/V a block), where
+  // whole tiles made 6 × 192 and two idle splits (96 KB a block). Its tiles start at kBase; keys
+  // past kEnd in its last tile are masked. Scout tp 4, batch 1, 4 × H200 (2026-11-27): 3.267 /
+  // 3.270 → 3.257 / 3.258 ms a step.
+  const int share = (kHi - kLo + nSplit - 1) / nSplit;
+  const int kBase = min(kHi, kLo + split * share), kEnd = min(kHi, kBase + share);
+  const int ktBegin = 0, ktEnd = (kEnd - kBase + BN - 1) / BN;
 
   auto rowOf = [&](int m) { return PACKED ? m / G : m; };
   auto headOf = [&](int m) { return PACKED ? kvh * G + m % G : (int)blockIdx.x; };
@@ -384,8 +390,8 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   for (int s = 0; s < STAGES - 1; s++)
 #pragma unroll
     for (int it = 0; it < BN / RSTEP; it++) {
-      const int u = kLo + (ktBegin + s) * BN + ldRow + it * RSTEP;
-      firstSlots[s][it] = ktBegin + s < ktEnd && u < kHi ? slots[u] : 0;
+      const int u = kBase + (ktBegin + s) * BN + ldRow + it * RSTEP;
+      firstSlots[s][it] = ktBegin + s < ktEnd && u < kEnd ? slots[u] : 0;
     }
   gridDependencyWait();
   gridDependencyLaunchDependents();
@@ -423,11 +429,11 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
   const size_t slotStride = (size_t)hkv * D;
   // slotOf(it, u): the slot of key u, this thread's row `it` of the tile.
   auto loadKVWith = [&](int kt, int stage, auto slotOf) {
-    const int u0 = kLo + kt * BN + ldRow;
+    const int u0 = kBase + kt * BN + ldRow;
 #pragma unroll
     for (int it = 0; it < BN / RSTEP; it++) {
       const int u = u0 + it * RSTEP;
-      const bool ok = u < kHi;
+      const bool ok = u < kEnd;
       const size_t off = ok ? (size_t)slotOf(it, u) * slotStride : 0;
       cpAsync16(ldK + stage * TILE_BYTES + it * RSTEP * KV_ROW, kSrc + off, ok);
       cpAsync16(ldV + stage * TILE_BYTES + it * RSTEP * KV_ROW, vSrc + off, ok);
@@ -515,8 +521,8 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     }
 
     // Mask where the tile straddles some row's allowed range [lo(p), p] (or the key range's end).
-    const int k0 = kLo + kt * BN;
-    if (!(k0 + BN - 1 <= pos0 && k0 >= loLast)) {
+    const int k0 = kBase + kt * BN;
+    if (!(k0 + BN - 1 <= pos0 && k0 >= loLast && k0 + BN <= kEnd)) {
 #pragma unroll
       for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -528,7 +534,7 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
 #pragma unroll
             for (int e = 0; e < 2; e++) {
               const int u = k0 + nt * 8 + 2 * t4 + e;
-              if (u > p || u < lo) s[mt][nt][2 * h + e] = -CUDART_INF_F;
+              if (u > p || u < lo || u >= kEnd) s[mt][nt][2 * h + e] = -CUDART_INF_F;
             }
         }
     }
