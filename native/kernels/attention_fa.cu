@@ -204,6 +204,24 @@ __device__ __forceinline__ void clusterWait() {
 #endif
 }
 
+// One output element from every split's (m · scaleLog2, l) and O element, splits in order: the
+// combine's arithmetic (attention_fa_combine_bf16), so every merge gives the same bits.
+template <int CLUSTER>
+__device__ __forceinline__ float mergeSplits(const float2 (&ml)[CLUSTER], const float (&ov)[CLUSTER]) {
+  float mMax = -CUDART_INF_F;
+#pragma unroll
+  for (int s = 0; s < CLUSTER; s++) mMax = fmaxf(mMax, ml[s].x);
+  float lSum = 0.f;
+#pragma unroll
+  for (int s = 0; s < CLUSTER; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
+  const float inv = 1.f / lSum;
+  float acc = 0.f;
+#pragma unroll
+  for (int s = 0; s < CLUSTER; s++)
+    if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * ov[s];
+  return acc * inv;
+}
+
 // Does a one-token tile's push merge fit the Q tile's unused rows (16.. of BM)?
 template <int D, int BM, int CLUSTER>
 __host__ __device__ constexpr bool pushMergeFits() {
@@ -250,19 +268,8 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
           ml[s] = recvML[s * 16 + m];
           ov[s] = recvO[(s * 16 + m) * SLICE + dl];
         }
-        float mMax = -CUDART_INF_F;
-#pragma unroll
-        for (int s = 0; s < CLUSTER; s++) mMax = fmaxf(mMax, ml[s].x);
-        float lSum = 0.f;
-#pragma unroll
-        for (int s = 0; s < CLUSTER; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
-        const float inv = 1.f / lSum;
-        float acc = 0.f;
-#pragma unroll
-        for (int s = 0; s < CLUSTER; s++)
-          if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * ov[s];
         const size_t rh = (size_t)(rowStart + m / G) * hq + kvh * G + m % G;
-        out[rh * D + me * SLICE + dl] = fromF<bf16>(acc * inv);
+        out[rh * D + me * SLICE + dl] = fromF<bf16>(mergeSplits<CLUSTER>(ml, ov));
       }
       return;  // nothing reads another block's memory any more
     }
@@ -293,19 +300,8 @@ __device__ __forceinline__ void clusterMerge(uint8_t* smem, const float (&o)[MT]
       ml[s] = cluster.map_shared_rank(sML, s)[m];
       ov[s] = cluster.map_shared_rank(sO, s)[m * D + d];
     }
-    float mMax = -CUDART_INF_F;
-#pragma unroll
-    for (int s = 0; s < CLUSTER; s++) mMax = fmaxf(mMax, ml[s].x);
-    float lSum = 0.f;
-#pragma unroll
-    for (int s = 0; s < CLUSTER; s++) lSum += ml[s].x == -CUDART_INF_F ? 0.f : ex2(ml[s].x - mMax) * ml[s].y;
-    const float inv = 1.f / lSum;
-    float acc = 0.f;
-#pragma unroll
-    for (int s = 0; s < CLUSTER; s++)
-      if (ml[s].x != -CUDART_INF_F) acc += ex2(ml[s].x - mMax) * ov[s];
     const size_t rh = (size_t)(rowStart + m / G) * hq + kvh * G + m % G;
-    out[rh * D + d] = fromF<bf16>(acc * inv);
+    out[rh * D + d] = fromF<bf16>(mergeSplits<CLUSTER>(ml, ov));
   }
   cluster.sync();  // no block leaves while another still reads its shared memory
 #else
