@@ -113,13 +113,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
                  const bf16* w2, bf16* y2, int out2) {
   gemv3<bf16, 1, true>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);
 }
-GEMV3_KERNEL(2, bf16, bf16)
-GEMV3_KERNEL(4, bf16, bf16)
-GEMV3_KERNEL(8, bf16, bf16)
-GEMV3_KERNEL(1, f32, float)
-GEMV3_KERNEL(2, f32, float)
-GEMV3_KERNEL(4, f32, float)
-GEMV3_KERNEL(8, f32, float)
+GEMV_WIDTHS_BUT_DECODE(GEMV3_KERNEL)
 
 // gemv_push1_bf16: one token's row-parallel projection under tensor parallelism whose output the
 // next kernel all-reduces (o_proj, a dense MLP's down) — as gemv1_bf16_bf16 with its first weights

@@ -24,6 +24,17 @@ constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int GEMV_MAX_NT = 8;  // tokens per pass over the weights
 constexpr int GEMV_UNROLL = 4;  // independent 16-byte weight loads per lane and row
 
+// K(NT, TN, T) for every pass width and storage type but the one-token bf16 one — the decode
+// kernel each family writes out by hand (its weights loaded before the PDL wait: WeightHead).
+#define GEMV_WIDTHS_BUT_DECODE(K) \
+  K(2, bf16, bf16)                \
+  K(4, bf16, bf16)                \
+  K(8, bf16, bf16)                \
+  K(1, f32, float)                \
+  K(2, f32, float)                \
+  K(4, f32, float)                \
+  K(8, f32, float)
+
 template <typename T> struct Vec;  // elements per 16 bytes
 template <> struct Vec<bf16> { static constexpr int N = 8; };
 template <> struct Vec<float> { static constexpr int N = 4; };

@@ -420,16 +420,10 @@ __device__ void moeDownDecode(const T* __restrict__ actShared, const T* __restri
 
 MOE_DECODE_KERNELS(bf16, bf16)
 MOE_DECODE_KERNELS(f32, float)
-MOE_GATE_UP_ROUTED_KERNEL(2, bf16, bf16)
-MOE_GATE_UP_ROUTED_KERNEL(4, bf16, bf16)
-MOE_GATE_UP_ROUTED_KERNEL(8, bf16, bf16)
-MOE_GATE_UP_ROUTED_KERNEL(1, f32, float)
-MOE_GATE_UP_ROUTED_KERNEL(2, f32, float)
-MOE_GATE_UP_ROUTED_KERNEL(4, f32, float)
-MOE_GATE_UP_ROUTED_KERNEL(8, f32, float)
+GEMV_WIDTHS_BUT_DECODE(MOE_GATE_UP_ROUTED_KERNEL)
 
 // One token (the decode path): the router blocks load their first weights before the PDL wait
-// (moeGateUpRouted's HEAD). Four blocks a SM (64 registers; ptxas spills 28 bytes) so the grid stays
+// (moeGateUpRouted's HEAD). Four blocks a SM (64 registers; ptxas spills 32 bytes) so the grid stays
 // one wave, which the in-kernel router needs (backend.ts: MOE_ROUTED_BLOCKS_PER_SM).
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     moe_gate_up_routed1_bf16(const bf16* router, int* routerDone, bf16* logits, int e, int first, const bf16* x, const bf16* sharedGateUp,

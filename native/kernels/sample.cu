@@ -36,17 +36,19 @@ __device__ __forceinline__ unsigned keyOf(float v) {
   return (k & 0x80000000u) ? ~k : (k | 0x80000000u);
 }
 
+// A logit as the passes see it: NaN is −inf (never kept, never the max).
+__device__ __forceinline__ float logitOf(float v) { return v != v ? -CUDART_INF_F : v; }
+
 template <typename T>
 __device__ __forceinline__ float logitAt(const T* row, int j) {
-  const float v = toF(row[j]);
-  return v != v ? -CUDART_INF_F : v;  // NaN: never kept, never the max
+  return logitOf(toF(row[j]));
 }
 
 // f(v, j) over the thread's strided share of a row, v as logitAt gives it, in increasing j
 // (rowStats' ties rely on it): four 16-byte vectors in flight a thread (forEachInRow).
 template <typename T, typename F>
 __device__ __forceinline__ void forEachLogit(const T* row, int cols, F f) {
-  forEachInRow<4>(row, cols, [&](float x, int j) { f(x != x ? -CUDART_INF_F : x, j); });
+  forEachInRow<4>(row, cols, [&](float x, int j) { f(logitOf(x), j); });
 }
 
 struct SampleShared {
