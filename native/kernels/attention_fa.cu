@@ -49,8 +49,6 @@ namespace {
 
 constexpr int FA_BN = 64;  // keys per tile
 
-__device__ __forceinline__ uint32_t smemAddr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
 // 16 bytes global → shared, asynchronously; zero-filled when !valid (src must still be a valid address).
 __device__ __forceinline__ void cpAsync16(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));

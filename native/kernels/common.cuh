@@ -41,6 +41,9 @@ __device__ __forceinline__ unsigned long long globalTimerNs() {
   return t;
 }
 
+// A shared-memory pointer as the 32-bit address PTX's shared-state-space operands take.
+__device__ __forceinline__ uint32_t smemAddr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
 __device__ __forceinline__ float toF(float x) { return x; }
 __device__ __forceinline__ float toF(bf16 x) { return __bfloat162float(x); }
 

@@ -49,7 +49,9 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __rest
 
 // Up to three linears of one input in one launch (q, k, v): their rows concatenated, each warp's
 // row looked up in the matrix it falls in; T output. Unused slots have out = 0.
-template <typename T, int MAXNT, bool HEAD = false>
+// STAGED (one token, bf16, sm_90): the block's rows come through shared memory (gemv.cuh's
+// stageRows / gemvStaged1) instead of the register head.
+template <typename T, int MAXNT, bool HEAD = false, bool STAGED = false>
 __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,
                       int out1, const T* w2, T* y2, int out2) {
   const GemvSlot s(rb);
@@ -71,13 +73,24 @@ __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w
   }
   const T* wr[1] = {active ? w + (size_t)row * in : w0};
   WeightHead<1> head;
+  __shared__ unsigned long long bars[2];
+  extern __shared__ __align__(128) unsigned char gemvStage[];
+  const int rows = min(rb, out0 + out1 + out2 - (int)blockIdx.x * rb);
   if constexpr (HEAD) {
-    loadWeightHead<T>(s, wr[0], active, in, head);
+    if constexpr (STAGED) {
+      stageRows(reinterpret_cast<bf16*>(gemvStage), bars, rows, in, [&](int r) {
+        const int g = blockIdx.x * rb + r;  // the row across the three matrices
+        return g < out0 ? w0 + (size_t)g * in : g < out0 + out1 ? w1 + (size_t)(g - out0) * in : w2 + (size_t)(g - out0 - out1) * in;
+      });
+    } else {
+      loadWeightHead<T>(s, wr[0], active, in, head);
+    }
     gridDependencyWait();
     gridDependencyLaunchDependents();
   }
-  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<T>(v[0]); },
-                          {nullptr, nullptr}, HEAD ? &head : nullptr);
+  auto epi = [&](int t, const float (&v)[1]) { y[(size_t)t * out + row] = fromF<T>(v[0]); };
+  if constexpr (STAGED) gemvStaged1(s, reinterpret_cast<bf16*>(gemvStage), bars, rows, x, in, epi);
+  else gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, epi, {nullptr, nullptr}, HEAD ? &head : nullptr);
 }
 
 // gemv<NT>_<T>_<O>: NT = the batch size rounded up to 1, 2, 4 or 8 (the host's choice).
@@ -107,11 +120,19 @@ GEMV_KERNELS(8)
     gemv3<T, NT>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);                                       \
   }
 // One token: q, k and v, whose input comes from the all-reduce (a wait on the other ranks), load
-// their first weights before the PDL wait (WeightHead).
+// their first weights before the PDL wait (WeightHead) — or, gemv3_1s_bf16 (sm_90, where the grid
+// stays one wave with gemvStagedBytes(rb, in) of shared memory a block), the block's whole slab
+// into shared memory. Measured on 4 × H200 (Scout tp-4 batch 1, 2026-11-27): 3.248–3.254 →
+// 3.201–3.205 ms a step; o_proj staged the same way (behind attention) was slower, 3.268–3.272 ms.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv3_1_bf16(const bf16* x, int n, int in, int rb, const bf16* w0, bf16* y0, int out0, const bf16* w1, bf16* y1, int out1,
                  const bf16* w2, bf16* y2, int out2) {
   gemv3<bf16, 1, true>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);
+}
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    gemv3_1s_bf16(const bf16* x, int n, int in, int rb, const bf16* w0, bf16* y0, int out0, const bf16* w1, bf16* y1, int out1,
+                  const bf16* w2, bf16* y2, int out2) {
+  gemv3<bf16, 1, true, true>(x, n, in, rb, w0, y0, out0, w1, y1, out1, w2, y2, out2);
 }
 GEMV_WIDTHS_BUT_DECODE(GEMV3_KERNEL)
 

@@ -293,3 +293,97 @@ __device__ __forceinline__ void loadWeightHead(const GemvSlot& s, const T* wRow,
 #pragma unroll
   for (int u = 0; u < GEMV_UNROLL; u++) head.wv[0][u] = v + 32 * u < v1 ? ldWeight(w + v + 32 * u) : make_uint4(0, 0, 0, 0);
 }
+
+// ---- One token, the block's weight rows staged in shared memory before the PDL wait (sm_90) ----
+// q/k/v's GEMV waits behind the all-reduce, a wait on the other ranks that leaves DRAM idle. With
+// the register head (WeightHead) a lane holds 4 of its 10 vectors of a row across the wait and
+// fetches the rest in two DRAM round trips after it. Here thread 0 asks the copy engine for the
+// block's whole slab (rb rows, 40 KB at a tp-4 rank's shapes) before the wait, so every resident
+// block's bytes land while the all-reduce runs, and the input row follows by one bulk copy after
+// it: the pass reads shared memory only. Behind attention (o_proj) the same staging was slower
+// (its 13 MB queue ahead of the attention kernel's K/V loads), and so was staging the first 2–3 KB
+// of each of MoE gate_up's shared rows behind the second all-reduce. The sums are laneDot's, in its order
+// (lane-strided vectors, elements in order, xor-butterfly, K parts in order): the same bits as
+// gemvPass with the same rb.
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// `bytes` from global `src` into shared `dst`, completing on mbarrier `bar` (its expected bytes raised first).
+__device__ __forceinline__ void bulkToShared(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smemAddr(dst)), "l"(src),
+               "r"(bytes), "r"(smemAddr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void mbarExpect(unsigned long long* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smemAddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbarWait(unsigned long long* bar) {
+  asm volatile("{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n @!done bra WAIT_%=;\n}" ::"r"(
+                   smemAddr(bar))
+               : "memory");
+}
+#endif
+
+// The shared memory a staged block takes: rb weight rows, then the input row.
+__host__ __device__ constexpr int gemvStagedBytes(int rb, int in) { return (rb + 1) * in * 2; }
+
+// Before the PDL wait, every thread: thread 0 readies the block's two mbarriers (weights, input)
+// and queues rows [0, rows) — rowOf(r), `in` bf16 each — into `staged`.
+template <typename RowOf>
+__device__ __forceinline__ void stageRows(bf16* staged, unsigned long long* bars, int rows, int in, RowOf rowOf) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smemAddr(bars)) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smemAddr(bars + 1)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbarExpect(bars, (unsigned)(rows * in * 2));
+    for (int r = 0; r < rows; r++) bulkToShared(staged + (size_t)r * in, rowOf(r), (unsigned)(in * 2), bars);
+  }
+  __syncthreads();  // the mbarriers are initialised before anyone waits on them
+#endif
+}
+
+// After the wait, every thread: the input row x into shared memory behind the weights, then row
+// s.rib (< rows) of the block's staged slab against it; epi(0, sums) in the warp that has part 0,
+// lane 0. Like gemvPass it synchronises the block.
+template <typename Epi>
+__device__ __forceinline__ void gemvStaged1(const GemvSlot& s, bf16* staged, unsigned long long* bars, int rows, const bf16* x, int in, Epi epi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ float red[GEMV_WARPS];
+  const int vectors = in / 8;
+  const uint4* xs = reinterpret_cast<const uint4*>(staged + (size_t)rows * in);
+  if (threadIdx.x == 0) {
+    mbarExpect(bars + 1, (unsigned)(in * 2));
+    bulkToShared(staged + (size_t)rows * in, x, (unsigned)(in * 2), bars + 1);
+  }
+  const bool active = s.rib < rows;
+  float acc = 0.f;
+  if (active) {
+    int v0, v1;
+    s.range(vectors, v0, v1);
+    const uint4* w = reinterpret_cast<const uint4*>(staged) + (size_t)s.rib * vectors;
+    mbarWait(bars + 1);
+    mbarWait(bars);
+    for (int v = v0 + s.lane; v < v1; v += 32) {
+      float wf[8], xf[8];
+      unpack(w[v], wf);
+      unpack(xs[v], xf);
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc = fmaf(wf[i], xf[i], acc);
+    }
+  }
+  acc = warpSum(acc);
+  if (s.parts == 1) {
+    if (active && s.lane == 0) epi(0, {acc});
+    return;
+  }
+  if (s.lane == 0) red[s.warp] = acc;
+  __syncthreads();
+  if (s.part == 0 && active && s.lane == 0) {
+    float out = 0.f;
+    for (int p = 0; p < s.parts; p++) out += red[p * s.rb + s.rib];
+    epi(0, {out});
+  }
+#else
+  __trap();  // the host stages only on sm_90
+#endif
+}

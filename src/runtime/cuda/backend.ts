@@ -276,6 +276,12 @@ const GEMV_MAX_TOKENS = 8;
 const GEMV_DEFAULT_MAX_TOKENS = 4;
 /** The device MoE runs the shared expert inside its kernels up to this many tokens (measured: 8 tokens 73% of copy, vs 68% host-sorted). */
 const MOE_SHARED_IN_KERNEL_MAX = 8;
+/** Shared memory a sm_90 SM gives its blocks (228 KB, less 1 KB the system keeps per block: counted in the static part below). */
+const SM90_SHARED_PER_SM = 228 * 1024;
+/** A staged GEMV block's static shared memory (mbarriers, the K-part sums) plus the 1 KB reserved per block. */
+const STAGED_GEMV_STATIC_SHARED = 2 * 1024;
+/** Blocks a SM by registers (gemv3_1s_bf16: 44 registers × 256 threads: five). */
+const STAGED_GEMV_BLOCKS_PER_SM = 5;
 /** MoE calls a step can have with moe_down's early shared pass (a count pair each); Maverick has 24, Scout 48. */
 const MOE_CALLS_MAX = 256;
 /** moe_decode.cu's MOE_ROUTED_MAX_LOCAL: experts per rank the in-kernel routing holds. */
@@ -320,6 +326,8 @@ export class CudaBackend implements Backend {
   /** Recorded after the side stream's latest work; `sidePending` until the main stream waited for it (joinSideStream). */
   private sideDone: DevicePtr | null = null;
   private sidePending = false;
+  /** The dynamic shared memory gemv3_1s_bf16 was allowed so far (stagedGemvBytes). */
+  private stagedSmem = 0;
   private readonly comm: NcclCommunicator | null;
   /** The CUDA device ordinal this backend (and its thread) is bound to. */
   readonly deviceOrdinal: number;
@@ -952,6 +960,24 @@ export class CudaBackend implements Backend {
     return y;
   }
 
+  /**
+   * Shared memory for the one-token q/k/v GEMV that stages its block's rows there
+   * (gemv3_1s_bf16: gemv.cuh's gemvStaged1, sm_90), or 0 for the register path: staging where the grid, at the blocks a SM
+   * that memory leaves, is still one wave (a tp-4 rank's q/k/v: 448 blocks of 50 KB, four a SM;
+   * one GPU's 896 blocks of 90 KB would be 3.4 waves).
+   */
+  private stagedGemvBytes(rb: number, inDim: number, blocks: number): number {
+    if (this.info.ccMajor !== 9 || this.t !== "bf16") return 0;
+    const bytes = (rb + 1) * inDim * 2; // gemvStagedBytes
+    const perSm = Math.min(STAGED_GEMV_BLOCKS_PER_SM, Math.floor(SM90_SHARED_PER_SM / (bytes + STAGED_GEMV_STATIC_SHARED)));
+    if (blocks > perSm * this.info.smCount) return 0;
+    if (this.stagedSmem < bytes) {
+      this.native.setMaxDynamicShared(this.k.fn("gemv3_1s_bf16"), bytes);
+      this.stagedSmem = bytes;
+    }
+    return bytes;
+  }
+
   /** Rows a block of a pushing kernel (gemv_push1, moe_down_push1) takes: the GEMV's, in whole 4-row units. */
   private pushRowsPerBlock(rows: number): number {
     return Math.max(4, this.rowsPerBlock(rows));
@@ -1108,15 +1134,17 @@ export class CudaBackend implements Backend {
     }
     const outs = wts.map((w) => this.stepTensor([n, w.shape[0]], this.t));
     const rb = this.rowsPerBlock(total);
+    const blocks = Math.ceil(total / rb);
     const part = (i: number) => (i < wts.length ? [wts[i].ptr, outs[i].ptr, wts[i].shape[0]] as const : [0n, 0n, 0] as const);
-    this.k.launch(`gemv3_${tokensPerPass(n)}_${this.t}`, [Math.ceil(total / rb)], [GEMV_THREADS], (a) => {
+    const staged = n === 1 ? this.stagedGemvBytes(rb, inDim, blocks) : 0;
+    this.k.launch(staged ? "gemv3_1s_bf16" : `gemv3_${tokensPerPass(n)}_${this.t}`, [blocks], [GEMV_THREADS], (a) => {
       a.ptr(xt.ptr).i32(n).i32(inDim).i32(rb);
       for (let i = 0; i < 3; i++) {
         const [w, y, o] = part(i);
         a.ptr(w).ptr(y).i32(o);
       }
       return a;
-    });
+    }, staged);
     return outs;
   }
 
