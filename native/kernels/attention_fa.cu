@@ -388,7 +388,6 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
       firstSlots[s][it] = ktBegin + s < ktEnd && u < kEnd ? slots[u] : 0;
     }
   gridDependencyWait();
-  gridDependencyLaunchDependents();
 
   if (ktBegin >= ktEnd && CLUSTER == 0) {  // an empty split: weight zero in the combine (a cluster's: in the merge)
     if (partO == nullptr) return;
@@ -439,6 +438,9 @@ __device__ __forceinline__ void flashAttention(const bf16* __restrict__ q, const
     if (ktBegin + s < ktEnd) loadKVWith(ktBegin + s, s, [&](int it, int) { return firstSlots[s][it]; });
     cpAsyncCommit();
   }
+  // The next kernel (o_proj, whose blocks load their weights before their own wait) launches only
+  // once every block has queued its first K/V tiles: its DRAM traffic lines up behind them.
+  gridDependencyLaunchDependents();
 
   float mRow[MT][2], lRow[MT][2];
   float o[MT][DT][4];

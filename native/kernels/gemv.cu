@@ -20,7 +20,7 @@
 // HEAD (one token): the kernel's PDL prologue is in here, after the first weight loads (WeightHead).
 // push (one token, bf16, HEAD; gemv_push1_bf16): each block's rows also go to every rank's inbox
 // (peer_push.cuh).
-template <typename T, typename O, int MAXNT, bool HEAD = false>
+template <typename T, typename O, int MAXNT, bool HEAD = false, bool STAGED = false>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb,
                      const PushTarget* push = nullptr) {
   __shared__ unsigned short bits[PUSH_MAX_ROWS];
@@ -29,17 +29,23 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __rest
   const bool active = row < out;
   const T* wr[1] = {w + (size_t)min(row, out - 1) * in};
   WeightHead<1> head;
+  __shared__ unsigned long long bars[2];
+  extern __shared__ __align__(128) unsigned char gemvStage[];
+  const int rows = min(rb, out - (int)blockIdx.x * rb);
   if constexpr (HEAD) {
-    loadWeightHead<T>(s, wr[0], active, in, head);
+    if constexpr (STAGED) stageRows(reinterpret_cast<bf16*>(gemvStage), bars, rows, in, [&](int r) { return w + (size_t)(blockIdx.x * rb + r) * in; });
+    else loadWeightHead<T>(s, wr[0], active, in, head);
     gridDependencyWait();
     gridDependencyLaunchDependents();
   }
   // After the wait: the all-reduce before may be the launch just before (in flight during the pass).
   const unsigned epoch = push != nullptr && threadIdx.x < 32 ? (unsigned)pushEpoch(push->signal) : 0u;
-  gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, [&](int t, const float (&v)[1]) {
+  auto epi = [&](int t, const float (&v)[1]) {
     y[(size_t)t * out + row] = fromF<O>(v[0]);
     if constexpr (sizeof(O) == 2) if (push != nullptr) bits[s.rib] = __bfloat16_as_ushort(fromF<O>(v[0]));
-  }, {nullptr, nullptr}, HEAD ? &head : nullptr);
+  };
+  if constexpr (STAGED) gemvStaged1(s, reinterpret_cast<bf16*>(gemvStage), bars, rows, x, in, epi);
+  else gemvTokens<T, 1, MAXNT>(s, wr, active, x, in, 0, n, epi, {nullptr, nullptr}, HEAD ? &head : nullptr);
   if constexpr (sizeof(O) == 2) {
     if (push == nullptr) return;
     __syncthreads();  // the block's rows are in bits[]
@@ -49,8 +55,8 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __rest
 
 // Up to three linears of one input in one launch (q, k, v): their rows concatenated, each warp's
 // row looked up in the matrix it falls in; T output. Unused slots have out = 0.
-// STAGED (one token, bf16, sm_90): the block's rows come through shared memory (gemv.cuh's
-// stageRows / gemvStaged1) instead of the register head.
+// STAGED (one token, bf16, sm_90; here and in gemv): the block's rows come through shared memory
+// (gemv.cuh's stageRows / gemvStaged1) instead of the register head.
 template <typename T, int MAXNT, bool HEAD = false, bool STAGED = false>
 __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,
                       int out1, const T* w2, T* y2, int out2) {
@@ -123,7 +129,7 @@ GEMV_KERNELS(8)
 // their first weights before the PDL wait (WeightHead) — or, gemv3_1s_bf16 (sm_90, where the grid
 // stays one wave with gemvStagedBytes(rb, in) of shared memory a block), the block's whole slab
 // into shared memory. Measured on 4 × H200 (Scout tp-4 batch 1, 2026-11-27): 3.248–3.254 →
-// 3.201–3.205 ms a step; o_proj staged the same way (behind attention) was slower, 3.268–3.272 ms.
+// 3.201–3.205 ms a step.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv3_1_bf16(const bf16* x, int n, int in, int rb, const bf16* w0, bf16* y0, int out0, const bf16* w1, bf16* y1, int out1,
                  const bf16* w2, bf16* y2, int out2) {
@@ -144,4 +150,13 @@ GEMV_WIDTHS_BUT_DECODE(GEMV3_KERNEL)
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_push1_bf16(const bf16* x, const bf16* w, bf16* y, int in, int out, int rb, const __grid_constant__ PushTarget p) {
   gemv<bf16, bf16, 1, true>(x, w, y, 1, in, out, rb, &p);
+}
+
+// gemv_push1s_bf16: the same with the block's rows staged in shared memory (gemvStagedBytes(rb, in)
+// of it; sm_90). Behind fa decode, which lets it launch only once its first K/V tiles are queued.
+// Measured on 4 × H200 (Scout tp-4 batch 1, 2026-11-27, same call): 3.1883–3.1916 ms a step with
+// the register head → 3.1741–3.1780 staged; staged while fa let it launch at its wait, 3.2416.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    gemv_push1s_bf16(const bf16* x, const bf16* w, bf16* y, int in, int out, int rb, const __grid_constant__ PushTarget p) {
+  gemv<bf16, bf16, 1, true, true>(x, w, y, 1, in, out, rb, &p);
 }

@@ -300,9 +300,10 @@ __device__ __forceinline__ void loadWeightHead(const GemvSlot& s, const T* wRow,
 // fetches the rest in two DRAM round trips after it. Here thread 0 asks the copy engine for the
 // block's whole slab (rb rows, 40 KB at a tp-4 rank's shapes) before the wait, so every resident
 // block's bytes land while the all-reduce runs, and the input row follows by one bulk copy after
-// it: the pass reads shared memory only. Behind attention (o_proj) the same staging was slower
-// (its 13 MB queue ahead of the attention kernel's K/V loads), and so was staging the first 2–3 KB
-// of each of MoE gate_up's shared rows behind the second all-reduce. The sums are laneDot's, in its order
+// it: the pass reads shared memory only. o_proj does the same behind fa decode, which lets it
+// launch only once its own first K/V tiles are queued (staged earlier, o_proj's 13 MB went ahead
+// of them: slower). Staging the first 2–3 KB of each of MoE gate_up's shared rows behind the
+// second all-reduce was slower too. The sums are laneDot's, in its order
 // (lane-strided vectors, elements in order, xor-butterfly, K parts in order): the same bits as
 // gemvPass with the same rb.
 

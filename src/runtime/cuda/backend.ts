@@ -280,8 +280,9 @@ const MOE_SHARED_IN_KERNEL_MAX = 8;
 const SM90_SHARED_PER_SM = 228 * 1024;
 /** A staged GEMV block's static shared memory (mbarriers, the K-part sums) plus the 1 KB reserved per block. */
 const STAGED_GEMV_STATIC_SHARED = 2 * 1024;
-/** Blocks a SM by registers (gemv3_1s_bf16: 44 registers × 256 threads: five). */
-const STAGED_GEMV_BLOCKS_PER_SM = 5;
+/** The staged one-token GEMV kernels, and the blocks a SM their registers allow (ptxas, sm_90a: 44 and 32 registers × 256 threads). */
+const STAGED_GEMV_BLOCKS_PER_SM = { gemv3_1s_bf16: 5, gemv_push1s_bf16: 8 } as const;
+type StagedGemv = keyof typeof STAGED_GEMV_BLOCKS_PER_SM;
 /** MoE calls a step can have with moe_down's early shared pass (a count pair each); Maverick has 24, Scout 48. */
 const MOE_CALLS_MAX = 256;
 /** moe_decode.cu's MOE_ROUTED_MAX_LOCAL: experts per rank the in-kernel routing holds. */
@@ -326,8 +327,8 @@ export class CudaBackend implements Backend {
   /** Recorded after the side stream's latest work; `sidePending` until the main stream waited for it (joinSideStream). */
   private sideDone: DevicePtr | null = null;
   private sidePending = false;
-  /** The dynamic shared memory gemv3_1s_bf16 was allowed so far (stagedGemvBytes). */
-  private stagedSmem = 0;
+  /** The dynamic shared memory each staged GEMV kernel was allowed so far (stagedGemvBytes). */
+  private readonly stagedSmem = new Map<StagedGemv, number>();
   private readonly comm: NcclCommunicator | null;
   /** The CUDA device ordinal this backend (and its thread) is bound to. */
   readonly deviceOrdinal: number;
@@ -950,8 +951,10 @@ export class CudaBackend implements Backend {
     const rb = this.pushRowsPerBlock(out);
     if (opts.allReduceNext && n === 1 && y.dtype === "bf16" && this.gemvApplies(n, inDim, xt.ptr, wt, wt.ptr) && this.peerAr?.canPush(out, rb)) {
       // One token under tensor parallelism: the GEMV pushes its rows to every rank as they finish.
-      this.k.launch("gemv_push1_bf16", [out / rb], [GEMV_THREADS], (a) =>
+      const staged = this.stagedGemvBytes("gemv_push1s_bf16", rb, inDim, out / rb);
+      this.k.launch(staged ? "gemv_push1s_bf16" : "gemv_push1_bf16", [out / rb], [GEMV_THREADS], (a) =>
         this.peerAr!.pushTarget(a.ptr(xt.ptr).ptr(wt.ptr).ptr(y.ptr).i32(inDim).i32(out).i32(rb)),
+        staged,
       );
       this.pushed(y.ptr);
       return y;
@@ -961,19 +964,20 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * Shared memory for the one-token q/k/v GEMV that stages its block's rows there
-   * (gemv3_1s_bf16: gemv.cuh's gemvStaged1, sm_90), or 0 for the register path: staging where the grid, at the blocks a SM
-   * that memory leaves, is still one wave (a tp-4 rank's q/k/v: 448 blocks of 50 KB, four a SM;
-   * one GPU's 896 blocks of 90 KB would be 3.4 waves).
+   * Shared memory for a one-token GEMV kernel that stages its block's rows there (q/k/v's
+   * gemv3_1s_bf16, o_proj's gemv_push1s_bf16: gemv.cuh's gemvStaged1, sm_90), or 0 for the
+   * register path: staging where the grid, at the blocks a SM that memory leaves, is still one
+   * wave (a tp-4 rank's q/k/v: 448 blocks of 50 KB, four a SM; one GPU's 896 blocks of 90 KB
+   * would be 3.4 waves).
    */
-  private stagedGemvBytes(rb: number, inDim: number, blocks: number): number {
+  private stagedGemvBytes(name: StagedGemv, rb: number, inDim: number, blocks: number): number {
     if (this.info.ccMajor !== 9 || this.t !== "bf16") return 0;
     const bytes = (rb + 1) * inDim * 2; // gemvStagedBytes
-    const perSm = Math.min(STAGED_GEMV_BLOCKS_PER_SM, Math.floor(SM90_SHARED_PER_SM / (bytes + STAGED_GEMV_STATIC_SHARED)));
+    const perSm = Math.min(STAGED_GEMV_BLOCKS_PER_SM[name], Math.floor(SM90_SHARED_PER_SM / (bytes + STAGED_GEMV_STATIC_SHARED)));
     if (blocks > perSm * this.info.smCount) return 0;
-    if (this.stagedSmem < bytes) {
-      this.native.setMaxDynamicShared(this.k.fn("gemv3_1s_bf16"), bytes);
-      this.stagedSmem = bytes;
+    if ((this.stagedSmem.get(name) ?? 0) < bytes) {
+      this.native.setMaxDynamicShared(this.k.fn(name), bytes);
+      this.stagedSmem.set(name, bytes);
     }
     return bytes;
   }
@@ -1136,7 +1140,7 @@ export class CudaBackend implements Backend {
     const rb = this.rowsPerBlock(total);
     const blocks = Math.ceil(total / rb);
     const part = (i: number) => (i < wts.length ? [wts[i].ptr, outs[i].ptr, wts[i].shape[0]] as const : [0n, 0n, 0] as const);
-    const staged = n === 1 ? this.stagedGemvBytes(rb, inDim, blocks) : 0;
+    const staged = n === 1 ? this.stagedGemvBytes("gemv3_1s_bf16", rb, inDim, blocks) : 0;
     this.k.launch(staged ? "gemv3_1s_bf16" : `gemv3_${tokensPerPass(n)}_${this.t}`, [blocks], [GEMV_THREADS], (a) => {
       a.ptr(xt.ptr).i32(n).i32(inDim).i32(rb);
       for (let i = 0; i < 3; i++) {
