@@ -23,6 +23,7 @@
 template <typename T, typename O, int MAXNT, bool HEAD = false, bool STAGED = false>
 __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y, int n, int in, int out, int rb,
                      const PushTarget* push = nullptr) {
+  static_assert(!STAGED || (HEAD && sizeof(T) == 2), "staging happens in the one-token bf16 prologue");
   __shared__ unsigned short bits[PUSH_MAX_ROWS];
   const GemvSlot s(rb);
   const int row = blockIdx.x * rb + s.rib;
@@ -60,6 +61,7 @@ __device__ void gemv(const T* __restrict__ x, const T* __restrict__ w, O* __rest
 template <typename T, int MAXNT, bool HEAD = false, bool STAGED = false>
 __device__ void gemv3(const T* __restrict__ x, int n, int in, int rb, const T* w0, T* y0, int out0, const T* w1, T* y1,
                       int out1, const T* w2, T* y2, int out2) {
+  static_assert(!STAGED || (HEAD && sizeof(T) == 2), "staging happens in the one-token bf16 prologue");
   const GemvSlot s(rb);
   int row = blockIdx.x * rb + s.rib;
   const bool active = row < out0 + out1 + out2;
