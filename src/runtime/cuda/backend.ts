@@ -329,6 +329,8 @@ export class CudaBackend implements Backend {
   private sidePending = false;
   /** The dynamic shared memory each staged GEMV kernel was allowed so far (stagedGemvBytes). */
   private readonly stagedSmem = new Map<StagedGemv, number>();
+  /** One-token GEMV launches that staged their weights (stats). */
+  private stagedGemvs = 0;
   private readonly comm: NcclCommunicator | null;
   /** The CUDA device ordinal this backend (and its thread) is bound to. */
   readonly deviceOrdinal: number;
@@ -800,7 +802,7 @@ export class CudaBackend implements Backend {
   }
 
   stats() {
-    return { ...this.mem.stats(), fallbackGemms: this.fallbackGemms };
+    return { ...this.mem.stats(), fallbackGemms: this.fallbackGemms, stagedGemvs: this.stagedGemvs };
   }
 
   /** Device-side timing of `fn` (milliseconds per call, median of `reps` after `warmup`). */
@@ -979,6 +981,7 @@ export class CudaBackend implements Backend {
       this.native.setMaxDynamicShared(this.k.fn(name), bytes);
       this.stagedSmem.set(name, bytes);
     }
+    if (!this.k.dry) this.stagedGemvs++;
     return bytes;
   }
 

@@ -95,27 +95,32 @@ for (const precision of ["f32", "bf16"] as const) {
       }
     });
 
-    test("linearMany at a tp-4 rank's q/k/v shapes: one token (staged in shared memory on sm_90) gives the bits of row 0 of larger batches", () => {
-      const inDim = 5120;
-      const sizes = [1280, 256, 256]; // Scout's q, k, v rows on one of four ranks
-      const ws = sizes.map((o) => randn(rng, o * inDim, 0.02));
-      const wg = ws.map((w, i) => g().weight(host(w, [sizes[i], inDim])));
-      const x = randn(rng, 3 * inDim);
-      const rows0: Float32Array[][] = [];
-      for (const n of [1, 2, 3]) {
-        g().beginStep();
-        const got = g().linearMany(g().upload(x.subarray(0, n * inDim), [n, inDim], precision), wg);
-        rows0.push(got.map((t, i) => g().toHost(t).slice(0, sizes[i])));
-        if (n === 1) {
-          for (const [i, r] of rows0[0].entries()) {
-            close(r, cpu.linear(new CpuTensor([1, inDim], x.slice(0, inDim)), cpu.weight(host(ws[i], [sizes[i], inDim]))).data, tol, `q/k/v part ${i}, one token`);
+    // Scout's q, k, v rows on one rank of four (4 rows a block, two K parts a row) and of eight (2 rows, four K parts).
+    for (const [ranks, sizes] of [[4, [1280, 256, 256]], [8, [640, 128, 128]]] as const) {
+      test(`linearMany at a tp-${ranks} rank's q/k/v shapes: one token (staged in shared memory on sm_90) gives the bits of row 0 of larger batches`, () => {
+        const inDim = 5120;
+        const ws = sizes.map((o) => randn(rng, o * inDim, 0.02));
+        const wg = ws.map((w, i) => g().weight(host(w, [sizes[i], inDim])));
+        const x = randn(rng, 3 * inDim);
+        const rows0: Float32Array[][] = [];
+        for (const n of [1, 2, 3]) {
+          g().beginStep();
+          const staged = g().stats().stagedGemvs;
+          const got = g().linearMany(g().upload(x.subarray(0, n * inDim), [n, inDim], precision), wg);
+          const sm90bf16 = g().info.ccMajor === 9 && precision === "bf16";
+          assert.equal(g().stats().stagedGemvs - staged, n === 1 && sm90bf16 ? 1 : 0, `${n} rows: staged launches`);
+          rows0.push(got.map((t, i) => g().toHost(t).slice(0, sizes[i])));
+          if (n === 1) {
+            for (const [i, r] of rows0[0].entries()) {
+              close(r, cpu.linear(new CpuTensor([1, inDim], x.slice(0, inDim)), cpu.weight(host(ws[i], [sizes[i], inDim]))).data, tol, `q/k/v part ${i}, one token`);
+            }
           }
         }
-      }
-      for (let b = 1; b < rows0.length; b++) {
-        for (let i = 0; i < sizes.length; i++) identical(rows0[b][i], rows0[0][i], `q/k/v part ${i}: row 0 of batch ${b + 1} vs one token`);
-      }
-    });
+        for (let b = 1; b < rows0.length; b++) {
+          for (let i = 0; i < sizes.length; i++) identical(rows0[b][i], rows0[0][i], `q/k/v part ${i}: row 0 of batch ${b + 1} vs one token`);
+        }
+      });
+    }
 
     test("queueGreedy (greedy on the device): the host argmax, lowest index on ties; large downloads through pinned staging", () => {
       // 3001 columns: rows off 16-byte alignment (element by element); 3008 and 20000: 16-byte
