@@ -367,7 +367,10 @@ extern "C" __global__ void __launch_bounds__(1024)
   allReduceAddRmsNorm(p, x, res, w, out, d, eps, capacity, timeoutNs, rank, nranks);
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
+// At most 640 threads (PUSH_MAX_D = 5120, Llama 4's width): the bound leaves the kernel 76 registers.
+// Bounded at 1024 it got 64 and spilled in its polling and sums — 4 × H100, Scout tp-4 batch 1
+// (2026-11-27, same call): 3.8658–3.8669 ms a step spilled, 3.7838–3.7867 without.
+extern "C" __global__ void __launch_bounds__(PUSH_MAX_D / 8)
     allreduce_pushed_add_rms_norm_bf16(const __grid_constant__ PushTarget p, float* res, const bf16* w, bf16* out, int d, float eps,
                                        unsigned long long timeoutNs) {
   pushedAddRmsNorm(p, res, w, out, d, eps, timeoutNs);

@@ -27,7 +27,7 @@
 
 constexpr int AR_MAX_RANKS = 8;
 constexpr int SIG_EPOCH = 0;                       // signal word: calls this rank has completed
-constexpr int PUSH_MAX_D = 8192;                   // row width the consumer takes (8 elements a thread, ≤ 1024 threads)
+constexpr int PUSH_MAX_D = 5120;                   // row width the consumer takes (8 elements a thread, ≤ 640 threads)
 constexpr int PUSH_SLOT_UNITS = PUSH_MAX_D / 4;    // peer_allreduce.ts: INBOX_BYTES
 
 // What a producer kernel needs (one __grid_constant__ parameter; peer_allreduce.ts pushArgs).

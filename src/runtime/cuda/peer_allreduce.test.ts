@@ -107,7 +107,7 @@ test("pushed all-reduce: which rows a producer may push, and the consumer's laun
   assert.ok(ar.canPush(5120, 8) && ar.canPush(5120, 4) && ar.canPush(64, 4));
   assert.ok(!ar.canPush(5120, 2), "a block pushes whole 4-row units");
   assert.ok(!ar.canPush(5124, 4), "the fused kernel's 8 elements a thread");
-  assert.ok(!ar.canPush(8200, 8), "wider than the inbox's slots");
+  assert.ok(!ar.canPush(5128, 8), "wider than the inbox's slots (and the consumer's 640 threads)");
   ar.runPushedAddRmsNorm(0xa0n << 8n, 0xb0n << 8n, 0xc0n << 8n, 5120, 1e-5);
   const [launch] = hosts[1].launches;
   assert.equal(launch.name, "allreduce_pushed_add_rms_norm_bf16");

@@ -26,7 +26,7 @@ export const PEER_AR_MAX_RANKS = 8;
 const MAX_BLOCKS = 32;
 const SIGNAL_BYTES = (16 + MAX_BLOCKS * PEER_AR_MAX_RANKS) * 8;
 /** peer_push.cuh: PUSH_MAX_D, and the inbox of 2 halves × 8 sender slots × PUSH_MAX_D / 4 units of 16 bytes. */
-const PUSH_MAX_D = 8192;
+const PUSH_MAX_D = 5120;
 const INBOX_BYTES = 2 * PEER_AR_MAX_RANKS * (PUSH_MAX_D / 4) * 16;
 const THREADS = 512;
 const MIB = 2 ** 20;
