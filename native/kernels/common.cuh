@@ -91,15 +91,23 @@ __device__ __forceinline__ void widen8(const uint4 u, float (&v)[8]) {
   }
 }
 
-// Four fp32 lanes (widen8's counterpart for float rows).
-__device__ __forceinline__ void widen4(const uint4 u, float (&v)[4]) {
-  v[0] = __uint_as_float(u.x);
-  v[1] = __uint_as_float(u.y);
-  v[2] = __uint_as_float(u.z);
-  v[3] = __uint_as_float(u.w);
+// 16 bytes as float lanes: 8 bf16 (little-endian pairs, widened exactly) or 4 fp32.
+__device__ __forceinline__ void unpack(const uint4& v, float (&f)[8]) {
+  f[0] = __uint_as_float(v.x << 16);
+  f[1] = __uint_as_float(v.x & 0xffff0000u);
+  f[2] = __uint_as_float(v.y << 16);
+  f[3] = __uint_as_float(v.y & 0xffff0000u);
+  f[4] = __uint_as_float(v.z << 16);
+  f[5] = __uint_as_float(v.z & 0xffff0000u);
+  f[6] = __uint_as_float(v.w << 16);
+  f[7] = __uint_as_float(v.w & 0xffff0000u);
 }
-__device__ __forceinline__ void widenLanes(const uint4 u, float (&v)[8]) { widen8(u, v); }
-__device__ __forceinline__ void widenLanes(const uint4 u, float (&v)[4]) { widen4(u, v); }
+__device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {
+  f[0] = __uint_as_float(v.x);
+  f[1] = __uint_as_float(v.y);
+  f[2] = __uint_as_float(v.z);
+  f[3] = __uint_as_float(v.w);
+}
 
 // f(x_j as float, j) for this thread's strided share of a row (threads over blockDim.x), in
 // increasing j for each thread: a 16-byte-aligned row in 16-byte vectors, U of them loaded before
@@ -123,7 +131,7 @@ __device__ __forceinline__ void forEachInRow(const T* row, int cols, F f) {
       const int k = v0 + u * blockDim.x;
       if (k >= vectors) break;
       float x[E];
-      widenLanes(buf[u], x);
+      unpack(buf[u], x);
 #pragma unroll
       for (int e = 0; e < E; e++) f(x[e], k * E + e);
     }

@@ -129,7 +129,7 @@ GEMV_KERNELS(8)
   }
 // One token: q, k and v, whose input comes from the all-reduce (a wait on the other ranks), load
 // their first weights before the PDL wait (WeightHead) — or, gemv3_1s_bf16 (sm_90, where the grid
-// stays one wave with gemvStagedBytes(rb, in) of shared memory a block), the block's whole slab
+// stays one wave with (rb + 1)·in bf16 of shared memory a block), the block's whole slab
 // into shared memory. Measured on 4 × H200 (Scout tp-4 batch 1, 2026-11-27): 3.248–3.254 →
 // 3.201–3.205 ms a step.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
@@ -154,8 +154,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
   gemv<bf16, bf16, 1, true>(x, w, y, 1, in, out, rb, &p);
 }
 
-// gemv_push1s_bf16: the same with the block's rows staged in shared memory (gemvStagedBytes(rb, in)
-// of it; sm_90). Behind fa decode, which lets it launch only once its first K/V tiles are queued.
+// gemv_push1s_bf16: the same with the block's rows staged in shared memory ((rb + 1)·in bf16 of it;
+// sm_90). Behind fa decode, which lets it launch only once its first K/V tiles are queued.
 // Measured on 4 × H200 (Scout tp-4 batch 1, 2026-11-27, same call): 3.1883–3.1916 ms a step with
 // the register head → 3.1741–3.1780 staged; staged while fa let it launch at its wait, 3.2416.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)

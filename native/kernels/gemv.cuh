@@ -58,24 +58,6 @@ __device__ __forceinline__ uint4 ldAct(const uint4* p) {
   else return __ldg(p);
 }
 
-__device__ __forceinline__ void unpack(const uint4& v, float (&f)[8]) {  // 8 bf16 (little-endian pairs)
-  f[0] = __uint_as_float(v.x << 16);
-  f[1] = __uint_as_float(v.x & 0xffff0000u);
-  f[2] = __uint_as_float(v.y << 16);
-  f[3] = __uint_as_float(v.y & 0xffff0000u);
-  f[4] = __uint_as_float(v.z << 16);
-  f[5] = __uint_as_float(v.z & 0xffff0000u);
-  f[6] = __uint_as_float(v.w << 16);
-  f[7] = __uint_as_float(v.w & 0xffff0000u);
-}
-
-__device__ __forceinline__ void unpack(const uint4& v, float (&f)[4]) {  // 4 fp32
-  f[0] = __uint_as_float(v.x);
-  f[1] = __uint_as_float(v.y);
-  f[2] = __uint_as_float(v.z);
-  f[3] = __uint_as_float(v.w);
-}
-
 // One activation vector of token t as fp32. SCALED: X_t = round_T(x_t · xs[t]), the MoE decode's
 // gathered expert input computed on the fly, rounded as a gather kernel would store it.
 template <typename T, int NT, bool SCALED, bool FRESH = false>
@@ -324,9 +306,6 @@ __device__ __forceinline__ void mbarWait(unsigned long long* bar) {
 }
 #endif
 
-// The shared memory a staged block takes: rb weight rows, then the input row.
-__host__ __device__ constexpr int gemvStagedBytes(int rb, int in) { return (rb + 1) * in * 2; }
-
 // Before the PDL wait, every thread: thread 0 readies the block's two mbarriers (weights, input)
 // and queues rows [0, rows) — rowOf(r), `in` bf16 each — into `staged`.
 template <typename RowOf>
@@ -343,7 +322,8 @@ __device__ __forceinline__ void stageRows(bf16* staged, unsigned long long* bars
 #endif
 }
 
-// After the wait, every thread: the input row x into shared memory behind the weights, then row
+// After the wait, every thread: the input row x into shared memory behind the weights ((rb + 1)·in
+// bf16 of dynamic shared memory in all: the host's stagedGemvBytes), then row
 // s.rib (< rows) of the block's staged slab against it; epi(0, sums) in the warp that has part 0,
 // lane 0. Like gemvPass it synchronises the block.
 template <typename Epi>

@@ -974,7 +974,7 @@ export class CudaBackend implements Backend {
    */
   private stagedGemvBytes(name: StagedGemv, rb: number, inDim: number, blocks: number): number {
     if (this.info.ccMajor !== 9 || this.t !== "bf16") return 0;
-    const bytes = (rb + 1) * inDim * 2; // gemvStagedBytes
+    const bytes = (rb + 1) * inDim * 2; // rb weight rows, then the input row (gemvStaged1)
     const perSm = Math.min(STAGED_GEMV_BLOCKS_PER_SM[name], Math.floor(SM90_SHARED_PER_SM / (bytes + STAGED_GEMV_STATIC_SHARED)));
     if (blocks > perSm * this.info.smCount) return 0;
     if ((this.stagedSmem.get(name) ?? 0) < bytes) {
